@@ -1,0 +1,51 @@
+"""GPT-2's hyper-parameters, and the four published sizes."""
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass
+class GPT2Config:
+    n_layer: int = 12  # decoder blocks stacked
+    n_head: int = 12  # attention heads per block; head size is n_embd // n_head (64 in every GPT-2)
+    n_embd: int = 768  # the residual stream's width (d_model)
+    # 50,000 BPE merges + 256 byte tokens + <|endoftext|>. Not a multiple of 64, which costs the
+    # LM-head matmul a little; we keep the real number so checkpoints load as they are.
+    vocab_size: int = 50257
+    block_size: int = 1024  # the longest context the learned position table covers
+    layer_norm_epsilon: float = 1e-5  # GPT-2's value (PyTorch's LayerNorm default too)
+    # GPT-2 was trained with dropout 0.1; 0 makes the model deterministic, which fine-tuning
+    # small data rarely needs to change and the kernel tests rely on.
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for f in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
+            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
+                raise ValueError(f"GPT2Config.{f} must be a positive int, got {getattr(self, f)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_size(self):
+        return self.n_embd // self.n_head
+
+    @classmethod
+    def from_name(cls, name, **overrides):
+        """One of "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", optionally with fields changed."""
+        if name not in SIZES:
+            raise ValueError(f"unknown GPT-2 size {name!r}; choose one of {', '.join(SIZES)}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValueError(f"unknown GPT2Config field(s): {', '.join(sorted(unknown))}")
+        return replace(cls(**SIZES[name]), **overrides)
+
+
+# The shapes OpenAI published (Radford et al., 2019, Table 2 and the released checkpoints).
+SIZES = {
+    "gpt2": dict(n_layer=12, n_head=12, n_embd=768),
+    "gpt2-medium": dict(n_layer=24, n_head=16, n_embd=1024),
+    "gpt2-large": dict(n_layer=36, n_head=20, n_embd=1280),
+    "gpt2-xl": dict(n_layer=48, n_head=25, n_embd=1600),
+}

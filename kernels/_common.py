@@ -1,0 +1,45 @@
+"""What every op shares: where it may run, and the checks that turn bad input into clear errors."""
+
+import os
+
+import torch
+
+# Triton reads TRITON_INTERPRET when @triton.jit decorates a function, i.e. when an op
+# module is imported, so the value at import time is the one that counts.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_runnable(op, *tensors):
+    """Raise unless the tensors can go to a Triton kernel: all on one device, and that device
+    CUDA (or the CPU under Triton's interpreter)."""
+    devices = {t.device for t in tensors}
+    if len(devices) > 1:
+        names = ", ".join(str(d) for d in sorted(devices, key=str))
+        raise ValueError(f"{op}: all tensors must be on one device, got {names}")
+    (device,) = devices
+    if device.type == "cuda":
+        return
+    if device.type == "cpu" and INTERPRET:
+        return
+    if device.type == "cpu":
+        raise ValueError(
+            f"{op}: got CPU tensors, but Triton kernels need CUDA tensors. To run them on the CPU "
+            "(slowly, for testing), set TRITON_INTERPRET=1 before importing `kernels`; or use "
+            "the eager PyTorch path (model.set_kernels('torch'))."
+        )
+    raise ValueError(f"{op}: tensors on {device.type} are not supported; use CUDA tensors")
+
+
+def check_float_dtype(op, name, t, allowed=FLOAT_DTYPES):
+    if t.dtype not in allowed:
+        ok = ", ".join(str(d).replace("torch.", "") for d in allowed)
+        raise TypeError(f"{op}: {name} has dtype {str(t.dtype).replace('torch.', '')}; supported: {ok}")
+
+
+def check_same_dtype(op, **tensors):
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(dtypes.values())) > 1:
+        desc = ", ".join(f"{n}={str(d).replace('torch.', '')}" for n, d in dtypes.items())
+        raise TypeError(f"{op}: tensors must share one dtype, got {desc}")

@@ -1,7 +1,7 @@
 """Triton kernels for GPT-2's hot path, each a registered PyTorch op with its autograd.
 
-    kernels.layer_norm(x, weight, bias, eps=1e-5)   LayerNorm over the last dim
-    kernels.gelu(x, bias=None)                      GPT-2's tanh GELU of x + bias
+    kernels.layer_norm(x, weight, bias, eps=1e-5)         LayerNorm over the last dim
+    kernels.gelu(x, bias=None)                            GPT-2's tanh GELU of x + bias
     kernels.attention(q, k, v, causal=True, scale=None)   FlashAttention-2 style attention
 
 On a machine without a GPU the kernels run through Triton's interpreter when
@@ -9,28 +9,17 @@ On a machine without a GPU the kernels run through Triton's interpreter when
 ``@triton.jit`` decorates a function). Without CUDA and without the interpreter, calling an
 op raises a clear error instead of running.
 
-The ops are imported lazily so that ``import kernels`` stays cheap and a missing op file
-does not break the others.
+Each op lives in a module of the same name (``kernels/layer_norm.py`` holds
+``layer_norm``). The functions are imported here, eagerly, so that ``kernels.layer_norm``
+is always the function: a lazy lookup would be shadowed by the submodule as soon as anything
+imported it. Reach a module's internals with ``from kernels.layer_norm import ...``.
 """
 
-from importlib import import_module
+from .attention import attention
+from .gelu import gelu
+from .layer_norm import layer_norm
 
-_PUBLIC = {
-    "layer_norm": "kernels.layer_norm",
-    "gelu": "kernels.gelu",
-    "attention": "kernels.attention",
-}
+__all__ = ["attention", "gelu", "layer_norm"]
 
-__all__ = list(_PUBLIC)
-
-
-def __getattr__(name):
-    if name in _PUBLIC:
-        return getattr(import_module(_PUBLIC[name]), name)
-    raise AttributeError(f"module 'kernels' has no attribute {name!r}")
-
-
-def load_all():
-    """Import every op module, so that their kernels and configs are registered."""
-    for module in dict.fromkeys(_PUBLIC.values()):
-        import_module(module)
+# Each op and the module that holds its kernels (python -m kernels.inspect walks this table).
+_PUBLIC = {"layer_norm": "kernels.layer_norm", "gelu": "kernels.gelu", "attention": "kernels.attention"}

@@ -1,0 +1,238 @@
+"""The docs cannot drift from the code: every file and definition they name exists, every link
+resolves, every generated part is what the code prints today, the claims computed in prose hold,
+the TikZ diagram compiles (when pdflatex is installed) and matches its PNG, and the tour notebook
+runs from start to finish."""
+
+import ast
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt2 import worked_example as we
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+# The README is checked too: it is where a newcomer starts.
+MARKDOWN = sorted(DOCS.glob("*.md")) + [p for p in [ROOT / "README.md"] if p.is_file()]
+FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
+CODE_SPAN = re.compile(r"`([^`\n]+)`")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+PATH = re.compile(r"^[\w.-]+(/[\w.-]+)*(/|\.(py|md|tex|png|ipynb|toml|sh|txt))$")
+DEFINITION = re.compile(r"^([\w./-]+\.py)::([\w.]+)$")
+
+
+def _prose(text):
+    """Markdown without fenced blocks and HTML comments."""
+    return re.sub(r"<!--.*?-->", "", FENCE.sub("", text), flags=re.DOTALL)
+
+
+def _base(doc):
+    return doc.parent
+
+
+def _defines(path, qualname):
+    """Whether the module at ``path`` defines ``qualname`` ("f", "Class", "Class.method",
+    "CONSTANT"), read from its source without importing it."""
+    body = ast.parse(path.read_text(encoding="utf-8")).body
+    for part in qualname.split("."):
+        found = None
+        for node in body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == part:
+                found = node
+            elif isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == part for t in node.targets):
+                found = node
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.target.id == part:
+                found = node
+        if found is None:
+            return False
+        body = getattr(found, "body", [])
+    return True
+
+
+def _module_exists(name):
+    base = ROOT.joinpath(*name.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__main__.py").is_file()
+
+
+def references(doc):
+    """(kind, reference) for every code span that names a path, a definition or a module."""
+    refs = []
+    for span in CODE_SPAN.findall(_prose(doc.read_text(encoding="utf-8"))):
+        span = span.strip()
+        if DEFINITION.match(span):
+            refs.append(("definition", span))
+        elif PATH.match(span) and "/" in span:
+            refs.append(("path", span))
+        elif span.startswith("python -m "):
+            refs.append(("module", span.split()[2]))
+    return refs
+
+
+def _check(kind, ref):
+    if kind == "path":
+        return (ROOT / ref).exists()
+    if kind == "module":
+        return _module_exists(ref)
+    file, qualname = DEFINITION.match(ref).groups()
+    return (ROOT / file).is_file() and _defines(ROOT / file, qualname)
+
+
+@pytest.mark.parametrize("doc", MARKDOWN, ids=lambda p: p.name)
+def test_every_named_file_definition_and_module_exists(doc):
+    missing = [ref for kind, ref in references(doc) if not _check(kind, ref)]
+    assert not missing, f"{doc.name} names things that do not exist: {missing}"
+
+
+def test_how_to_code_covers_the_source():
+    refs = references(DOCS / "how-to-code.md")
+    definitions = [r for k, r in refs if k == "definition"]
+    assert len(definitions) >= 50, "how-to-code.md should point at the real definitions, as file::name"
+    named = {r.split("::")[0] for _, r in refs}
+    modules = [p for d in ("gpt2", "kernels") for p in sorted((ROOT / d).glob("*.py")) if p.name != "__init__.py"]
+    unmentioned = [str(p.relative_to(ROOT)) for p in modules if str(p.relative_to(ROOT)) not in named]
+    assert not unmentioned, f"how-to-code.md does not visit {unmentioned}"
+
+
+def test_the_checker_rejects_what_does_not_exist():
+    assert _check("definition", "gpt2/model.py::GPT2.forward")
+    assert _check("definition", "gpt2/config.py::SIZES")
+    assert not _check("definition", "gpt2/model.py::GPT2.no_such_method")
+    assert not _check("definition", "gpt2/nowhere.py::GPT2")
+    assert not _check("path", "docs/missing.md")
+    assert _check("module", "gpt2") and _check("module", "gpt2.viz") and not _check("module", "gpt2.nothing")
+
+
+def _anchors(markdown):
+    """GitHub's heading ids: lower case, punctuation dropped, spaces to hyphens."""
+    out = set()
+    for line in FENCE.sub("", markdown).splitlines():
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*$", line)
+        if m:
+            out.add(re.sub(r"[^\w\- ]", "", m.group(1).strip().lower()).replace(" ", "-"))
+    return out
+
+
+def _notebook_markdown():
+    nb = json.loads((DOCS / "tour.ipynb").read_text(encoding="utf-8"))
+    return "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+
+
+@pytest.mark.parametrize("doc", [*MARKDOWN, DOCS / "tour.ipynb"], ids=lambda p: p.name)
+def test_links_resolve(doc):
+    text = _notebook_markdown() if doc.suffix == ".ipynb" else doc.read_text(encoding="utf-8")
+    broken = []
+    for target in LINK.findall(_prose(text)):
+        if re.match(r"^[a-z]+:", target):
+            continue  # external
+        path, _, anchor = target.partition("#")
+        file = (_base(doc) / path).resolve() if path else doc
+        if not file.exists():
+            broken.append(target)
+        elif anchor and file.suffix == ".md" and anchor not in _anchors(file.read_text(encoding="utf-8")):
+            broken.append(target)
+    assert not broken, f"{doc.name}: broken links {broken}"
+
+
+@pytest.mark.parametrize("doc", MARKDOWN, ids=lambda p: p.name)
+def test_math_is_balanced(doc):
+    """GitHub renders $...$ and ```math blocks; an odd $ in a paragraph breaks the rest of it."""
+    text = doc.read_text(encoding="utf-8")
+    assert text.count("```") % 2 == 0
+    for paragraph in _prose(text).split("\n\n"):
+        prose = CODE_SPAN.sub("", paragraph)
+        assert prose.count("$") % 2 == 0, f"{doc.name}: unbalanced $ in: {paragraph[:120]!r}"
+
+
+def test_generated_parts_are_what_the_code_prints():
+    seen = {}
+    for doc in MARKDOWN:
+        text = doc.read_text(encoding="utf-8")
+        for name in we.parts(text):
+            seen.setdefault(name, []).append(doc.name)
+            assert we.generated(text, name) == we.GENERATORS[name](), (
+                f"{doc.name}: generated part {name!r} is stale; run "
+                f"python -m gpt2.worked_example --update {doc.relative_to(ROOT)}"
+            )
+    assert "worked-example.md" in seen.get("walkthrough", [])
+    assert "theory.md" in seen.get("bpe", []) and "theory.md" in seen.get("sizes", [])
+
+
+def test_numbers_in_the_prose_are_computed():
+    """theory.md §9 and §11 quote numbers derived from the sizes; recompute them."""
+    text = (DOCS / "theory.md").read_text(encoding="utf-8")
+    cfg, n = we.model_sizes()["gpt2"]
+    V, T, L, d = cfg.vocab_size, cfg.block_size, cfg.n_layer, cfg.n_embd
+    block = 12 * d * d + 13 * d
+    assert f"{V} \\cdot {d} + {T} \\cdot {d} + {L} \\cdot {block:,}".replace(",", "\\,") in text
+    assert f"= {n:,}".replace(",", "\\,") in text
+    assert f"{V * d / 1e6:.1f} million" in text and f"{V * d / n:.0%}" in text  # tied head saves
+    assert f"{(n + V * d) / 1e6:.0f}M for small" in text  # head counted twice
+    assert f"gives {(n - V * d - T * d) / 1e6:.0f}M for small" in text  # embeddings left out
+    gpt1 = 40478 * d + 512 * d + L * block  # post-LN GPT-1: no final LayerNorm
+    assert f"has {gpt1 / 1e6:.1f}M parameters" in text and f"other {(n - gpt1) / 1e6:.1f}M" in text
+
+
+def test_diagram_shows_the_tokenizer_s_ids():
+    from gpt2 import Tokenizer
+
+    tex = (DOCS / "architecture.tex").read_text(encoding="utf-8")
+    text = re.search(r"``(.+?)''", tex).group(1)
+    assert str(Tokenizer().encode(text)) in tex
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None or shutil.which("pdftoppm") is None,
+                    reason="pdflatex/pdftoppm not installed")
+def test_diagram_compiles_and_matches_its_png(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from gpt2.viz import render_architecture
+
+    fresh = np.asarray(Image.open(render_architecture(tmp_path / "a.png")).convert("L"), dtype=float)
+    shipped = np.asarray(Image.open(DOCS / "architecture.png").convert("L"), dtype=float)
+    stale = "docs/architecture.png is stale: run python -m gpt2.viz architecture"
+    assert abs(fresh.shape[0] - shipped.shape[0]) <= 0.01 * shipped.shape[0], stale
+    assert abs(fresh.shape[1] - shipped.shape[1]) <= 0.01 * shipped.shape[1], stale
+    h, w = min(fresh.shape[0], shipped.shape[0]), min(fresh.shape[1], shipped.shape[1])
+    assert np.abs(fresh[:h, :w] - shipped[:h, :w]).mean() < 2.0, stale
+
+
+def test_png_is_an_image_of_the_diagram():
+    from PIL import Image
+
+    img = Image.open(DOCS / "architecture.png")
+    assert img.format == "PNG" and img.width > 800 and img.height > img.width
+
+
+def test_tour_notebook_runs(tmp_path):
+    """Execute docs/tour.ipynb on this machine (the CPU, through Triton's interpreter, unless a
+    GPU is present) with a kernel that runs this interpreter, so it sees the same packages."""
+    nbformat = pytest.importorskip("nbformat")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("nbclient")
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    spec = tmp_path / "kernels" / "tour"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "tour test", "language": "python",
+    }))
+    km = KernelManager(kernel_name="tour", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(spec.parent)]))
+    nb = nbformat.read(DOCS / "tour.ipynb", as_version=4)
+    assert not any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit the notebook without outputs"
+    client = NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(DOCS)}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "kernels: {'attention': 'triton', 'layernorm': 'triton', 'gelu': 'triton'}" in text
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the heatmap was not shown"
+    if not torch.cuda.is_available():
+        assert "INTERPRETER (not a performance number)" in text

@@ -1,0 +1,404 @@
+"""LayerNorm over the last dimension: Triton kernels, a registered PyTorch op, its autograd.
+
+Math, for one row x of N numbers (weight w, bias b of size N):
+
+    mean = sum(x) / N
+    var  = sum((x - mean)^2) / N          (biased, as torch.nn.LayerNorm)
+    rstd = 1 / sqrt(var + eps)
+    xhat = (x - mean) * rstd
+    y    = xhat * w + b
+
+Backward, given dy (same shape as y):
+
+    g     = dy * w                                       (the gradient w.r.t. xhat)
+    dx    = rstd * (g - mean(g) - xhat * mean(g * xhat))  (means over the row)
+    dw    = sum over rows of dy * xhat
+    db    = sum over rows of dy
+
+Statistics (mean, rstd) and all arithmetic are fp32 for fp32, fp16 and bf16 inputs; y and dx
+are stored in x's dtype, dw and db in the weight's dtype (which must equal x's).
+
+Kernels:
+  forward   one program per row; the row lives in registers (BLOCK_N = next_pow2(N),
+            masked), so x is read once and y written once; mean and rstd are saved
+            (fp32, one each per row) for the backward.
+  backward  a fixed grid of P programs (a few per SM), each looping over its own
+            contiguous run of row tiles: it writes dx for every row and keeps running
+            dw/db sums in registers, written once at the end as row `pid` of two fp32
+            buffers of shape (P, N).
+  reduce    sums those (P, N) buffers over P in a fixed order (no atomics), so dw and db
+            are bitwise identical run to run on the same GPU.
+
+Bytes moved (global memory; M rows, N columns, s bytes per element of x's dtype, P backward
+programs; `layer_norm_io_bytes` computes them):
+  forward   read x (M*N*s) + w, b (2*N*s), write y (M*N*s) + mean, rstd (8*M)
+            = 2*M*N*s + 2*N*s + 8*M
+  backward  main: read dy, x (2*M*N*s) + w (N*s) + mean, rstd (8*M), write dx (M*N*s)
+            + partial dw, db (8*P*N);  reduce: read 8*P*N, write dw, db (2*N*s)
+            = 3*M*N*s + 3*N*s + 8*M + 16*P*N
+The partial buffers are the only traffic beyond the minimum, 16*P / (3*M*s) of it: P is at
+most 2 programs per SM (1 for N > 2048), e.g. P = 264 on a 132-SM H100, so for M = 8192 rows
+of bf16 they add 8.6% (4.3% in fp32 or at M = 16384), and less for wider rows.
+
+Limits: 1 <= N <= 8192 (a row must fit in one program's registers without spilling); any
+leading shape. Inputs whose last dimension is not contiguous are copied to a contiguous
+tensor first; otherwise rows may have any stride (a 2-D view such as x[:, :N] of a wider
+tensor is read in place), and a leading shape that cannot be viewed as (M, N) is copied by
+`reshape`. Outputs are always contiguous. weight and bias must be 1-D of size N.
+"""
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import registry
+from kernels._common import check_float_dtype, check_runnable, check_same_dtype
+
+MAX_N = 8192
+
+
+@triton.jit
+def _layer_norm_fwd_kernel(
+    X, W, B, Y, MEAN, RSTD,
+    stride_x_row, stride_y_row, N, eps,
+    BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    mask = cols < N
+    # Interpreted bf16 arrives as raw 16-bit integers, so every load is cast to fp32 at once.
+    x = tl.load(X + row * stride_x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / N
+    # Two-pass variance from registers: no cancellation as in E[x^2] - E[x]^2.
+    xc = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(xc * xc, axis=0) / N
+    rstd = tl.rsqrt(var + eps)
+    w = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
+    b = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
+    y = xc * rstd * w + b
+    tl.store(Y + row * stride_y_row + cols, y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(MEAN + row, mean)
+    tl.store(RSTD + row, rstd)
+
+
+# With g = dy * w and xhat = (x - mean) * rstd, y = xhat * w + b gives
+#   dL/dx_i = rstd * (g_i - (1/N) sum_j g_j - xhat_i * (1/N) sum_j g_j xhat_j)
+# (the two sums are the derivatives of mean and of rstd), and dL/dw = sum_rows dy * xhat,
+# dL/db = sum_rows dy.
+@triton.jit
+def _layer_norm_bwd_kernel(
+    DY, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL,
+    stride_dy_row, stride_x_row, stride_dx_row, M, N, TILES_PER_PROGRAM,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
+    # This program's share of dw and db: per-column running sums over its rows.
+    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    first_tile = pid.to(tl.int64) * TILES_PER_PROGRAM
+    for t in range(0, TILES_PER_PROGRAM):
+        rows = (first_tile + t) * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        mask = row_mask[:, None] & col_mask[None, :]
+        x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows[:, None] * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        mean = tl.load(MEAN + rows, mask=row_mask, other=0.0)
+        rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)
+        # Masked columns load x = 0, which is not 0 after centring: zero them explicitly.
+        xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * w[None, :]
+        mean_g = tl.sum(g, axis=1) / N
+        mean_gx = tl.sum(g * xhat, axis=1) / N
+        dx = (g - mean_g[:, None] - xhat * mean_gx[:, None]) * rstd[:, None]
+        tl.store(DX + rows[:, None] * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        dw_acc += tl.sum(dy * xhat, axis=0)
+        db_acc += tl.sum(dy, axis=0)
+    tl.store(DW_PARTIAL + pid * N + cols, dw_acc, mask=col_mask)
+    tl.store(DB_PARTIAL + pid * N + cols, db_acc, mask=col_mask)
+
+
+@triton.jit
+def _layer_norm_bwd_reduce_kernel(
+    DW_PARTIAL, DB_PARTIAL, DW, DB,
+    P, N,
+    BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # Each program owns BLOCK_N columns and walks all P partial rows in a fixed order.
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < N
+    dw = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    db = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        ps = p0 + tl.arange(0, BLOCK_P)
+        mask = (ps < P)[:, None] & col_mask[None, :]
+        offsets = ps[:, None] * N + cols[None, :]
+        dw += tl.load(DW_PARTIAL + offsets, mask=mask, other=0.0)
+        db += tl.load(DB_PARTIAL + offsets, mask=mask, other=0.0)
+    tl.store(DW + cols, tl.sum(dw, axis=0).to(DW.dtype.element_ty), mask=col_mask)
+    tl.store(DB + cols, tl.sum(db, axis=0).to(DB.dtype.element_ty), mask=col_mask)
+
+
+# ----------------------------------------------------------------------------- launch heuristics
+
+# Backward row tiles hold at least this many elements, so that narrow rows still give each
+# loop iteration a few KB of loads in flight.
+_BWD_TILE_ELEMENTS = 2048
+
+
+def _launch_config(N, P=1):
+    """Every launch parameter of the three kernels, in one place: for hidden size N and, for
+    the reduce kernel, P partial rows (the backward's number of programs, `_bwd_grid`).
+
+    Returns dict(fwd=(BLOCK_N, num_warps), bwd=(BLOCK_M, BLOCK_N, num_warps),
+    bwd_programs_per_sm=int, reduce=(BLOCK_P, BLOCK_N, num_warps)).
+
+    Each thread holds 8 elements of a row (or tile), 16 at N > 4096: one 16-byte vector
+    load of bf16, and few enough registers that nothing spills (checked on sm_80 and sm_90
+    by `python -m kernels.inspect`). The backward uses at most 128 registers a thread, so
+    16 warps of it fit in an SM's 64K registers: that sets how many programs share an SM.
+    The reduce is latency-bound (a few hundred KB): its 4096-element tile spans as many of
+    the P rows as possible (16 to 128), so it needs few serial loads, and its columns are
+    split over as many programs as that leaves.
+    """
+    BLOCK_N = triton.next_power_of_2(N)
+    fwd_warps = min(16, max(1, BLOCK_N // 256))
+    BLOCK_M = max(1, _BWD_TILE_ELEMENTS // BLOCK_N)
+    bwd_warps = min(16, max(1, BLOCK_M * BLOCK_N // 256))
+    BLOCK_P = min(128, max(16, triton.next_power_of_2(P)))
+    return {
+        "fwd": (BLOCK_N, fwd_warps),
+        "bwd": (BLOCK_M, BLOCK_N, bwd_warps),
+        "bwd_programs_per_sm": max(1, 16 // bwd_warps),
+        "reduce": (BLOCK_P, 4096 // BLOCK_P, 8),
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter runs programs one by one; a couple still exercises the loop
+
+
+def _bwd_grid(M, N, device):
+    """(P, tiles per program) for the backward: at most a few programs per SM, each owning
+    a contiguous run of row tiles, and no program left without work."""
+    cfg = _launch_config(N)
+    BLOCK_M, _, _ = cfg["bwd"]
+    tiles = triton.cdiv(M, BLOCK_M)
+    programs = max(1, min(tiles, _num_sms(device) * cfg["bwd_programs_per_sm"]))
+    tiles_per_program = triton.cdiv(tiles, programs)
+    return triton.cdiv(tiles, tiles_per_program), tiles_per_program
+
+
+_TRITON_TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+def _register_configs():
+    """Register every config the launchers pick for GPT-2's widths (768..1600) and 4096,
+    8192: all in bf16, the float16/float32 ones at N=1600 and the widest float32 one."""
+    cases = [(torch.bfloat16, n) for n in (768, 1024, 1280, 1600, 4096, 8192)]
+    cases += [(torch.float16, 1600), (torch.float32, 1600), (torch.float32, 8192)]
+    for dtype, N in cases:
+        t = "*" + _TRITON_TYPE[dtype]
+        cfg = _launch_config(N)
+        BLOCK_N, warps = cfg["fwd"]
+        registry.register(
+            _layer_norm_fwd_kernel, op="layer_norm", label=f"fwd {t[1:]} BLOCK_N={BLOCK_N} warps={warps}",
+            signature={"X": t, "W": t, "B": t, "Y": t, "MEAN": "*fp32", "RSTD": "*fp32",
+                       "stride_x_row": "i32", "stride_y_row": "i32", "N": "i32", "eps": "fp32"},
+            constexprs={"BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1)
+        BLOCK_M, BLOCK_N, warps = cfg["bwd"]
+        registry.register(
+            _layer_norm_bwd_kernel, op="layer_norm",
+            label=f"bwd {t[1:]} BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} warps={warps}",
+            signature={"DY": t, "X": t, "W": t, "MEAN": "*fp32", "RSTD": "*fp32", "DX": t,
+                       "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "stride_dy_row": "i32",
+                       "stride_x_row": "i32", "stride_dx_row": "i32", "M": "i32", "N": "i32",
+                       "TILES_PER_PROGRAM": "i32"},
+            constexprs={"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1)
+        for P in (16, 32, 64, 128):  # every reduce tile, whatever the GPU and M
+            BLOCK_P, BLOCK_N, warps = _launch_config(N, P)["reduce"]
+            registry.register(
+                _layer_norm_bwd_reduce_kernel, op="layer_norm",
+                label=f"reduce {t[1:]} BLOCK_P={BLOCK_P} BLOCK_N={BLOCK_N} warps={warps}",
+                signature={"DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "DW": t, "DB": t, "P": "i32", "N": "i32"},
+                constexprs={"BLOCK_P": BLOCK_P, "BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1)
+
+
+_register_configs()
+
+
+def layer_norm_io_bytes(M, N, dtype, backward=False, device="cuda"):
+    """Global-memory bytes the forward (or the backward, both kernels) moves for M rows of
+    N elements of `dtype`: the counts in the module docstring. The backward's depends on
+    the device's SM count, through the number of programs P."""
+    s = torch.empty((), dtype=dtype).element_size()
+    if not backward:
+        return 2 * M * N * s + 2 * N * s + 8 * M
+    P, _ = _bwd_grid(M, N, torch.device(device))
+    return 3 * M * N * s + 3 * N * s + 8 * M + 16 * P * N
+
+
+# ----------------------------------------------------------------------------- launchers
+
+
+def _rows(t, N):
+    """t as an (M, N) tensor whose last dim is contiguous (a view when possible)."""
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t.reshape(-1, N)
+
+
+def _fwd(x, weight, bias, eps):
+    N = x.shape[-1]
+    x2 = _rows(x, N)
+    M = x2.shape[0]
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    mean = torch.empty((M,), dtype=torch.float32, device=x.device)
+    rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
+    if M == 0:
+        return y, mean, rstd
+    BLOCK_N, num_warps = _launch_config(N)["fwd"]
+    _layer_norm_fwd_kernel[(M,)](
+        x2, weight, bias, y, mean, rstd,
+        x2.stride(0), N, N, eps,
+        BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
+    )
+    return y, mean, rstd
+
+
+def _bwd(dy, x, weight, mean, rstd):
+    N = x.shape[-1]
+    x2, dy2 = _rows(x, N), _rows(dy, N)
+    M = x2.shape[0]
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dw = torch.empty((N,), dtype=weight.dtype, device=x.device)
+    db = torch.empty((N,), dtype=weight.dtype, device=x.device)
+    if M == 0:
+        return dx, dw.zero_(), db.zero_()
+    P, tiles_per_program = _bwd_grid(M, N, x.device)
+    cfg = _launch_config(N, P)
+    BLOCK_M, BLOCK_N, num_warps = cfg["bwd"]
+    dw_partial = torch.empty((P, N), dtype=torch.float32, device=x.device)
+    db_partial = torch.empty((P, N), dtype=torch.float32, device=x.device)
+    _layer_norm_bwd_kernel[(P,)](
+        dy2, x2, weight, mean, rstd, dx, dw_partial, db_partial,
+        dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
+        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
+    )
+    BLOCK_P, BLOCK_N, num_warps = cfg["reduce"]
+    _layer_norm_bwd_reduce_kernel[(triton.cdiv(N, BLOCK_N),)](
+        dw_partial, db_partial, dw, db, P, N,
+        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
+    )
+    return dx, dw, db
+
+
+# ----------------------------------------------------------------------------- registered ops
+
+
+@torch.library.custom_op("gpt2_kernels::layer_norm_fwd", mutates_args=())
+def _layer_norm_fwd(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_runnable("layer_norm", x, weight, bias)
+    return _fwd(x, weight, bias, eps)
+
+
+@_layer_norm_fwd.register_fake
+def _(x, weight, bias, eps):
+    M = x.numel() // x.shape[-1]
+    stats = x.new_empty((M,), dtype=torch.float32)
+    return x.new_empty(x.shape), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("gpt2_kernels::layer_norm_bwd", mutates_args=())
+def _layer_norm_bwd(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    check_runnable("layer_norm backward", dy, x, weight, mean, rstd)
+    return _bwd(dy, x, weight, mean, rstd)
+
+
+@_layer_norm_bwd.register_fake
+def _(dy, x, weight, mean, rstd):
+    N = x.shape[-1]
+    return x.new_empty(x.shape), weight.new_empty((N,)), weight.new_empty((N,))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _, _ = inputs
+    _, mean, rstd = output
+    ctx.save_for_backward(x, weight, mean, rstd)
+    ctx.mark_non_differentiable(mean, rstd)
+
+
+def _backward(ctx, dy, _dmean, _drstd):
+    x, weight, mean, rstd = ctx.saved_tensors
+    dx, dw, db = torch.ops.gpt2_kernels.layer_norm_bwd(dy, x, weight, mean, rstd)
+    return dx, dw, db, None
+
+
+_layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def layer_norm(x, weight, bias, eps=1e-5):
+    """LayerNorm of x over its last dimension, as torch.nn.functional.layer_norm(x, (N,),
+    weight, bias, eps), with Triton kernels forward and backward.
+
+    Args:
+        x:      (..., N) float32, float16 or bfloat16, CUDA (or CPU under TRITON_INTERPRET=1);
+                1 <= N <= 8192.
+        weight: (N,) same dtype and device as x.
+        bias:   (N,) same dtype and device as x.
+        eps:    added to the variance, a float >= 0.
+    Returns:
+        y: (..., N) contiguous, dtype of x. Statistics are computed in float32.
+    Raises:
+        TypeError for an unsupported or mismatched dtype, ValueError for bad shapes, tensors
+        on different devices, or CPU tensors without the interpreter.
+    """
+    op = "layer_norm"
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        check_float_dtype(op, name, t)
+    check_same_dtype(op, x=x, weight=weight, bias=bias)
+    if x.dim() == 0 or not 1 <= x.shape[-1] <= MAX_N:
+        raise ValueError(
+            f"{op}: x must have a last dimension N with 1 <= N <= {MAX_N} (one row per program "
+            f"in registers), got shape {tuple(x.shape)}")
+    N = x.shape[-1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.shape != (N,):
+            raise ValueError(f"{op}: {name} must be 1-D of size N={N} (x's last dim), got shape {tuple(t.shape)}")
+    if not eps >= 0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    check_runnable(op, x, weight, bias)
+    y, _, _ = torch.ops.gpt2_kernels.layer_norm_fwd(x, weight, bias, float(eps))
+    return y
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def layer_norm_reference(x, weight, bias, eps=1e-5):
+    """Plain PyTorch LayerNorm over the last dim, the kernels' math in eager ops: float16 and
+    bfloat16 inputs are computed in float32 and the result cast back (as torch does);
+    float32 and float64 stay in their dtype. Differentiable by autograd."""
+    dtype = x.dtype
+    compute = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    x, weight, bias = x.to(compute), weight.to(compute), bias.to(compute)
+    mean = x.mean(dim=-1, keepdim=True)
+    var = (x - mean).pow(2).mean(dim=-1, keepdim=True)
+    y = (x - mean) * torch.rsqrt(var + eps) * weight + bias
+    return y.to(dtype)

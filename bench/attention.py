@@ -1,0 +1,127 @@
+"""Causal self-attention, softmax(q k^T / sqrt(D) + causal mask) v, one GPT-2 layer's worth.
+
+Shapes: q, k, v (B, H, S, D) with D = 64 (every GPT-2 size) and H = n_head (12, 16, 20, 25).
+Passes: fwd (no autograd) and fwd+bwd (gradients of q, k and v).
+
+Implementations:
+    triton          ours: ``kernels.attention(q, k, v, causal=True)``
+    eager           the textbook op: q @ k^T, mask, softmax, @ v, with the (S, S) scores in
+                    memory (``gpt2.attention.attend(impl="torch")``, the model's eager path)
+    compile         ``torch.compile`` of the textbook op
+    sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math
+                    ``F.scaled_dot_product_attention(is_causal=True)`` pinned to each backend
+                    with ``torch.nn.attention.sdpa_kernel``; a backend that refuses the shape
+                    or dtype here is recorded as "unavailable"
+    flash_attn      Dao-AILab's ``flash_attn_func`` when ``flash_attn`` is installed (it takes
+                    (B, S, H, D); the transposes are views, outside the timed call)
+Triton's fused-attention tutorial is not shipped inside the ``triton`` package, so it is not
+a line here.
+"""
+
+from .common import (
+    Point, Unavailable, batch_for, compiled, model_config, time_kernel, torch_dtype,
+)
+
+FAMILY = "attention"
+OP = "attention_causal"
+PASSES = ("fwd", "fwd+bwd")
+SDPA_BACKENDS = {
+    "sdpa-flash": "FLASH_ATTENTION",
+    "sdpa-efficient": "EFFICIENT_ATTENTION",
+    "sdpa-cudnn": "CUDNN_ATTENTION",
+    "sdpa-math": "MATH",
+}
+IMPLS = (
+    ("triton", "ours"), ("eager", "baseline"), ("compile", "baseline"),
+    *((name, "baseline") for name in SDPA_BACKENDS), ("flash_attn", "peer"),
+)
+
+
+def points(sizes, seq_lens, dtype, info, smoke=False):
+    out = []
+    for size in sizes:
+        cfg = model_config(size)
+        D = cfg.head_size
+        for S in seq_lens:
+            B = batch_for(FAMILY, S, width=D, heads=cfg.n_head, dtype=dtype, device=info, smoke=smoke)
+            for p in PASSES:
+                out.append(Point(FAMILY, OP, p, size, D, cfg.n_head, S, B, dtype))
+    return out
+
+
+def _eager(q, k, v):
+    from gpt2.attention import attend
+
+    return attend(q, k, v, causal=True, impl="torch")
+
+
+def _reference(q, k, v):
+    import torch.nn.functional as F
+
+    return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+
+
+def _sdpa(backend_name):
+    import torch.nn.functional as F
+    from torch.nn import attention as nn_attention
+
+    backend = getattr(nn_attention.SDPBackend, backend_name, None)
+    if backend is None:
+        raise Unavailable(f"this PyTorch has no SDPA backend {backend_name}")
+
+    def f(q, k, v):
+        with nn_attention.sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return f
+
+
+def function(impl, ctx):
+    if impl == "eager":
+        return _eager
+    if impl == "compile":
+        return compiled(_eager, ctx)
+    if impl in SDPA_BACKENDS:
+        return _sdpa(SDPA_BACKENDS[impl])
+    if impl == "triton":
+        try:
+            from kernels.attention import attention as fn  # the function, from the op's own module
+        except ImportError as e:
+            raise Unavailable(f"kernels.attention not importable: {e}") from e
+        return lambda q, k, v: fn(q, k, v, causal=True)
+    if impl == "flash_attn":
+        try:
+            from flash_attn import flash_attn_func
+        except ImportError as e:
+            raise Unavailable(f"flash_attn not installed ({e})") from e
+        if ctx.device != "cuda":
+            raise Unavailable("flash_attn needs a CUDA GPU")
+        return lambda q, k, v: flash_attn_func(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True
+        ).transpose(1, 2)
+    raise ValueError(f"unknown {FAMILY} impl {impl!r}")
+
+
+def inputs(point, ctx):
+    import torch
+
+    dt = torch_dtype(point.dtype)
+    grad = point.pass_ != "fwd"
+    shape = (point.batch, point.heads, point.seq_len, point.width)
+    q, k, v = (torch.randn(shape, device=ctx.device, dtype=dt, requires_grad=grad) for _ in range(3))
+    do = torch.randn(shape, device=ctx.device, dtype=dt) if grad else None
+    return (q, k, v), do
+
+
+def run(point, impl, ctx):
+    f = function(impl, ctx)
+    args, do = inputs(point, ctx)
+    try:
+        return time_kernel(point, ctx, f, args, do, reference=_reference, is_compile=impl == "compile")
+    except RuntimeError as e:
+        # A pinned SDPA backend that cannot take this shape/dtype/device says so ("No available
+        # kernel", or on the CPU "No viable backend"): it does not run here, which is no failure.
+        msg = str(e).lower()
+        if impl in SDPA_BACKENDS and ("no available kernel" in msg or "no viable backend" in msg):
+            raise Unavailable(f"{impl}: no kernel for this shape/dtype/device") from e
+        raise

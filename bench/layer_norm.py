@@ -1,0 +1,86 @@
+"""LayerNorm over the last dimension, y = (x - mean) / sqrt(var + eps) * weight + bias.
+
+Shapes: x (B, S, N) with N = n_embd of each GPT-2 size (768, 1024, 1280, 1600); weight and
+bias (N,). Passes: fwd (inference, no autograd), bwd (the backward alone, after one forward),
+fwd+bwd (gradients of x, weight and bias).
+
+Implementations:
+    triton   ours: ``kernels.layer_norm``
+    eager    ``torch.nn.functional.layer_norm`` (what the model's "torch" path runs)
+    compile  ``torch.compile`` of the eager op, compiled for each shape
+    liger    Liger-Kernel's ``LigerLayerNormFunction`` when ``liger_kernel`` is installed
+"""
+
+from .common import (
+    Point, Unavailable, batch_for, compiled, model_config, time_kernel, torch_dtype,
+)
+
+FAMILY = "layer_norm"
+OP = "layer_norm"
+PASSES = ("fwd", "bwd", "fwd+bwd")
+IMPLS = (("triton", "ours"), ("eager", "baseline"), ("compile", "baseline"), ("liger", "peer"))
+EPS = 1e-5
+
+
+def points(sizes, seq_lens, dtype, info, smoke=False):
+    out = []
+    for size in sizes:
+        cfg = model_config(size)
+        for S in seq_lens:
+            B = batch_for(FAMILY, S, width=cfg.n_embd, heads=cfg.n_head, dtype=dtype, device=info, smoke=smoke)
+            for p in PASSES:
+                out.append(Point(FAMILY, OP, p, size, cfg.n_embd, cfg.n_head, S, B, dtype))
+    return out
+
+
+def _eager(x, w, b):
+    import torch.nn.functional as F
+
+    return F.layer_norm(x, w.shape, w, b, EPS)
+
+
+def _reference(x, w, b):
+    import torch.nn.functional as F
+
+    return F.layer_norm(x.float(), w.shape, w.float(), b.float(), EPS)
+
+
+def function(impl, ctx):
+    if impl == "eager":
+        return _eager
+    if impl == "compile":
+        return compiled(_eager, ctx)
+    if impl == "triton":
+        try:
+            # From the op's own module: once a submodule is imported, ``kernels.layer_norm``
+            # names the module rather than the function.
+            from kernels.layer_norm import layer_norm as fn
+        except ImportError as e:
+            raise Unavailable(f"kernels.layer_norm not importable: {e}") from e
+        return lambda x, w, b: fn(x, w, b, EPS)
+    if impl == "liger":
+        try:
+            from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+        except ImportError as e:
+            raise Unavailable(f"liger_kernel not installed ({e})") from e
+        return lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, EPS)
+    raise ValueError(f"unknown {FAMILY} impl {impl!r}")
+
+
+def inputs(point, ctx):
+    import torch
+
+    dt = torch_dtype(point.dtype)
+    grad = point.pass_ != "fwd"
+    shape = (point.batch, point.seq_len, point.width)
+    x = torch.randn(shape, device=ctx.device, dtype=dt, requires_grad=grad)
+    w = (1 + 0.1 * torch.randn(point.width, device=ctx.device)).to(dt).requires_grad_(grad)
+    b = (0.1 * torch.randn(point.width, device=ctx.device)).to(dt).requires_grad_(grad)
+    dy = torch.randn(shape, device=ctx.device, dtype=dt) if grad else None
+    return (x, w, b), dy
+
+
+def run(point, impl, ctx):
+    f = function(impl, ctx)
+    args, dy = inputs(point, ctx)
+    return time_kernel(point, ctx, f, args, dy, reference=_reference, is_compile=impl == "compile")

@@ -1,0 +1,224 @@
+"""GPT-2 end to end: the forward pass, a training step, and generation with the KV cache.
+
+Points, for each size and sequence length S (batch B with B*S ~ 8192 tokens):
+    gpt2_forward     fwd       logits of (B, S) random token ids, no autograd
+    gpt2_train_step  train     forward + cross-entropy + backward + AdamW step (fused AdamW on
+                               CUDA), weights, gradients and optimizer state in the run's dtype
+and for each size one generation point (not a function of S): batch 1, a 128-token random
+prompt, 256 new tokens, greedy; ``ms`` is the time per new token and ``tokens_per_s`` = new
+tokens / time of the whole ``generate`` call (prefill included).
+
+Configurations (``model.set_kernels``):
+    eager              everything eager PyTorch, attention the textbook op with (S, S) scores
+    eager+sdpa         eager LayerNorm and GELU, attention by F.scaled_dot_product_attention
+    triton-attention   one Triton kernel at a time, the rest as eager+sdpa
+    triton-layernorm
+    triton-gelu
+    triton             all three Triton kernels (ours)
+    compile            ``torch.compile`` of the eager+sdpa model, compiled per shape
+    hf                 (generation only) Hugging Face ``transformers``' GPT2LMHeadModel with the
+                       same shape and random weights, when installed
+GPT-2's position table is enlarged to the longest S of the sweep (block_size); the weights are
+random, which does not change the time of any operation. One model lives on the GPU at a time,
+so a peak-memory reading holds that model, its gradients, optimizer state and activations.
+"""
+
+import time
+
+from .common import (
+    GEN_BATCH, GEN_NEW, GEN_PROMPT, SMOKE_TARGETS, Point, Unavailable, batch_for, free_memory,
+    model_config, peak_memory, synchronize, torch_dtype,
+)
+
+FAMILY = "model"
+PASSES = ("fwd", "train")
+OPS = {"fwd": "gpt2_forward", "train": "gpt2_train_step", "generate": "gpt2_generate"}
+CONFIGS = {  # impl -> set_kernels arguments
+    "eager": dict(attention="torch", layernorm="torch", gelu="torch"),
+    "eager+sdpa": dict(attention="sdpa", layernorm="torch", gelu="torch"),
+    "triton-attention": dict(attention="triton", layernorm="torch", gelu="torch"),
+    "triton-layernorm": dict(attention="sdpa", layernorm="triton", gelu="torch"),
+    "triton-gelu": dict(attention="sdpa", layernorm="torch", gelu="triton"),
+    "triton": dict(attention="triton", layernorm="triton", gelu="triton"),
+    "compile": dict(attention="sdpa", layernorm="torch", gelu="torch"),
+}
+IMPLS = (
+    ("triton", "ours"), ("eager", "baseline"), ("eager+sdpa", "baseline"), ("compile", "baseline"),
+    ("triton-attention", "variant"), ("triton-layernorm", "variant"), ("triton-gelu", "variant"),
+)
+GEN_IMPLS = (("triton", "ours"), ("eager", "baseline"), ("eager+sdpa", "baseline"), ("hf", "peer"))
+
+
+def impls_for(point):
+    return GEN_IMPLS if point.pass_ == "generate" else IMPLS
+
+
+def points(sizes, seq_lens, dtype, info, smoke=False, quick=False):
+    out = []
+    for size in sizes:
+        cfg = model_config(size)
+        for S in seq_lens:
+            B = batch_for(FAMILY, S, width=cfg.n_embd, heads=cfg.n_head, dtype=dtype, device=info, smoke=smoke)
+            for p in PASSES:
+                out.append(Point(FAMILY, OPS[p], p, size, cfg.n_embd, cfg.n_head, S, B, dtype))
+        prompt = SMOKE_TARGETS["gen_prompt"] if smoke else GEN_PROMPT
+        new = SMOKE_TARGETS["gen_new"] if smoke else (64 if quick else GEN_NEW)
+        out.append(Point(FAMILY, OPS["generate"], "generate", size, cfg.n_embd, cfg.n_head, prompt + new,
+                         GEN_BATCH, dtype, extra=(("prompt", prompt), ("new", new))))
+    return out
+
+
+# ---- models, one on the GPU at a time ----------------------------------------------------
+
+
+def _evict(ctx, keep=None):
+    for key in [k for k in ctx.cache if k != keep]:
+        del ctx.cache[key]
+    free_memory(ctx.device, collect=True)
+
+
+def get_model(size, ctx):
+    import torch
+
+    from gpt2.model import GPT2
+
+    key = ("ours", size)
+    if key not in ctx.cache:
+        _evict(ctx)
+        cfg = model_config(size, block_size=ctx.meta.get("block_size", 1024))
+        torch.manual_seed(0)
+        with torch.device(ctx.device):
+            model = GPT2(cfg)
+        ctx.cache[key] = model.to(torch_dtype(ctx.dtype))
+    return ctx.cache[key]
+
+
+def get_hf_model(size, ctx):
+    import torch
+
+    try:
+        import transformers
+    except ImportError as e:
+        raise Unavailable(f"transformers not installed ({e})") from e
+    key = ("hf", size)
+    if key not in ctx.cache:
+        _evict(ctx)
+        cfg = model_config(size)
+        hf_cfg = transformers.GPT2Config(
+            vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+            n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+            bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1,  # GPT-2's 50256, or the tiny vocab's last
+        )
+        torch.manual_seed(0)
+        with torch.device(ctx.device):
+            model = transformers.GPT2LMHeadModel(hf_cfg)
+        ctx.cache[key] = model.to(torch_dtype(ctx.dtype)).eval()
+    return ctx.cache[key]
+
+
+def _configure(model, impl):
+    try:
+        model.set_kernels(**CONFIGS[impl])
+    except RuntimeError as e:  # a Triton kernel that is not there yet
+        raise Unavailable(str(e)) from e
+    return model
+
+
+# ---- the measurements --------------------------------------------------------------------
+
+
+def run(point, impl, ctx):
+    import torch
+
+    if point.pass_ == "generate":
+        return _run_generate(point, impl, ctx)
+    model = _configure(get_model(point.size, ctx), impl)
+    g = torch.Generator(device=ctx.device).manual_seed(1)
+    V = model.config.vocab_size
+    idx = torch.randint(0, V, (point.batch, point.seq_len), device=ctx.device, generator=g)
+    net = model
+    if impl == "compile":
+        torch._dynamo.reset()
+        net = torch.compile(model, backend=ctx.compile_backend, dynamic=False)
+    out = {}
+    try:
+        if point.pass_ == "fwd":
+            model.eval()
+
+            def step():
+                with torch.no_grad():
+                    net(idx)
+        else:
+            model.train()
+            targets = torch.randint(0, V, (point.batch, point.seq_len), device=ctx.device, generator=g)
+            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=ctx.device == "cuda")
+
+            def step():
+                _, loss = net(idx, targets)
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+
+        t0 = time.perf_counter()
+        step()
+        synchronize(ctx.device)
+        if impl == "compile":
+            out["compile_s"] = time.perf_counter() - t0
+        # The interpreter takes seconds per step: one timed step is enough to exercise the path.
+        out["ms"] = ctx.timer(step, slow=True, reps=1 if ctx.smoke else None)
+        out["peak_mem_bytes"] = peak_memory(step, ctx.device)
+        out["tokens_per_s"] = point.batch * point.seq_len / (out["ms"] * 1e-3)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        if impl == "compile":
+            del net
+            torch._dynamo.reset()
+        free_memory(ctx.device)
+    return out
+
+
+def _run_generate(point, impl, ctx):
+    import torch
+
+    prompt, new = point.get("prompt"), point.get("new")
+    g = torch.Generator(device=ctx.device).manual_seed(2)
+    if impl == "hf":
+        model = get_hf_model(point.size, ctx)
+        V = model.config.vocab_size
+        idx = torch.randint(0, V, (point.batch, prompt), device=ctx.device, generator=g)
+        mask = torch.ones_like(idx)
+
+        def gen(n):
+            with torch.no_grad():
+                return model.generate(input_ids=idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                      do_sample=False, pad_token_id=0)
+
+        note = f"transformers {transformers_version()}, attn_implementation={model.config._attn_implementation}"
+    else:
+        model = _configure(get_model(point.size, ctx), impl).eval()
+        V = model.config.vocab_size
+        idx = torch.randint(0, V, (point.batch, prompt), device=ctx.device, generator=g)
+
+        def gen(n):
+            return model.generate(idx, n, temperature=0, use_cache=True)
+
+        note = ""
+    first = gen(new)  # warm-up: compiles every kernel variant the decode steps meet
+    if first.shape[1] != prompt + new:
+        raise RuntimeError(f"{impl} generated {first.shape[1] - prompt} tokens, expected {new}")
+    total_ms = ctx.timer(lambda: gen(new), slow=True, warmup=0, reps=1 if ctx.smoke else 3)
+    peak = peak_memory(lambda: gen(new), ctx.device)
+    free_memory(ctx.device)
+    return {
+        "ms": total_ms / new,
+        "tokens_per_s": point.batch * new / (total_ms * 1e-3),
+        "peak_mem_bytes": peak,
+        "note": (note + "; " if note else "") + f"prompt {prompt}, {new} new tokens, greedy, ms per new token",
+    }
+
+
+def transformers_version():
+    from .common import package_version
+
+    return package_version("transformers")

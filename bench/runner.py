@@ -1,0 +1,114 @@
+"""Runs a planned sweep: one task at a time, each turned into a result row whatever happens.
+
+- An out-of-memory point is recorded as "oom", an implementation that cannot run here as
+  "unavailable", any other exception as "error" (its message in ``note``); the run goes on.
+- With a budget (seconds), a task whose expected time would overrun it is recorded as
+  "skipped" and the run goes on to cheaper ones; the expected time is the last observed time
+  of the same kind of task (``sweep.estimate``).
+- A row-wise op (LayerNorm, GELU) whose (rows, width) was already measured at another S is
+  not measured again: its rows are copied and say so.
+- Results are written after every task, so a run that is killed leaves what it had.
+- An error that leaves the CUDA context unusable (an illegal memory access, a device-side
+  assert) ends the measuring: every later task is recorded as skipped, saying why.
+"""
+
+import time
+import traceback
+import warnings
+
+from .common import (
+    Unavailable, counts, fill_rates, fill_speedups, free_memory, is_oom, make_row,
+)
+from .sweep import cost_class, estimate, family_module
+
+
+# CUDA errors after which every later call in the process fails too.
+STICKY_CUDA_ERRORS = ("illegal memory access", "unspecified launch failure", "device-side assert",
+                      "misaligned address", "illegal instruction", "cuda error: an illegal")
+
+
+def _first_line(exc, limit=300):
+    text = f"{type(exc).__name__}: {exc}".strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def run_task(task, ctx, module=None):
+    """One row for one task (never raises, except KeyboardInterrupt)."""
+    import torch
+
+    module = module or family_module(task.point.family)
+    values, status, note = {}, "ok", ""
+    failed = True
+    torch.manual_seed(1234)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = dict(module.run(task.point, task.impl, ctx) or {})
+        note = values.pop("note", "") or ""
+        failed = False
+    except KeyboardInterrupt:
+        raise
+    except Unavailable as e:
+        status, note, failed = "unavailable", str(e), False
+    except Exception as e:  # noqa: BLE001 - any failure becomes a row, and the sweep goes on
+        if is_oom(e):
+            status, note = "oom", _first_line(e, 160)
+        else:
+            status, note = "error", _first_line(e)
+            if ctx.meta.get("verbose"):
+                traceback.print_exc()
+    finally:
+        # A failure can leave tensors in reference cycles (traceback frames): collect them.
+        free_memory(ctx.device, collect=failed or task.point.family == "model")
+    flops, nbytes = counts(task.point)
+    row = make_row(task.point, task.impl, task.role, status=status, note=note, flops=flops, bytes=nbytes,
+                   **({k: v for k, v in values.items()} if status == "ok" else {}))
+    return fill_rates(row, ctx.limits)
+
+
+def execute(tasks, ctx, *, budget=None, reserve=0.0, progress=None, save=None, clock=time.monotonic):
+    """Run every task in order; returns the rows (with speedups filled in).
+
+    budget: seconds from now for the whole sweep (``reserve`` of them kept for the end);
+    save(rows): called after every task; progress.step(label): after every task.
+    """
+    start = clock()
+    rows, observed, measured = [], {}, {}
+    lost = None  # the task after which the CUDA context was lost
+    for task in tasks:
+        p = task.point
+        shape = (p.shape_key(), task.impl)
+        if lost is not None:
+            flops, nbytes = counts(p)
+            row = make_row(p, task.impl, task.role, status="skipped", flops=flops, bytes=nbytes,
+                           note=f"not measured: the CUDA context was lost at {lost}")
+        elif shape in measured:
+            row = dict(measured[shape])
+            row.update(seq_len=p.seq_len, batch=p.batch)
+            row["note"] = "; ".join(x for x in (
+                f"same shape (rows x width) as S={measured[shape]['seq_len']}: measured once", row["note"]) if x)
+        else:
+            elapsed = clock() - start
+            est = estimate(task, observed)
+            if budget is not None and elapsed + est > budget - reserve:
+                flops, nbytes = counts(p)
+                row = make_row(p, task.impl, task.role, status="skipped", flops=flops, bytes=nbytes,
+                               note=f"not measured: --budget {budget:.0f} s (expected {est:.0f} s, "
+                                    f"{max(0.0, budget - reserve - elapsed):.0f} s left)")
+            else:
+                t0 = clock()
+                row = run_task(task, ctx)
+                observed[cost_class(task)] = clock() - t0
+                measured[shape] = row
+                if row["status"] == "error" and any(s in row["note"].lower() for s in STICKY_CUDA_ERRORS):
+                    lost = task.label()
+        rows.append(row)
+        if save is not None:
+            save(rows)
+        if progress is not None:
+            took = observed.get(cost_class(task)) if measured.get(shape) is row else None
+            progress.step(f"{task.label()}: {row['status']}"
+                          + (f" {row['ms']:.3f} ms" if row["status"] == "ok" and row.get("ms") else "")
+                          + (f" ({took:.1f} s)" if took is not None else ""))
+    return fill_speedups(rows)

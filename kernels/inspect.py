@@ -1,0 +1,430 @@
+"""Compile every registered kernel configuration for a GPU that is not here, and read its SASS.
+
+    python -m kernels.inspect [--arch 80|90|all] [--op NAME] [--json] [--jobs N] [--module MOD]
+
+Each configuration that an op registers in ``kernels.registry`` (the ones its launcher can
+pick) is compiled by Triton for the target architecture without a GPU present, the same way
+a launch would compile it. The cubin is then read with the ``cuobjdump`` and ``nvdisasm``
+that ship with Triton, and per configuration we report:
+
+    registers      registers per thread (``REG`` in ``cuobjdump -res-usage``)
+    spills         what Triton calls ``n_spills`` on a GPU: local memory a thread, in 4-byte
+                   words (CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES / 4; here (STACK + LOCAL) / 4
+                   from ``cuobjdump -res-usage``: ptxas puts spilled registers in the stack)
+    local_loads    LDL instructions in the SASS (reads of spilled registers)
+    local_stores   STL instructions in the SASS (writes of spilled registers)
+    shared_mem     dynamic shared memory in bytes that Triton launches the kernel with (a
+                   config over the architecture's limit is reported as failed: it would not launch)
+    hmma, hgmma    tensor-core instructions: HMMA (mma.sync, sm_80+) and HGMMA (wgmma, sm_90)
+
+The exit status is 1 if any configuration fails to compile or touches local memory (spills),
+so scripts can gate on it; 2 for bad arguments or an op module that fails to import.
+Stdout carries only the report (the table, or with ``--json`` one JSON document); anything
+else, such as the PTX that Triton prints when ptxas fails, goes to stderr.
+
+Pointer arguments are compiled as 16-byte aligned, as every launch on a PyTorch tensor is;
+integer arguments that the launcher guarantees to be multiples of 16 can be named in the
+registration with ``divisible_by_16=("stride_xm", ...)``, and extra keyword arguments that
+are Triton compile options (``maxnreg``, ``num_ctas``, ...) are passed on to the compiler.
+
+Triton's interpreter must be off for this (``@triton.jit`` would otherwise hand back
+interpreted functions, which cannot be compiled), so ``TRITON_INTERPRET`` is dropped from
+the environment before the kernels are imported. Compiled kernels land in Triton's own cache
+(~/.triton/cache), which makes reruns fast.
+"""
+
+import os
+import sys
+
+if __name__ == "__main__" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    del os.environ["TRITON_INTERPRET"]
+    if "triton" in sys.modules:
+        # Something imported Triton while the interpreter was on; start over with it off.
+        os.execv(sys.executable, [sys.executable, "-m", "kernels.inspect", *sys.argv[1:]])
+
+import argparse  # noqa: E402
+import hashlib  # noqa: E402
+import inspect as _pyinspect  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from collections import Counter  # noqa: E402
+from importlib import import_module  # noqa: E402
+
+ARCHS = (80, 90)  # what "--arch all" means: A100 and H100/H200
+
+# The most shared memory one block may have (cudaDevAttrMaxSharedMemoryPerBlockOptin). A
+# config over it compiles, then fails at launch with "out of resource", so it counts as failed.
+MAX_SHARED_MEM = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
+
+# ----------------------------------------------------------------------------------------
+# Compiling without a GPU
+# ----------------------------------------------------------------------------------------
+
+
+def ast_source_args(fn, signature, constexprs, divisible_by_16=()):
+    """The (signature, constexprs, attrs) triple for ``triton.compiler.ASTSource``, as a launch
+    would build it.
+
+    ASTSource(fn, signature, constexprs, attrs) is the same in Triton 3.6 and 3.9. Its
+    ``signature`` is keyed by argument name; a launch lists every argument in order, with
+    constexprs typed "constexpr", and so do we (the cubin does not depend on that order, or
+    on whether the constexprs are listed). ``constexprs`` may be keyed by name or by an
+    index-path tuple ``(i,)``. ``attrs`` must be keyed by index-path tuples, so argument
+    positions matter there: ``[["tt.divisibility", 16]]`` marks an argument as a multiple of
+    16 (for pointers, 16-byte aligned). This merges the registry's separate signature and
+    constexprs back into argument order, fills constexprs left out from their defaults, and
+    names whatever does not match the kernel.
+    """
+    names = list(fn.arg_names)
+    # The Python signature (not JITFunction.params) so that this also works on the
+    # interpreter's functions, which have no .params.
+    params = _pyinspect.signature(getattr(fn, "fn", fn)).parameters
+    problems = []
+    if set(signature) & set(constexprs):
+        problems.append(f"both typed and constexpr: {', '.join(sorted(set(signature) & set(constexprs)))}")
+    if (set(signature) | set(constexprs)) - set(names):
+        problems.append(f"not arguments: {', '.join(sorted((set(signature) | set(constexprs)) - set(names)))}")
+    if problems:
+        raise ValueError(f"{fn.__name__}({', '.join(names)}): {'; '.join(problems)}")
+    sig, consts, attrs = {}, {}, {}
+    for i, name in enumerate(names):
+        if name in signature:
+            ty = signature[name]
+            sig[name] = ty
+            if ty.startswith("*") or name in divisible_by_16:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+            continue
+        param = params[name]
+        is_constexpr = "constexpr" in str(param.annotation)
+        if name in constexprs:
+            consts[name] = constexprs[name]
+        elif is_constexpr and param.default is not _pyinspect.Parameter.empty:
+            consts[name] = param.default
+        elif is_constexpr:
+            raise ValueError(f"{fn.__name__}: constexpr {name} is missing from the registered constexprs")
+        else:
+            raise ValueError(f"{fn.__name__}: argument {name} is missing from the registered signature")
+        sig[name] = "constexpr"
+    return sig, consts, attrs
+
+
+def compile_kernel(fn, signature, constexprs, arch, num_warps=4, num_stages=2, divisible_by_16=(), **options):
+    """Compile a @triton.jit function for ``sm_<arch>``; no GPU needed. Returns Triton's
+    CompiledKernel (``.asm["cubin"]``, ``.asm["ptx"]``, ``.metadata.shared``, ...)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from triton.runtime.jit import JITFunction
+
+    if not isinstance(fn, JITFunction):
+        raise TypeError(
+            f"{getattr(fn, '__name__', fn)!r} is not a compilable @triton.jit function (it is a "
+            f"{type(fn).__name__}); was TRITON_INTERPRET set when its module was imported?"
+        )
+    sig, consts, attrs = ast_source_args(fn, signature, constexprs, divisible_by_16)
+    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
+    opts = {"num_warps": num_warps, "num_stages": num_stages, **options}
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
+
+
+# ----------------------------------------------------------------------------------------
+# Reading the cubin
+# ----------------------------------------------------------------------------------------
+
+# "        /*0a70*/  @!P0 HGMMA.64x64x16.F32 R24, gdesc[UR4], R24 ;" -> "HGMMA"
+_SASS_OPCODE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)", re.MULTILINE)
+# " Function _k:\n  REG:62 STACK:0 SHARED:1024 LOCAL:0 CONSTANT[0]:568 ..."
+_RES_USAGE = re.compile(r"Function\s+(\S+?):\s*\n\s*(.*)")
+
+
+def count_opcodes(sass):
+    """Counter of SASS opcodes (without their .modifiers) in cuobjdump/nvdisasm output."""
+    return Counter(_SASS_OPCODE.findall(sass))
+
+
+def parse_res_usage(text):
+    """{function name: {"REG": 62, "STACK": 0, "SHARED": 1024, "LOCAL": 0, ...}} from
+    ``cuobjdump -res-usage``."""
+    out = {}
+    for name, fields in _RES_USAGE.findall(text):
+        out[name] = {k: int(v) for k, v in re.findall(r"([A-Z]+(?:\[\d+\])?):(\d+)", fields)}
+    return out
+
+
+def _tool(name):
+    import triton
+
+    path = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+    return path if os.path.exists(path) else name  # else hope for a CUDA toolkit on PATH
+
+
+def cubin_stats(cubin, name, ptx=None):
+    """Registers, local memory and tensor-core instruction counts of kernel ``name`` in a
+    cubin (``ptx``, its source, lets the disassembly be skipped where it cannot find
+    anything; see below).
+
+    Disassembling costs 0.5-1.5 s of CPU a kernel, more than many compiles, so results are
+    kept next to Triton's own cache entries, keyed by the cubin's bytes."""
+    from triton.runtime.cache import get_cache_manager
+
+    key = hashlib.sha256(b"kernels.inspect/1\0" + name.encode() + b"\0" + cubin).hexdigest()
+    cache = get_cache_manager(key)
+    hit = cache.get_file("sass_stats.json")
+    if hit is not None:
+        with open(hit) as f:
+            return json.load(f)
+    stats = _cubin_stats(cubin, name, ptx)
+    cache.put(json.dumps(stats), "sass_stats.json", binary=False)
+    return stats
+
+
+def _cubin_stats(cubin, name, ptx):
+    with tempfile.TemporaryDirectory(prefix="kernels-inspect-") as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        res = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True, check=True)
+        usage = parse_res_usage(res.stdout)
+        if name not in usage:
+            raise RuntimeError(f"cuobjdump -res-usage shows no function {name}: {res.stdout.strip()}")
+        u = usage[name]
+        # LDL/STL need a local-memory frame, and ptxas emits HMMA/HGMMA only for PTX mma /
+        # wgmma instructions, so a kernel with neither has nothing to count. Else read the
+        # SASS (nvdisasm prints what `cuobjdump -sass` does, a little faster).
+        local_bytes = u.get("STACK", 0) + u.get("LOCAL", 0)
+        if ptx is not None and local_bytes == 0 and "mma" not in ptx:
+            ops = Counter()
+        else:
+            sass = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True)
+            ops = count_opcodes(sass.stdout)
+    return {
+        "registers": u.get("REG", 0),
+        # Spilled registers live in the stack frame (STACK); LOCAL is the rest of the local
+        # memory. The driver's CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, which Triton divides by 4
+        # into n_spills on a GPU, covers both.
+        "spills": local_bytes // 4,
+        "local_loads": ops["LDL"],
+        "local_stores": ops["STL"],
+        "hmma": ops["HMMA"],
+        "hgmma": ops["HGMMA"],
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# The registered configurations
+# ----------------------------------------------------------------------------------------
+
+
+def load_ops():
+    """Import every op module so that it registers its configurations. Returns
+    (loaded op names, missing module names, {module: error} for modules that failed)."""
+    import kernels
+
+    loaded, missing, failed = [], [], {}
+    for op, module in kernels._PUBLIC.items():
+        try:
+            import_module(module)
+            loaded.append(op)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                failed[module] = f"{type(e).__name__}: {e}"
+            else:
+                missing.append(module)
+        except Exception as e:  # a bug in the op module: report it, inspect the others
+            failed[module] = f"{type(e).__name__}: {e}"
+    return loaded, missing, failed
+
+
+_CONFIGS = []  # the configurations being inspected; forked workers read them from here
+
+
+def _compile_options(extra):
+    from dataclasses import fields
+
+    from triton.backends.nvidia.compiler import CUDAOptions
+
+    allowed = {f.name for f in fields(CUDAOptions)} - {"num_warps", "num_stages"}
+    return {k: v for k, v in extra.items() if k in allowed}
+
+
+def inspect_config(cfg, arch):
+    """One report row: the configuration, and its stats or the error that stopped it."""
+    row = {
+        "op": cfg.op,
+        "kernel": cfg.name,
+        "label": cfg.label,
+        "arch": arch,
+        "num_warps": cfg.num_warps,
+        "num_stages": cfg.num_stages,
+        "constexprs": {k: (v if isinstance(v, (int, float, bool, str)) or v is None else repr(v))
+                       for k, v in cfg.constexprs.items()},
+    }
+    t0 = time.perf_counter()
+    try:
+        ck = compile_kernel(cfg.kernel, cfg.signature, cfg.constexprs, arch, cfg.num_warps, cfg.num_stages,
+                            divisible_by_16=tuple(cfg.extra.get("divisible_by_16", ())),
+                            **_compile_options(cfg.extra))
+        stats = cubin_stats(ck.asm["cubin"], ck.metadata.name, ck.asm.get("ptx"))
+        row.update(registers=stats["registers"], spills=stats["spills"], local_loads=stats["local_loads"],
+                   local_stores=stats["local_stores"], shared_mem=ck.metadata.shared, hmma=stats["hmma"],
+                   hgmma=stats["hgmma"])
+        limit = MAX_SHARED_MEM.get(arch)
+        if limit is not None and ck.metadata.shared > limit:
+            row["error"] = f"needs {ck.metadata.shared} bytes of shared memory; sm_{arch} allows {limit}"
+    except Exception as e:
+        msg = f"{type(e).__name__}: {e}".strip()
+        row.update(registers=None, spills=None, local_loads=None, local_stores=None, shared_mem=None, hmma=None,
+                   hgmma=None, error=msg[:2000])
+    row["seconds"] = round(time.perf_counter() - t0, 2)  # compile + disassembly; ~0 when cached
+    return row
+
+
+def _inspect_index(job):
+    index, arch = job
+    return inspect_config(_CONFIGS[index], arch)
+
+
+def row_ok(row):
+    return "error" not in row and row["spills"] == 0 and row["local_loads"] == 0 and row["local_stores"] == 0
+
+
+def inspect_all(configs, archs, jobs=None):
+    """Rows for every configuration x arch, in order. Compiles in forked worker processes
+    (ptxas and the disassemblers are separate processes anyway, so this scales with cores)."""
+    _CONFIGS[:] = configs
+    work = [(i, arch) for arch in archs for i in range(len(configs))]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    jobs = min(jobs or cores or 1, len(work))
+    if jobs <= 1 or sys.platform != "linux":
+        return [_inspect_index(w) for w in work]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # fork: the workers inherit the imported kernels and the registry; nothing is pickled but indices.
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_inspect_index, work))
+
+
+# ----------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------
+
+_COLUMNS = [("op", "op"), ("kernel", "kernel"), ("label", "label"), ("arch", "sm"), ("num_warps", "warps"),
+            ("num_stages", "stages"), ("registers", "regs"), ("spills", "spills"), ("local_loads", "LDL"),
+            ("local_stores", "STL"), ("shared_mem", "smem"), ("hmma", "HMMA"), ("hgmma", "HGMMA")]
+
+
+def format_table(rows):
+    def cell(row, key):
+        v = row.get(key)
+        return "-" if v is None else str(v)
+
+    table = [[h for _, h in _COLUMNS] + ["status"]]
+    for r in rows:
+        status = "FAILED" if "error" in r else ("ok" if row_ok(r) else "SPILLS")
+        table.append([cell(r, k) for k, _ in _COLUMNS] + [status])
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
+    numeric = {i for i, (k, _) in enumerate(_COLUMNS) if k not in ("op", "kernel", "label")}
+    lines = ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
+             .rstrip() for line in table]
+    lines.insert(1, "-" * len(lines[0]))
+    for r in rows:
+        if "error" in r:
+            lines.append(f"\n{r['kernel']} [{r['label']}] sm_{r['arch']}: {r['error']}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m kernels.inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="90", help="target compute capability: 80, 90, ... or 'all' (80 and 90); "
+                        "default 90")
+    parser.add_argument("--op", action="append", help="inspect only this op (repeatable)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument("--module", action="append", default=[],
+                        help="also import this module first (e.g. a scratch kernel that registers configs)")
+    parser.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
+    args = parser.parse_args(argv)
+    if args.arch == "all":
+        archs = list(ARCHS)
+    elif args.arch.isdigit():
+        archs = [int(args.arch)]
+    else:
+        parser.error(f"--arch must be a compute capability such as 80 or 90, or 'all'; got {args.arch!r}")
+
+    # Triton 3.9 warns on every compile that its fp-fusion default will change; launches get
+    # the same default, so the warning says nothing about these kernels.
+    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+
+    # Keep stdout for the report: Triton print()s a failing kernel's whole PTX, and compiler
+    # diagnostics may write to file descriptor 1 directly, in this process or the workers.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with os.fdopen(os.dup(saved), "w") as report:
+            return _run(args, archs, parser, report)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _run(args, archs, parser, report):
+    t0 = time.perf_counter()
+    import triton
+
+    from kernels import registry
+
+    loaded, missing, failed = load_ops()
+    for module in args.module:
+        try:
+            import_module(module)
+        except Exception as e:
+            failed[module] = f"{type(e).__name__}: {e}"
+    for module in missing:
+        print(f"kernels.inspect: warning: {module} does not exist yet; its kernels are not inspected",
+              file=sys.stderr)
+    for module, err in failed.items():
+        print(f"kernels.inspect: error: importing {module} failed: {err}", file=sys.stderr)
+    configs = registry.configs()
+    if args.op:
+        known = sorted({c.op for c in configs})
+        unknown = [op for op in args.op if op not in known]
+        if unknown:
+            parser.error(f"no registered configurations for op {', '.join(unknown)}; registered ops: "
+                         f"{', '.join(known) or 'none'}")
+        configs = [c for c in configs if c.op in args.op]
+
+    rows = inspect_all(configs, archs, args.jobs)
+    elapsed = time.perf_counter() - t0
+    n_failed = sum("error" in r for r in rows)
+    total_spills = sum((r["spills"] or 0) for r in rows)
+    total_local = sum((r["local_loads"] or 0) + (r["local_stores"] or 0) for r in rows)
+
+    if args.json:
+        doc = {
+            "arch": archs[0] if len(archs) == 1 else archs,
+            "triton": triton.__version__,
+            "ops": loaded,
+            "missing_modules": missing,
+            "import_errors": failed,
+            "seconds": round(elapsed, 2),
+            "kernels": rows,
+        }
+        print(json.dumps(doc, indent=1), file=report)
+    else:
+        print(format_table(rows), file=report)
+        print(f"\n{len(rows)} configs on {', '.join(f'sm_{a}' for a in archs)} (triton {triton.__version__}): "
+              f"{n_failed} failed to compile, {total_spills} spilled words, {total_local} LDL/STL; "
+              f"{elapsed:.1f} s", file=report)
+    if failed:
+        return 2
+    return 1 if any(not row_ok(r) for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

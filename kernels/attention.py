@@ -1,0 +1,773 @@
+"""Fused causal attention, FlashAttention-2 style: forward, backward, and its PyTorch op.
+
+    S = scale * Q K^T                      (Sq, Sk) scores, never stored
+    P = softmax(S + M)                     M = 0 where query i may see key j, -inf elsewhere
+    O = P V                                (Sq, D)
+    L = logsumexp(S + M, over keys)        (Sq,) saved for the backward, fp32
+
+With ``causal=True`` the mask is aligned to the END of the keys: query i sees keys
+j <= i + (Sk - Sq). With Sq == Sk that is the usual lower triangle; with a KV cache the Sq
+newest queries see every older key, so prefill, chunked prefill and one-token decode
+(Sq = 1) all run on this one op. ``scale`` defaults to 1/sqrt(D).
+
+Forward (one program per BLOCK_M query rows of one (batch, head)): Q's tile stays on chip
+while K and V stream past in BLOCK_N tiles. The softmax is computed online: each row keeps
+its running max m and running sum l, and when a tile raises the max by dm, the sums and the
+output accumulator so far are rescaled by 2^-dm. Scores are kept in base 2 (log2(e) is
+folded into the scale, so exp becomes the cheaper exp2). For causal attention, key tiles
+entirely above the diagonal are never loaded, tiles entirely below it run without masks,
+and only the few tiles that straddle the diagonal (or the end of the keys) pay for one.
+
+Backward (FlashAttention-2's order, no atomics, so results are bitwise reproducible):
+
+    delta_i = sum_d dO_id O_id            (= sum_j P_ij dP_ij)       preprocess kernel
+    dV = P^T dO        dK = scale * dS^T Q                           one program per key tile
+    dP = dO V^T        dS = P * (dP - delta)
+    dQ = scale * dS K                                                one program per query tile
+
+P is recomputed from Q, K and the saved L (P = exp(S - L)), never stored. dK/dV programs
+walk the query tiles and dQ programs walk the key tiles, so every output tile is written by
+exactly one program.
+
+Limits and numerics:
+- q (B, H, Sq, D); k, v (B, H, Sk, D); D in {16, 32, 64, 128}; any Sq, Sk >= 1, with
+  Sq <= Sk when causal (without the mask any Sq, Sk are fine).
+- fp16, bf16 and fp32, q, k, v sharing one; the output has q's dtype. All accumulation
+  (scores, softmax statistics, O, dQ, dK, dV) is fp32. In fp16/bf16, P and dS are rounded to
+  the input dtype before their matrix products, as in FlashAttention.
+- fp32 on a GPU: ``tl.dot`` uses TF32 tensor cores by default (10-bit mantissa inputs,
+  fp32 accumulation), like PyTorch with ``allow_tf32=True``; expect ~1e-3 relative error.
+  Under Triton's interpreter fp32 products are exact.
+- Layouts: q, k, v may be any strided views (e.g. slices of a (B, T, 3, H, D) projection)
+  as long as the last dim is contiguous, every other stride is a multiple of 16 elements and
+  the data is 16-byte aligned; anything else is first copied to a contiguous tensor. That
+  guarantee is what lets the compiled kernels use 16-byte vector loads.
+- No dropout, no arbitrary masks; ``scale`` must be a positive finite number.
+"""
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from . import registry
+from ._common import INTERPRET, check_float_dtype, check_runnable, check_same_dtype
+
+HEAD_DIMS = (16, 32, 64, 128)
+LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
+
+
+# ----------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _mma_operand(x, INTERPRET: tl.constexpr):
+    # Triton's interpreter hands bf16 tiles to tl.dot as raw 16-bit integers, so there the
+    # operands are widened to fp32 (exact: every fp16/bf16 value is an fp32 value). On a GPU
+    # the tiles stay in their storage dtype, which is what the tensor cores consume.
+    if INTERPRET:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def _attn_fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, cols, SEQ_K, DIAG, qk_scale,
+                   CAUSAL: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr):
+    # One key tile (rows `cols`). MASKED tiles check the causal diagonal and the end of the
+    # keys; the others need not.
+    if MASKED:
+        k = tl.load(k_ptrs, mask=cols[:, None] < SEQ_K, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+    qk = tl.dot(q, tl.trans(_mma_operand(k, INTERPRET)))
+    if MASKED:
+        keep = cols[None, :] < SEQ_K
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= offs_m[:, None] + DIAG)
+        qk = tl.where(keep, qk, float("-inf"))
+    # Base-2 scores s = qk * qk_scale. The max is taken before scaling (scale > 0) so that
+    # qk * qk_scale - m is a single fused multiply-add per score.
+    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    if MASKED:
+        v = tl.load(v_ptrs, mask=cols[:, None] < SEQ_K, other=0.0)
+    else:
+        v = tl.load(v_ptrs)
+    # P is rounded to V's dtype for the tensor cores (fp32 accumulation), as FA2 does.
+    p = p.to(v_ptrs.dtype.element_ty)
+    acc = tl.dot(_mma_operand(p, INTERPRET), _mma_operand(v, INTERPRET), acc * alpha[:, None])
+    return acc, l_i, m_new
+
+
+# About the loops below: on a GPU they must be `for ... in range(...)` loops, the kind that
+# Triton software-pipelines (num_stages). Triton 3.6's interpreter, though, keeps scalars as
+# 1-element arrays, which NumPy >= 2.4 refuses as range() bounds; there a `while` loop walks
+# the same tiles. The tile math lives in the *_step functions that both loops call.
+
+
+@triton.jit
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                    offs_m, offs_n, start, end, SEQ_K, DIAG, qk_scale,
+                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+                    INTERPRET: tl.constexpr):
+    # Key tiles [start, end), with k_ptrs / v_ptrs at key row `start`.
+    if INTERPRET:
+        start_n = start
+        while start_n < end:
+            acc, l_i, m_i = _attn_fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, start_n + offs_n,
+                                           SEQ_K, DIAG, qk_scale, CAUSAL, MASKED, INTERPRET)
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
+            start_n += BLOCK_N
+    else:
+        for start_n in range(start, end, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            acc, l_i, m_i = _attn_fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, start_n + offs_n,
+                                           SEQ_K, DIAG, qk_scale, CAUSAL, MASKED, INTERPRET)
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd_kernel(Q, K, V, O, LSE,
+                     stride_qb, stride_qh, stride_qm,
+                     stride_kb, stride_kh, stride_kn,
+                     stride_vb, stride_vh, stride_vn,
+                     stride_ob, stride_oh, stride_om,
+                     H, SEQ_Q, SEQ_K, qk_scale,
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                     CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
+    # A 1-D grid of (batch*head) x query tiles. Within a head the tiles run last-first: under
+    # the causal mask the last query tiles have the most keys, and starting the longest
+    # programs first keeps the GPU's tail short.
+    num_m = tl.cdiv(SEQ_Q, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    start_m = (num_m - 1 - pid % num_m) * BLOCK_M
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    # Tile pointers carry the 64-bit base; per-element offsets stay small 32-bit numbers.
+    Q += b * stride_qb + h * stride_qh + start_m * stride_qm.to(tl.int64)
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    O += b * stride_ob + h * stride_oh + start_m * stride_om.to(tl.int64)
+    LSE += bh.to(tl.int64) * SEQ_Q
+
+    row_ok = offs_m[:, None] < SEQ_Q
+    q = tl.load(Q + tl.arange(0, BLOCK_M)[:, None] * stride_qm + offs_d[None, :], mask=row_ok, other=0.0)
+    q = _mma_operand(q, INTERPRET)
+    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # Key tiles [0, full_end) are seen whole by every row of this query tile; [full_end, end)
+    # straddle the diagonal or the end of the keys. Query i sees keys j <= i + DIAG.
+    DIAG = SEQ_K - SEQ_Q
+    if CAUSAL:
+        full_end = (start_m + DIAG + 1) // BLOCK_N * BLOCK_N
+        end = tl.minimum(start_m + BLOCK_M + DIAG, SEQ_K)
+    else:
+        full_end = SEQ_K // BLOCK_N * BLOCK_N
+        end = SEQ_K
+    # Key 0 is in the first tile swept and every row sees it, so no row's max is still
+    # -inf after it (no -inf - -inf = NaN in the rescaling).
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                    offs_m, offs_n, 0, full_end, SEQ_K, DIAG, qk_scale,
+                                    BLOCK_N, CAUSAL, False, INTERPRET)
+    k_ptrs += full_end * stride_kn.to(tl.int64)
+    v_ptrs += full_end * stride_vn.to(tl.int64)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                                    offs_m, offs_n, full_end, end, SEQ_K, DIAG, qk_scale,
+                                    BLOCK_N, CAUSAL, True, INTERPRET)
+
+    acc = acc * (1.0 / l_i)[:, None]
+    # Natural-log logsumexp of the scaled scores: m and log2(l) are in base 2.
+    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
+    tl.store(LSE + offs_m, lse, mask=offs_m < SEQ_Q)
+    o_ptrs = O + tl.arange(0, BLOCK_M)[:, None] * stride_om + offs_d[None, :]
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok)
+
+
+# delta_i = sum_d dO_id * O_id, which equals sum_j P_ij dP_ij (since dP = dO V^T and O = P V):
+# the row term of the softmax derivative dS = P * (dP - delta).
+@triton.jit
+def _attn_bwd_preprocess_kernel(O, DO, DELTA,
+                                stride_ob, stride_oh, stride_om,
+                                stride_dob, stride_doh, stride_dom,
+                                H, SEQ_Q,
+                                HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
+    num_m = tl.cdiv(SEQ_Q, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    start_m = pid % num_m * BLOCK_M
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    row_ok = offs_m[:, None] < SEQ_Q
+    O += b * stride_ob + h * stride_oh + start_m * stride_om.to(tl.int64)
+    DO += b * stride_dob + h * stride_doh + start_m * stride_dom.to(tl.int64)
+    o = tl.load(O + rows * stride_om + offs_d[None, :], mask=row_ok, other=0.0).to(tl.float32)
+    do = tl.load(DO + rows * stride_dom + offs_d[None, :], mask=row_ok, other=0.0).to(tl.float32)
+    tl.store(DELTA + bh.to(tl.int64) * SEQ_Q + offs_m, tl.sum(o * do, axis=1), mask=offs_m < SEQ_Q)
+
+
+@triton.jit
+def _attn_bwd_dkdv_step(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, offs_n, rows, SEQ_Q, DIAG, qk_scale,
+                        CAUSAL: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr):
+    # The transposed view: this program owns BLOCK_N keys (rows of k, v, dk, dv); one tile
+    # of queries (`rows`) passes.
+    if MASKED:
+        row_ok = rows < SEQ_Q
+        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
+        # +inf makes P = exp(S - inf) = 0 on query rows past the end.
+        lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+        delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+    else:
+        q = tl.load(q_ptrs)
+        do = tl.load(do_ptrs)
+        lse = tl.load(LSE + rows)
+        delta = tl.load(DELTA + rows)
+    q = _mma_operand(q, INTERPRET)
+    do = _mma_operand(do, INTERPRET)
+    # P^T (BLOCK_N, BLOCK_M), recomputed in base 2: exp(S - L) = exp2(qk*scale*log2e - L*log2e).
+    qk_t = tl.dot(k, tl.trans(q))
+    p_t = tl.math.exp2(qk_t * qk_scale - (lse * 1.4426950408889634)[None, :])
+    if MASKED and CAUSAL:
+        p_t = tl.where(rows[None, :] + DIAG >= offs_n[:, None], p_t, 0.0)
+    dv = tl.dot(_mma_operand(p_t.to(do_ptrs.dtype.element_ty), INTERPRET), do, dv)
+    dp_t = tl.dot(v, tl.trans(do))
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk = tl.dot(_mma_operand(ds_t.to(q_ptrs.dtype.element_ty), INTERPRET), q, dk)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, stride_qm, stride_dom,
+                         offs_n, start, end, SEQ_Q, DIAG, qk_scale,
+                         BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+                         INTERPRET: tl.constexpr):
+    # Query tiles [start, end), with q_ptrs / do_ptrs at query row `start`.
+    if INTERPRET:
+        start_m = start
+        while start_m < end:
+            dk, dv = _attn_bwd_dkdv_step(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, offs_n,
+                                         start_m + tl.arange(0, BLOCK_M), SEQ_Q, DIAG, qk_scale,
+                                         CAUSAL, MASKED, INTERPRET)
+            q_ptrs += BLOCK_M * stride_qm
+            do_ptrs += BLOCK_M * stride_dom
+            start_m += BLOCK_M
+    else:
+        for start_m in range(start, end, BLOCK_M):
+            start_m = tl.multiple_of(start_m, BLOCK_M)
+            dk, dv = _attn_bwd_dkdv_step(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, offs_n,
+                                         start_m + tl.arange(0, BLOCK_M), SEQ_Q, DIAG, qk_scale,
+                                         CAUSAL, MASKED, INTERPRET)
+            q_ptrs += BLOCK_M * stride_qm
+            do_ptrs += BLOCK_M * stride_dom
+    return dk, dv
+
+
+# dV = P^T dO,  dP = dO V^T,  dS = P * (dP - delta),  dK = scale * dS^T Q
+# (P = exp(scale * Q K^T - L), masked, recomputed; delta from the preprocess kernel.)
+@triton.jit
+def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+                          stride_qb, stride_qh, stride_qm,
+                          stride_kb, stride_kh, stride_kn,
+                          stride_vb, stride_vh, stride_vn,
+                          stride_dob, stride_doh, stride_dom,
+                          stride_dkb, stride_dkh, stride_dkn,
+                          stride_dvb, stride_dvh, stride_dvn,
+                          H, SEQ_Q, SEQ_K, scale, qk_scale,
+                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
+    num_n = tl.cdiv(SEQ_K, BLOCK_N)
+    pid = tl.program_id(0)
+    bh = pid // num_n
+    start_n = pid % num_n * BLOCK_N
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    cols = tl.arange(0, BLOCK_N)[:, None]
+    col_ok = offs_n[:, None] < SEQ_K
+    K += b * stride_kb + h * stride_kh + start_n * stride_kn.to(tl.int64)
+    V += b * stride_vb + h * stride_vh + start_n * stride_vn.to(tl.int64)
+    Q += b * stride_qb + h * stride_qh
+    DO += b * stride_dob + h * stride_doh
+    LSE += bh.to(tl.int64) * SEQ_Q
+    DELTA += bh.to(tl.int64) * SEQ_Q
+    # K and V stay on chip for the whole sweep. Keys past the end load as 0; their dk/dv
+    # rows are garbage that is never stored, and other rows never read them.
+    k = _mma_operand(tl.load(K + cols * stride_kn + offs_d[None, :], mask=col_ok, other=0.0), INTERPRET)
+    v = _mma_operand(tl.load(V + cols * stride_vn + offs_d[None, :], mask=col_ok, other=0.0), INTERPRET)
+    dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+
+    # Query tiles (aligned to BLOCK_M): [start, mid) straddle the diagonal, [mid, full_end)
+    # see every key of this tile, [full_end, SEQ_Q) is the ragged last tile. Query i sees
+    # key j iff i >= j - DIAG, so rows before start_n - DIAG see none of these keys.
+    DIAG = SEQ_K - SEQ_Q
+    if CAUSAL:
+        start = tl.maximum(start_n - DIAG, 0) // BLOCK_M * BLOCK_M
+        first_full = start_n + BLOCK_N - 1 - DIAG  # first row that sees the whole key tile
+        mid = start + tl.cdiv(tl.maximum(first_full - start, 0), BLOCK_M) * BLOCK_M
+    else:
+        start = 0
+        mid = 0
+    full_end = mid + tl.maximum(SEQ_Q - mid, 0) // BLOCK_M * BLOCK_M
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    q_ptrs = Q + rows * stride_qm + offs_d[None, :]
+    do_ptrs = DO + rows * stride_dom + offs_d[None, :]
+    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
+                                  q_ptrs + start * stride_qm.to(tl.int64),
+                                  do_ptrs + start * stride_dom.to(tl.int64),
+                                  LSE, DELTA, stride_qm, stride_dom, offs_n,
+                                  start, tl.minimum(mid, SEQ_Q), SEQ_Q, DIAG, qk_scale,
+                                  BLOCK_M, CAUSAL, True, INTERPRET)
+    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
+                                  q_ptrs + mid * stride_qm.to(tl.int64),
+                                  do_ptrs + mid * stride_dom.to(tl.int64),
+                                  LSE, DELTA, stride_qm, stride_dom, offs_n,
+                                  mid, full_end, SEQ_Q, DIAG, qk_scale,
+                                  BLOCK_M, CAUSAL, False, INTERPRET)
+    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
+                                  q_ptrs + full_end * stride_qm.to(tl.int64),
+                                  do_ptrs + full_end * stride_dom.to(tl.int64),
+                                  LSE, DELTA, stride_qm, stride_dom, offs_n,
+                                  full_end, SEQ_Q, SEQ_Q, DIAG, qk_scale,
+                                  BLOCK_M, False, True, INTERPRET)
+
+    DK += b * stride_dkb + h * stride_dkh + start_n * stride_dkn.to(tl.int64)
+    DV += b * stride_dvb + h * stride_dvh + start_n * stride_dvn.to(tl.int64)
+    tl.store(DK + cols * stride_dkn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
+    tl.store(DV + cols * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _attn_bwd_dq_step(dq, q, do, lse2, delta, k_ptrs, v_ptrs, offs_m, cols, SEQ_K, DIAG, qk_scale,
+                      CAUSAL: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr):
+    if MASKED:
+        k = tl.load(k_ptrs, mask=cols[:, None] < SEQ_K, other=0.0)
+        v = tl.load(v_ptrs, mask=cols[:, None] < SEQ_K, other=0.0)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+    k = _mma_operand(k, INTERPRET)
+    v = _mma_operand(v, INTERPRET)
+    qk = tl.dot(q, tl.trans(k))
+    p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+    if MASKED:
+        # Keys past the end load as 0 and would get P = exp(-L) > 0: mask them too.
+        keep = cols[None, :] < SEQ_K
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= offs_m[:, None] + DIAG)
+        p = tl.where(keep, p, 0.0)
+    dp = tl.dot(do, tl.trans(v))
+    ds = p * (dp - delta[:, None])
+    return tl.dot(_mma_operand(ds.to(k_ptrs.dtype.element_ty), INTERPRET), k, dq)
+
+
+@triton.jit
+def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                       offs_m, offs_n, start, end, SEQ_K, DIAG, qk_scale,
+                       BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+                       INTERPRET: tl.constexpr):
+    # Key tiles [start, end), with k_ptrs / v_ptrs at key row `start`.
+    if INTERPRET:
+        start_n = start
+        while start_n < end:
+            dq = _attn_bwd_dq_step(dq, q, do, lse2, delta, k_ptrs, v_ptrs, offs_m, start_n + offs_n,
+                                   SEQ_K, DIAG, qk_scale, CAUSAL, MASKED, INTERPRET)
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
+            start_n += BLOCK_N
+    else:
+        for start_n in range(start, end, BLOCK_N):
+            start_n = tl.multiple_of(start_n, BLOCK_N)
+            dq = _attn_bwd_dq_step(dq, q, do, lse2, delta, k_ptrs, v_ptrs, offs_m, start_n + offs_n,
+                                   SEQ_K, DIAG, qk_scale, CAUSAL, MASKED, INTERPRET)
+            k_ptrs += BLOCK_N * stride_kn
+            v_ptrs += BLOCK_N * stride_vn
+    return dq
+
+
+# dP = dO V^T,  dS = P * (dP - delta),  dQ = scale * dS K
+# (a second pass over the keys, so that dQ needs no atomic adds across key tiles.)
+@triton.jit
+def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+                        stride_qb, stride_qh, stride_qm,
+                        stride_kb, stride_kh, stride_kn,
+                        stride_vb, stride_vh, stride_vn,
+                        stride_dob, stride_doh, stride_dom,
+                        stride_dqb, stride_dqh, stride_dqm,
+                        H, SEQ_Q, SEQ_K, scale, qk_scale,
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                        CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
+    num_m = tl.cdiv(SEQ_Q, BLOCK_M)
+    pid = tl.program_id(0)
+    bh = pid // num_m
+    start_m = (num_m - 1 - pid % num_m) * BLOCK_M  # longest (last) query tiles first
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = tl.arange(0, BLOCK_M)[:, None]
+    row_ok = offs_m[:, None] < SEQ_Q
+    Q += b * stride_qb + h * stride_qh + start_m * stride_qm.to(tl.int64)
+    DO += b * stride_dob + h * stride_doh + start_m * stride_dom.to(tl.int64)
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    q = _mma_operand(tl.load(Q + rows * stride_qm + offs_d[None, :], mask=row_ok, other=0.0), INTERPRET)
+    do = _mma_operand(tl.load(DO + rows * stride_dom + offs_d[None, :], mask=row_ok, other=0.0), INTERPRET)
+    # +inf makes P = 0 on query rows past the end (their dq is never stored anyway).
+    lse = tl.load(LSE + bh.to(tl.int64) * SEQ_Q + offs_m, mask=offs_m < SEQ_Q, other=float("inf"))
+    lse2 = lse * 1.4426950408889634
+    delta = tl.load(DELTA + bh.to(tl.int64) * SEQ_Q + offs_m, mask=offs_m < SEQ_Q, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    # The forward's split: key tiles [0, full_end) are unmasked, [full_end, end) masked.
+    DIAG = SEQ_K - SEQ_Q
+    if CAUSAL:
+        full_end = (start_m + DIAG + 1) // BLOCK_N * BLOCK_N
+        end = tl.minimum(start_m + BLOCK_M + DIAG, SEQ_K)
+    else:
+        full_end = SEQ_K // BLOCK_N * BLOCK_N
+        end = SEQ_K
+    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
+                            offs_m, offs_n, 0, full_end, SEQ_K, DIAG, qk_scale,
+                            BLOCK_N, CAUSAL, False, INTERPRET)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta,
+                            k_ptrs + full_end * stride_kn.to(tl.int64),
+                            v_ptrs + full_end * stride_vn.to(tl.int64),
+                            stride_kn, stride_vn, offs_m, offs_n, full_end, end, SEQ_K, DIAG, qk_scale,
+                            BLOCK_N, CAUSAL, True, INTERPRET)
+
+    DQ += b * stride_dqb + h * stride_dqh + start_m * stride_dqm.to(tl.int64)
+    tl.store(DQ + rows * stride_dqm + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------
+# Launch configurations: the one place they are chosen
+# ----------------------------------------------------------------------------------------
+
+
+class LaunchConfig(NamedTuple):
+    BLOCK_M: int
+    BLOCK_N: int
+    num_warps: int
+    num_stages: int
+
+
+KERNELS = ("fwd", "bwd_preprocess", "bwd_dkdv", "bwd_dq")
+
+
+def launch_config(kernel, head_dim, dtype, causal, interpret=INTERPRET):
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one of KERNELS. BLOCK_M tiles the
+    queries and BLOCK_N the keys: a bwd_dkdv program owns BLOCK_N keys and sweeps the
+    queries BLOCK_M at a time, a bwd_dq program the other way round.
+
+    One family of GPU tiles for every NVIDIA GPU from sm_80 on. Each of them compiles for
+    sm_80 and sm_90 without register spills, with at most 96 KB of shared memory, so it also
+    fits the 99 KB of consumer parts (sm_86/89/120); on sm_90 the dots become wgmma
+    (HGMMA). Every GPU configuration this returns is registered below for
+    ``python -m kernels.inspect``. Larger tiles that would suit sm_90 alone (e.g. 128x128
+    forward tiles) spill on sm_80, so they are not used. ``causal`` is an argument so that a
+    causal-specific choice would live here too; the tiles are the same either way today.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
+    if interpret:
+        # Small, unequal tiles: the tests' short sequences then cross several tiles, the
+        # diagonal falls inside tiles in every way, and BLOCK_M != BLOCK_N is exercised.
+        return {"fwd": LaunchConfig(32, 16, 4, 1), "bwd_preprocess": LaunchConfig(32, 0, 4, 1),
+                "bwd_dkdv": LaunchConfig(16, 32, 4, 1), "bwd_dq": LaunchConfig(32, 16, 4, 1)}[kernel]
+    big = head_dim == 128
+    if kernel == "bwd_preprocess":
+        # Streams O and dO once: 128 rows (64 rows at D=128) of fp32 products per program.
+        return LaunchConfig(64 if big else 128, 0, 4, 1)
+    if dtype == torch.float32:
+        # TF32 operands are twice the bytes of 16-bit ones: half the key (or query) tile.
+        return {"fwd": LaunchConfig(64, 16 if big else 32, 4, 2),
+                "bwd_dkdv": LaunchConfig(16, 32 if big else 64, 4, 2),
+                "bwd_dq": LaunchConfig(64, 16 if big else 32, 4, 2)}[kernel]
+    # fp16 / bf16. 8 warps = two warpgroups of 64 accumulator rows each for wgmma. On sm_80 a
+    # warp's mma.sync B operand (K^T, V) spans the whole key tile, so D=128 halves BLOCK_N
+    # to stay within 255 registers.
+    return {"fwd": LaunchConfig(128, 32 if big else 64, 8, 3),
+            "bwd_dkdv": LaunchConfig(16 if big else 32, 128, 8, 3),
+            "bwd_dq": LaunchConfig(128, 32 if big else 64, 8, 2 if big else 3)}[kernel]
+
+
+# ----------------------------------------------------------------------------------------
+# Registered configurations (what `python -m kernels.inspect` compiles)
+# ----------------------------------------------------------------------------------------
+
+_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+
+
+def _signature(kernel, ty):
+    """Argument name -> Triton type, in order, for every non-constexpr argument of a kernel
+    launched on tensors of Triton type ``ty``."""
+
+    def strides(*tensors):  # (batch, head, row) strides of each tensor, as the kernels name them
+        return {f"stride_{t}{dim}": "i32" for t in tensors
+                for dim in ("b", "h", "m" if t in ("q", "o", "do", "dq") else "n")}
+
+    if kernel == "fwd":
+        return {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "O": f"*{ty}", "LSE": "*fp32",
+                **strides("q", "k", "v", "o"), "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "qk_scale": "fp32"}
+    if kernel == "bwd_preprocess":
+        return {"O": f"*{ty}", "DO": f"*{ty}", "DELTA": "*fp32", **strides("o", "do"), "H": "i32", "SEQ_Q": "i32"}
+    common = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "DO": f"*{ty}", "LSE": "*fp32", "DELTA": "*fp32"}
+    if kernel == "bwd_dkdv":
+        return {**common, "DK": f"*{ty}", "DV": f"*{ty}", **strides("q", "k", "v", "do", "dk", "dv"),
+                "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "scale": "fp32", "qk_scale": "fp32"}
+    return {**common, "DQ": f"*{ty}", **strides("q", "k", "v", "do", "dq"),
+            "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "scale": "fp32", "qk_scale": "fp32"}
+
+
+_JIT = {"fwd": _attn_fwd_kernel, "bwd_preprocess": _attn_bwd_preprocess_kernel,
+        "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
+# The launchers hand the kernels strides that are multiples of 16 (see _kernel_layout), so the
+# registered signatures declare them divisible by 16, as a launch specializes them.
+
+
+def _register_configs():
+    combos = [(d, dt) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(64, torch.float32)]
+    for kernel in KERNELS:
+        for head_dim, dtype in combos:
+            ty = _TRITON_DTYPE[dtype]
+            signature = _signature(kernel, ty)
+            for causal in ((False,) if kernel == "bwd_preprocess" else (True, False)):
+                cfg = launch_config(kernel, head_dim, dtype, causal, interpret=False)
+                if kernel == "bwd_preprocess":
+                    constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": cfg.BLOCK_M}
+                    label = f"{kernel} D={head_dim} {ty} M={cfg.BLOCK_M}"
+                else:
+                    constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N,
+                                  "CAUSAL": causal, "INTERPRET": False}
+                    label = f"{kernel} D={head_dim} {ty} {'causal' if causal else 'full'} {cfg.BLOCK_M}x{cfg.BLOCK_N}"
+                registry.register(_JIT[kernel], op="attention", label=label, signature=signature,
+                                  constexprs=constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                                  divisible_by_16=tuple(n for n in signature if n.startswith("stride_")))
+
+
+_register_configs()
+
+
+# ----------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------
+
+
+def _kernel_layout(t):
+    """t, or a contiguous copy when its layout is not one the kernels are compiled for:
+    unit stride in the last dim, other strides multiples of 16 elements, 16-byte aligned."""
+    if t.stride(-1) != 1 or any(s % 16 for s in _strides(t)) or t.data_ptr() % 16:
+        return t.contiguous()
+    return t
+
+
+def _strides(t):
+    """(batch, head, row) strides; 0 for a size-1 dim, whose stride is never used."""
+    return tuple(0 if n == 1 else s for n, s in zip(t.shape[:3], t.stride()[:3]))
+
+
+def _device_guard(t):
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else _nullcontext()
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _attention_fwd(q, k, v, causal, scale):
+    q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    o = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
+    lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
+    cfg = launch_config("fwd", D, q.dtype, causal)
+    grid = (triton.cdiv(Sq, cfg.BLOCK_M) * B * H,)
+    with _device_guard(q):
+        _attn_fwd_kernel[grid](
+            q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+            H, Sq, Sk, scale * LOG2E,
+            HEAD_DIM=D, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, CAUSAL=causal, INTERPRET=INTERPRET,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return o, lse
+
+
+def _attention_bwd(do, q, k, v, o, lse, causal, scale):
+    q, k, v, o, do = (_kernel_layout(t) for t in (q, k, v, o, do))
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    dq = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
+    dk = torch.empty((B, H, Sk, D), dtype=k.dtype, device=q.device)
+    dv = torch.empty((B, H, Sk, D), dtype=v.dtype, device=q.device)
+    delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
+    with _device_guard(q):
+        cfg = launch_config("bwd_preprocess", D, q.dtype, causal)
+        _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.BLOCK_M) * B * H,)](
+            o, do, delta, *_strides(o), *_strides(do), H, Sq,
+            HEAD_DIM=D, BLOCK_M=cfg.BLOCK_M, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        cfg = launch_config("bwd_dkdv", D, q.dtype, causal)
+        _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg.BLOCK_N) * B * H,)](
+            q, k, v, do, lse, delta, dk, dv,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+            H, Sq, Sk, scale, scale * LOG2E,
+            HEAD_DIM=D, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, CAUSAL=causal, INTERPRET=INTERPRET,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        cfg = launch_config("bwd_dq", D, q.dtype, causal)
+        _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.BLOCK_M) * B * H,)](
+            q, k, v, do, lse, delta, dq,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
+            H, Sq, Sk, scale, scale * LOG2E,
+            HEAD_DIM=D, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, CAUSAL=causal, INTERPRET=INTERPRET,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------
+# The registered op and its autograd
+# ----------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("gpt2_kernels::attention_fwd", mutates_args=())
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return _attention_fwd(q, k, v, causal, scale)
+
+
+@_attention_fwd_op.register_fake
+def _(q, k, v, causal, scale):
+    B, H, Sq, D = q.shape
+    return q.new_empty((B, H, Sq, D)), q.new_empty((B, H, Sq), dtype=torch.float32)
+
+
+@torch.library.custom_op("gpt2_kernels::attention_bwd", mutates_args=())
+def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                      lse: torch.Tensor, causal: bool, scale: float
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _attention_bwd(do, q, k, v, o, lse, causal, scale)
+
+
+@_attention_bwd_op.register_fake
+def _(do, q, k, v, o, lse, causal, scale):
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.causal, ctx.scale = causal, scale
+    ctx.mark_non_differentiable(lse)
+
+
+def _backward(ctx, do, dlse):
+    # lse is an internal output (the public function never returns it): no gradient flows in.
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+_attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------
+# Public function
+# ----------------------------------------------------------------------------------------
+
+
+def _check_inputs(q, k, v, causal, scale):
+    op = "kernels.attention"
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (B, H, S, D), got shape {tuple(t.shape)}")
+    check_same_dtype(op, q=q, k=k, v=v)
+    check_float_dtype(op, "q", q)
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    if k.shape[:2] != (B, H) or k.shape[3] != D:
+        raise ValueError(f"{op}: k must be (B, H, Sk, D) = ({B}, {H}, Sk, {D}) to match q {tuple(q.shape)}, "
+                         f"got {tuple(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"{op}: v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"{op}: head dim D={D} is not supported; supported: {', '.join(map(str, HEAD_DIMS))}")
+    if 0 in (B, H, Sq, Sk):
+        raise ValueError(f"{op}: empty input: q {tuple(q.shape)}, k {tuple(k.shape)}; B, H, Sq and Sk must be >= 1")
+    if causal and Sq > Sk:
+        raise ValueError(f"{op}: causal attention needs Sq <= Sk (queries are the last Sq of the Sk "
+                         f"positions), got Sq={Sq}, Sk={Sk}")
+    check_runnable(op, q, k, v)
+    # The kernels take each tile's row max before scaling, which needs scale > 0.
+    if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+        raise ValueError(f"{op}: scale must be a positive finite number (or None for 1/sqrt(D)), got {scale!r}")
+
+
+def attention(q, k, v, causal=True, scale=None):
+    """Scaled dot-product attention, fused (FlashAttention-2): softmax(scale * q k^T + mask) v.
+
+    q: (B, H, Sq, D); k, v: (B, H, Sk, D). One dtype: float16, bfloat16 or float32. D in
+       {16, 32, 64, 128}; Sq, Sk >= 1, and Sq <= Sk when causal. Views with any strides are
+       accepted (the last dim contiguous avoids a copy). CUDA tensors, or CPU tensors under
+       ``TRITON_INTERPRET=1``.
+    causal: the mask aligned to the end: query i sees keys j <= i + Sk - Sq (so Sq = 1
+       against a KV cache of Sk keys sees all of them). False: every query sees every key.
+    scale: defaults to 1/sqrt(D).
+    Returns o: (B, H, Sq, D), q's dtype. Differentiable in q, k and v.
+
+    fp32 inputs on a GPU run their matrix products in TF32 (fp32 accumulation).
+    """
+    _check_inputs(q, k, v, causal, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    o, _ = _attention_fwd_op(q, k, v, bool(causal), scale)
+    return o
+
+
+# ----------------------------------------------------------------------------------------
+# Reference
+# ----------------------------------------------------------------------------------------
+
+
+def attention_reference(q, k, v, causal=True, scale=None):
+    """Eager PyTorch attention with the (Sq, Sk) scores materialised, the same contract as
+    ``attention``; computed in the inputs' dtype (pass float64 tensors for a reference)."""
+    Sq, Sk, D = q.shape[-2], k.shape[-2], q.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Sq, Sk)
+    if causal:
+        visible = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device).tril(diagonal=Sk - Sq)
+        scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v

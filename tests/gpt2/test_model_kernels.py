@@ -1,0 +1,88 @@
+"""The Triton kernels swapped into the whole model: the same logits, loss, gradients, training
+losses and generated tokens as eager PyTorch (float32; under Triton's interpreter on a CPU)."""
+
+import pytest
+import torch
+
+from gpt2 import GPT2, GPT2Config
+from tests.conftest import ON_GPU
+from tests.tolerances import tol
+
+# Small enough for the interpreter; odd T so no kernel sees whole tiles only.
+CFG = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=40)
+B, T = 2, 13
+SETTINGS = [
+    dict(layernorm="triton"),
+    dict(gelu="triton"),
+    dict(attention="triton"),
+    dict(attention="triton", layernorm="triton", gelu="triton"),
+]
+
+
+def run(model, idx, targets):
+    model.zero_grad(set_to_none=True)
+    logits, loss = model(idx, targets)
+    loss.backward()
+    return logits.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.fixture
+def model_and_data(device):
+    torch.manual_seed(torch.seed() % 2**31)
+    model = GPT2(GPT2Config(**CFG)).to(device)
+    idx = torch.randint(0, CFG["vocab_size"], (B, T), device=device)
+    targets = torch.randint(0, CFG["vocab_size"], (B, T), device=device)
+    return model, idx, targets
+
+
+@pytest.mark.parametrize("setting", SETTINGS, ids=lambda s: "+".join(s))
+def test_logits_loss_and_gradients_match_eager(model_and_data, setting):
+    model, idx, targets = model_and_data
+    ref = run(model.set_kernels("torch"), idx, targets)
+    got = run(model.set_kernels(**setting), idx, targets)
+    assert model.kernels == {**{"attention": "torch", "layernorm": "torch", "gelu": "torch"}, **setting}
+    t = tol("model", torch.float32) if not ON_GPU else {"atol": 5e-3, "rtol": 5e-3}  # tf32 on GPU
+    torch.testing.assert_close(got[0], ref[0], **t)
+    torch.testing.assert_close(got[1], ref[1], **t)
+    for name, g in ref[2].items():
+        torch.testing.assert_close(got[2][name], g, **t, msg=lambda m: f"grad of {name}: {m}")
+
+
+def test_training_steps_match_eager(model_and_data):
+    model, idx, targets = model_and_data
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    losses = {}
+    for setting in ("torch", "triton"):
+        model.load_state_dict(start)
+        model.set_kernels(setting)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        losses[setting] = []
+        for _ in range(3):
+            opt.zero_grad(set_to_none=True)
+            _, loss = model(idx, targets)
+            loss.backward()
+            opt.step()
+            losses[setting].append(loss.item())
+    assert losses["torch"][-1] < losses["torch"][0]  # the steps do train
+    t = tol("model", torch.float32) if not ON_GPU else {"atol": 5e-3, "rtol": 5e-3}
+    torch.testing.assert_close(torch.tensor(losses["triton"]), torch.tensor(losses["torch"]), **t)
+
+
+def test_generate_with_cache_on_triton_attention_matches_eager(model_and_data):
+    model, idx, _ = model_and_data
+    prompt = idx[:, :5]
+    greedy = model.set_kernels("torch").generate(prompt, 8, temperature=0)
+    got = model.set_kernels(attention="triton").generate(prompt, 8, temperature=0)  # prefill + decode
+    assert torch.equal(got, greedy)
+    assert torch.equal(model.set_kernels("triton").generate(prompt, 8, temperature=0), greedy)
+
+
+def test_torch_compile_traces_all_triton_model(model_and_data):
+    model, idx, targets = model_and_data
+    model.set_kernels("triton")
+    ref_logits, ref_loss = model(idx, targets)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    logits, loss = compiled(idx, targets)
+    loss.backward()
+    torch.testing.assert_close(logits, ref_logits, **tol("model", torch.float32))
+    assert all(p.grad is not None for p in model.parameters())

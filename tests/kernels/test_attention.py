@@ -1,0 +1,363 @@
+"""kernels.attention against float64 eager attention: forward, backward, the saved logsumexp,
+the GPU tile shapes, strided and broadcast inputs, determinism, torch.library.opcheck,
+torch.compile, every input error, and that every GPU launch config is registered.
+
+Low precision follows flash-attention's test rule as well as the tolerance table: the
+kernel's error against float64 must be at most twice eager PyTorch's own error in the same
+dtype (plus atol). Without CUDA the kernels run in Triton's interpreter, with small tiles
+(so short sequences still cross several tiles and the diagonal); shapes stay small there.
+"""
+
+import importlib
+import inspect
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from kernels import registry
+from kernels.attention import HEAD_DIMS, KERNELS, attention, attention_reference, launch_config
+from tests.tolerances import tol
+
+# The module itself (the package's `kernels.attention` is the function).
+attn_mod = importlib.import_module("kernels.attention")
+
+ON_GPU = torch.cuda.is_available()
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+LOW = (torch.float16, torch.bfloat16)
+
+
+def _tol(op, dtype):
+    # On a GPU fp32 dots run in TF32 (see kernels/attention.py); the interpreter's are exact.
+    return tol(op, "tf32" if dtype == torch.float32 and ON_GPU else dtype)
+
+
+def _ref64(q, k, v, causal, scale, do):
+    """Float64 output and gradients: scores materialised, the end-aligned mask built from
+    indices (independently of the module's reference)."""
+    q, k, v = (t.detach().double().requires_grad_() for t in (q, k, v))
+    Sq, Sk = q.shape[-2], k.shape[-2]
+    s = torch.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    if causal:
+        i = torch.arange(Sq, device=q.device)[:, None]
+        j = torch.arange(Sk, device=q.device)[None, :]
+        s = s.masked_fill(j > i + (Sk - Sq), float("-inf"))
+    o = torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v)
+    o.backward(do.double())
+    return o.detach(), q.grad, k.grad, v.grad
+
+
+def _eager(q, k, v, causal, scale, do):
+    """Eager PyTorch in the inputs' own dtype: the error budget of flash-attention's rule."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    o = attention_reference(q, k, v, causal, scale)
+    o.backward(do)
+    return o.detach(), q.grad, k.grad, v.grad
+
+
+def _kernel(q, k, v, causal, scale, do):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    o = attention(q, k, v, causal=causal, scale=scale)
+    o.backward(do)
+    return o.detach(), q.grad, k.grad, v.grad
+
+
+def _inputs(B, H, Sq, Sk, D, dtype, device):
+    q = torch.randn(B, H, Sq, D, device=device).to(dtype)
+    k = torch.randn(B, H, Sk, D, device=device).to(dtype)
+    v = torch.randn(B, H, Sk, D, device=device).to(dtype)
+    do = torch.randn(B, H, Sq, D, device=device).to(dtype)
+    return q, k, v, do
+
+
+def _check(q, k, v, do, causal, scale=None, backward=True):
+    dtype = q.dtype
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    got = _kernel(q, k, v, causal, scale, do) if backward else (attention(q, k, v, causal, scale),)
+    want = _ref64(q, k, v, causal, scale, do)
+    eager = _eager(q, k, v, causal, scale, do) if dtype in LOW else None
+    for i, name in enumerate(("o", "dq", "dk", "dv")[:len(got)]):
+        op = "attention" if i == 0 else "attention_bwd"
+        assert got[i].dtype == dtype and got[i].shape == want[i].shape, name
+        torch.testing.assert_close(got[i].double(), want[i], **_tol(op, dtype), msg=lambda m: f"{name}: {m}")
+        if eager is not None:
+            err = (got[i].double() - want[i]).abs().max().item()
+            budget = (eager[i].double() - want[i]).abs().max().item()
+            assert err <= 2 * budget + _tol(op, dtype)["atol"], f"{name}: error {err:.2e} vs eager {budget:.2e}"
+
+
+# ----------------------------------------------------------------------------------------
+# Numerics
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_dtype_and_head_dim(dtype, D, causal, device):
+    # Sq < Sk, neither a multiple of any tile: ragged query and key tiles, an end-aligned
+    # diagonal that crosses tiles at an offset, two batches and two heads.
+    shape = (2, 4, 300, 333) if ON_GPU else (2, 2, 37, 45)
+    q, k, v, do = _inputs(*shape, D, dtype, device)
+    _check(q, k, v, do, causal)
+
+
+# (B, H, Sq, Sk): one token; decode (one query against a cache); prime and ragged lengths;
+# Sq < Sk (chunked prefill); exact tile multiples; a single head and several.
+CPU_SHAPES = [(1, 1, 1, 1), (2, 1, 1, 50), (1, 3, 53, 53), (1, 1, 17, 61), (1, 2, 64, 64), (1, 1, 80, 80),
+              (3, 1, 5, 33)]
+GPU_SHAPES = [(1, 1, 1, 1), (4, 12, 1, 1024), (4, 12, 1024, 1024), (2, 12, 2048, 2048), (1, 3, 997, 1499),
+              (4, 12, 127, 2048)]
+
+
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "full"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", GPU_SHAPES if ON_GPU else CPU_SHAPES, ids=str)
+def test_shapes(shape, dtype, causal, device):
+    q, k, v, do = _inputs(*shape, 64, dtype, device)
+    _check(q, k, v, do, causal)
+
+
+def test_every_diagonal_offset(device):
+    # Sk fixed and Sq = 1..Sk: the end-aligned diagonal (offset Sk - Sq) takes every position
+    # relative to the interpreter's 16- and 32-row tiles, so each way a tile can straddle it,
+    # and every split into masked and unmasked tiles, is exercised in all three kernels.
+    Sk = 33
+    k, v = torch.randn(2, 1, 1, Sk, 16, device=device)
+    for Sq in range(1, Sk + 1):
+        q, do = torch.randn(2, 1, 1, Sq, 16, device=device)
+        try:
+            _check(q, k, v, do, True)
+        except AssertionError as e:
+            raise AssertionError(f"Sq={Sq}, Sk={Sk}: {e}") from None
+
+
+def test_forward_only_gpt2_sizes(device):
+    # GPT-2 small's attention (12 heads of 64) on a whole context, forward only.
+    shape = (4, 12, 1024, 1024) if ON_GPU else (1, 12, 48, 48)
+    q, k, v, do = _inputs(*shape, 64, torch.float16, device)
+    _check(q, k, v, do, True, backward=False)
+
+
+def test_noncausal_more_queries_than_keys(device):
+    q, k, v, do = _inputs(1, 2, 41, 19, 32, torch.float32, device)
+    _check(q, k, v, do, causal=False)
+
+
+@pytest.mark.parametrize("scale", [None, 0.03, 1.7])
+def test_scale(scale, device):
+    q, k, v, do = _inputs(1, 2, 33, 40, 16, torch.float32, device)
+    _check(q, k, v, do, True, scale)
+    if scale is None:
+        assert torch.equal(attention(q, k, v), attention(q, k, v, scale=0.25))
+
+
+def test_online_softmax_with_growing_scores(device):
+    # Key norms grow along the sequence, so almost every key tile raises the running max
+    # and the accumulated sums and outputs must be rescaled; large scores also test that
+    # nothing overflows (softmax(s) = softmax(s - max)).
+    q, k, v, do = _inputs(1, 2, 70, 70, 32, torch.float32, device)
+    k = k * torch.linspace(0.5, 8, 70, device=device)[:, None]
+    _check(q * 3, k, v, do, True)
+    _check(q * 3, k, v, do, False)
+
+
+def test_saved_logsumexp(device):
+    q, k, v, _ = _inputs(2, 2, 23, 57, 64, torch.float32, device)
+    o, lse = torch.ops.gpt2_kernels.attention_fwd(q, k, v, True, 0.2)
+    assert lse.dtype == torch.float32 and lse.shape == (2, 2, 23)
+    s = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * 0.2
+    s = s.masked_fill(torch.ones(23, 57, dtype=torch.bool, device=device).tril(57 - 23).logical_not(), float("-inf"))
+    torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), **_tol("attention", torch.float32))
+
+
+def test_gpu_tile_configs_under_the_interpreter(monkeypatch, device):
+    # The interpreter normally runs small tiles; here the GPU's own tiles (128-row query
+    # tiles, 64/32-key tiles, 16/32-row backward tiles) run too, over lengths that cross
+    # several of them with ragged ends and an offset diagonal.
+    if not ON_GPU:
+        real = launch_config
+        monkeypatch.setattr(attn_mod, "launch_config", lambda *a: real(*a, interpret=False))
+    for D, dtype, (Sq, Sk) in ((64, torch.float16, (150, 270)), (128, torch.bfloat16, (131, 131)),
+                               (64, torch.float32, (97, 200))):
+        q, k, v, do = _inputs(1, 1, Sq, Sk, D, dtype, device)
+        for causal in (True, False):
+            _check(q, k, v, do, causal)
+
+
+# ----------------------------------------------------------------------------------------
+# Layouts
+# ----------------------------------------------------------------------------------------
+
+
+def test_views_of_a_fused_qkv_projection(device):
+    # What GPT-2 hands in: q, k, v as (B, H, T, D) views of one (B, T, 3, H, D) tensor
+    # (strides (3*T*H*D, D, 3*H*D, 1)), and the output transposed back to (B, T, H*D).
+    B, T, H, D = 2, 29, 3, 32
+    qkv = torch.randn(B, T, 3, H, D, device=device, requires_grad=True)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    assert not q.is_contiguous() and q.stride(-1) == 1
+    y = attention(q, k, v).transpose(1, 2).reshape(B, T, H * D)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    ref = qkv.detach().double().requires_grad_()
+    qr, kr, vr = ref.permute(2, 0, 3, 1, 4).unbind(0)
+    yr = F.scaled_dot_product_attention(qr, kr, vr, is_causal=True).transpose(1, 2).reshape(B, T, H * D)
+    yr.backward(dy.double())
+    torch.testing.assert_close(y.double(), yr, **_tol("attention", torch.float32))
+    torch.testing.assert_close(qkv.grad.double(), ref.grad, **_tol("attention_bwd", torch.float32))
+
+
+@pytest.mark.parametrize("layout", ["transposed_last_dim", "odd_row_stride", "heads_broadcast", "row_broadcast_grad",
+                                    "scalar_grad"])
+def test_other_layouts(layout, device):
+    B, H, S, D = 1, 2, 21, 16
+    q, k, v, do = _inputs(B, H, S, S, D, torch.float32, device)
+    if layout == "transposed_last_dim":  # last dim not contiguous: copied first
+        q = q.transpose(-1, -2).contiguous().transpose(-1, -2)
+    elif layout == "odd_row_stride":  # rows of a wider buffer, stride 17: copied first
+        k = torch.randn(B, H, S, D + 1, device=device)[..., :D]
+    elif layout == "heads_broadcast":  # one K/V head shared by all query heads (stride 0): read in place
+        k, v = k[:, :1].expand(B, H, S, D), v[:, :1].expand(B, H, S, D)
+    elif layout == "row_broadcast_grad":  # dO with stride 0 over rows, as from o.sum(dim=2)
+        do = do[:, :, :1].expand(B, H, S, D)
+    else:  # dO with every stride 0, as from o.sum(): the last dim too, so it is copied
+        do = torch.tensor(0.7, device=device).expand(B, H, S, D)
+    _check(q, k, v, do, True)
+
+
+# ----------------------------------------------------------------------------------------
+# Determinism, registration, compilation
+# ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_backward_is_bitwise_deterministic(dtype, device):
+    shape = (4, 12, 1024, 1024, 64) if ON_GPU else (1, 2, 70, 70, 32)
+    q, k, v, do = _inputs(*shape, dtype, device)
+    first = _kernel(q, k, v, True, 0.125, do)
+    second = _kernel(q, k, v, True, 0.125, do)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_opcheck_forward_and_backward_ops(device):
+    q, k, v, do = _inputs(1, 2, 19, 27, 16, torch.float32, device)
+    torch.library.opcheck(torch.ops.gpt2_kernels.attention_fwd.default,
+                          (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), True, 0.25))
+    o, lse = torch.ops.gpt2_kernels.attention_fwd(q.detach(), k.detach(), v.detach(), True, 0.25)
+    torch.library.opcheck(torch.ops.gpt2_kernels.attention_bwd.default,
+                          (do, q.detach(), k.detach(), v.detach(), o, lse, True, 0.25))
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_torch_compile_fullgraph(backend, device):
+    torch._dynamo.reset()
+
+    def block(qkv):  # the op between a reshape/permute and a projection, as in GPT-2
+        B, T, _, H, D = qkv.shape
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return attention(q, k, v).transpose(1, 2).reshape(B, T, H * D).tanh()
+
+    qkv = torch.randn(2, 20, 3, 2, 16, device=device)
+    dy = torch.randn(2, 20, 32, device=device)
+    results = []
+    for fn in (block, torch.compile(block, backend=backend, fullgraph=True)):
+        x = qkv.clone().requires_grad_()
+        y = fn(x)
+        y.backward(dy)
+        results.append((y.detach(), x.grad))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, **_tol("attention_bwd", torch.float32))
+
+
+def test_every_gpu_config_is_registered():
+    # The configs `python -m kernels.inspect` compiles must be the ones the launchers pick,
+    # with signatures naming every non-constexpr kernel argument in order.
+    registered = {(c.name, tuple(sorted(c.constexprs.items())), c.num_warps, c.num_stages): c
+                  for c in registry.configs("attention")}
+    combos = [(d, dt) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(64, torch.float32)]
+    for kernel in KERNELS:
+        fn = attn_mod._JIT[kernel]
+        pyfn = getattr(fn, "fn", fn)  # the Python function, whether jitted or interpreted
+        for D, dtype in combos:
+            for causal in (True, False):
+                cfg = launch_config(kernel, D, dtype, causal, interpret=False)
+                cx = {"HEAD_DIM": D, "BLOCK_M": cfg.BLOCK_M}
+                if kernel != "bwd_preprocess":
+                    cx.update(BLOCK_N=cfg.BLOCK_N, CAUSAL=causal, INTERPRET=False)
+                key = (pyfn.__name__, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
+                assert key in registered, f"{kernel} D={D} {dtype} causal={causal}: {cfg} is not registered"
+                c = registered[key]
+                assert list(c.signature) + list(c.constexprs) == list(inspect.signature(pyfn).parameters), c.label
+                assert set(c.extra["divisible_by_16"]) == {n for n in c.signature if n.startswith("stride_")}
+
+
+def test_reference_matches_sdpa_with_end_aligned_mask():
+    q, k, v = (torch.randn(2, 3, s, 16, dtype=torch.float64) for s in (7, 19, 19))
+    mask = torch.ones(7, 19, dtype=torch.bool).tril(19 - 7)
+    torch.testing.assert_close(attention_reference(q, k, v), F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    torch.testing.assert_close(attention_reference(q, k, v, causal=False, scale=0.3),
+                               F.scaled_dot_product_attention(q, k, v, scale=0.3))
+
+
+# ----------------------------------------------------------------------------------------
+# Errors
+# ----------------------------------------------------------------------------------------
+
+
+def test_bad_inputs_raise_clear_errors(device):
+    q, k, v, _ = _inputs(1, 2, 8, 8, 64, torch.float32, device)
+    cases = [
+        ((q.double(), k.double(), v.double()), {}, TypeError, "q has dtype float64; supported: float32, float16"),
+        ((q.long(), k.long(), v.long()), {}, TypeError, "q has dtype int64"),
+        ((q, k.half(), v), {}, TypeError, "share one dtype, got q=float32, k=float16, v=float32"),
+        ((q, k, None), {}, TypeError, "v must be a torch.Tensor"),
+        ((q[0], k[0], v[0]), {}, ValueError, r"q must be 4-D \(B, H, S, D\), got shape \(2, 8, 64\)"),
+        ((q, k[:, :1], v[:, :1]), {}, ValueError, r"k must be \(B, H, Sk, D\) = \(1, 2, Sk, 64\)"),
+        ((q, k, v[..., :32]), {}, ValueError, r"v must have k's shape \(1, 2, 8, 64\)"),
+        ((q, k, v[:, :, :5]), {}, ValueError, "v must have k's shape"),
+        ((q[..., :48], k[..., :48], v[..., :48]), {}, ValueError, "D=48 is not supported; supported: 16, 32, 64, 128"),
+        ((torch.randn(1, 1, 4, 256), torch.randn(1, 1, 4, 256), torch.randn(1, 1, 4, 256)), {}, ValueError,
+         "D=256 is not supported"),
+        ((q[:, :, :0], k, v), {}, ValueError, "empty input"),
+        ((q, k[:, :, :0], v[:, :, :0]), {}, ValueError, "empty input"),
+        ((q, k[:, :, :5], v[:, :, :5]), {}, ValueError, "causal attention needs Sq <= Sk.*Sq=8, Sk=5"),
+        ((q, k, v), {"scale": 0.0}, ValueError, "scale must be a positive finite number"),
+        ((q, k, v), {"scale": float("nan")}, ValueError, "scale must be a positive finite number"),
+        ((q, k.to("meta"), v), {}, ValueError, "one device"),
+    ]
+    for args, kwargs, exc, match in cases:
+        with pytest.raises(exc, match=match):
+            attention(*args, **kwargs)
+    # Without the mask, more queries than keys is fine.
+    assert attention(q, k[:, :, :5], v[:, :, :5], causal=False).shape == q.shape
+
+
+def test_cpu_without_interpreter_raises():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (
+        "import torch\n"
+        "from kernels.attention import attention\n"
+        "q = torch.randn(1, 1, 4, 16)\n"
+        "try:\n"
+        "    attention(q, q, q)\n"
+        "except ValueError as e:\n"
+        "    print('ValueError:', e)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ValueError: kernels.attention: got CPU tensors" in out.stdout, out.stdout
+    assert "TRITON_INTERPRET=1" in out.stdout, out.stdout
+
+
+def test_public_function_is_exported():
+    import kernels
+
+    assert kernels.attention is attention and "attention" in kernels.__all__

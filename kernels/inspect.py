@@ -220,23 +220,11 @@ def _cubin_stats(cubin, name, ptx):
 
 
 def load_ops():
-    """Import every op module so that it registers its configurations. Returns
-    (loaded op names, missing module names, {module: error} for modules that failed)."""
+    """Import every op (``kernels/__init__`` imports them all), so that each registers its
+    configurations; returns the op names."""
     import kernels
 
-    loaded, missing, failed = [], [], {}
-    for op, module in kernels._PUBLIC.items():
-        try:
-            import_module(module)
-            loaded.append(op)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                failed[module] = f"{type(e).__name__}: {e}"
-            else:
-                missing.append(module)
-        except Exception as e:  # a bug in the op module: report it, inspect the others
-            failed[module] = f"{type(e).__name__}: {e}"
-    return loaded, missing, failed
+    return list(kernels.__all__)
 
 
 _CONFIGS = []  # the configurations being inspected; forked workers read them from here
@@ -344,6 +332,8 @@ def main(argv=None):
                         "default 90")
     parser.add_argument("--op", action="append", help="inspect only this op (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument("--match", action="append",
+                        help="inspect only configs whose label contains this text (repeatable; any matches)")
     parser.add_argument("--module", action="append", default=[],
                         help="also import this module first (e.g. a scratch kernel that registers configs)")
     parser.add_argument("--jobs", type=int, default=None, help="parallel compiles (default: CPU count)")
@@ -379,15 +369,13 @@ def _run(args, archs, parser, report):
 
     from kernels import registry
 
-    loaded, missing, failed = load_ops()
+    loaded = load_ops()
+    failed = {}
     for module in args.module:
         try:
             import_module(module)
         except Exception as e:
             failed[module] = f"{type(e).__name__}: {e}"
-    for module in missing:
-        print(f"kernels.inspect: warning: {module} does not exist yet; its kernels are not inspected",
-              file=sys.stderr)
     for module, err in failed.items():
         print(f"kernels.inspect: error: importing {module} failed: {err}", file=sys.stderr)
     configs = registry.configs()
@@ -398,6 +386,8 @@ def _run(args, archs, parser, report):
             parser.error(f"no registered configurations for op {', '.join(unknown)}; registered ops: "
                          f"{', '.join(known) or 'none'}")
         configs = [c for c in configs if c.op in args.op]
+    if args.match:
+        configs = [c for c in configs if any(m in c.label for m in args.match)]
 
     rows = inspect_all(configs, archs, args.jobs)
     elapsed = time.perf_counter() - t0
@@ -410,7 +400,6 @@ def _run(args, archs, parser, report):
             "arch": archs[0] if len(archs) == 1 else archs,
             "triton": triton.__version__,
             "ops": loaded,
-            "missing_modules": missing,
             "import_errors": failed,
             "seconds": round(elapsed, 2),
             "kernels": rows,

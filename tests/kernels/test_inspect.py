@@ -22,9 +22,13 @@ from kernels.inspect import ast_source_args, count_opcodes, format_table, parse_
 
 ROOT = Path(__file__).resolve().parents[2]
 
-# Every op that ships kernels, and its module. TODO(lead): drop the skip for a missing module
-# once all three have landed, so that a deleted op file fails here.
-SHIPPED_OPS = {"layer_norm": "kernels/layer_norm.py", "gelu": "kernels/gelu.py", "attention": "kernels/attention.py"}
+# Every op that ships kernels.
+SHIPPED_OPS = ("layer_norm", "gelu", "attention")
+# A cold compile of all ~60 attention configs for both archs takes over ten minutes on two
+# cores (its backward kernels are big), which CI cannot afford: by default the attention
+# configs of GPT-2's head size in bf16 stand for the rest (every LayerNorm and GELU config is
+# compiled). KERNELS_INSPECT_ALL=1 compiles everything, as bench/gpu_check.sh does.
+INSPECT_ALL = os.environ.get("KERNELS_INSPECT_ALL", "0") not in ("", "0")
 # Kernels whose math is matrix products, so they must run on tensor cores: HMMA (mma.sync)
 # on sm_80, HGMMA (wgmma) on sm_90. The other attention kernel (bwd preprocess) is a row sum.
 MMA_KERNELS = {"_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"}
@@ -50,20 +54,22 @@ def _json(proc):
 
 @pytest.fixture(scope="module")
 def shipped():
-    """One run over every registered config, on both architectures."""
-    proc = _inspect("--arch", "all", "--json")
-    return proc, _json(proc)
+    """The shipped configs (all of them, or the CI selection above), on both architectures."""
+    if INSPECT_ALL:
+        proc = _inspect("--arch", "all", "--json")
+        return proc, _json(proc)
+    small = _inspect("--arch", "all", "--json", "--op", "layer_norm", "--op", "gelu")
+    attn = _inspect("--arch", "all", "--json", "--op", "attention", "--match", "D=64 bf16")
+    doc = _json(small)
+    doc["kernels"] += _json(attn)["kernels"]
+    return (small if small.returncode else attn), doc
 
 
 def test_every_shipped_op_is_inspected(shipped):
     _, doc = shipped
-    present = [op for op, path in SHIPPED_OPS.items() if (ROOT / path).exists()]
     assert not doc["import_errors"], doc["import_errors"]
-    assert set(present) <= set(doc["ops"])
-    assert set(present) <= {row["op"] for row in doc["kernels"]}, "an op module registers no configs"
-    for op, path in SHIPPED_OPS.items():
-        if op not in present:
-            assert f"kernels.{op}" in doc["missing_modules"]
+    assert set(SHIPPED_OPS) <= set(doc["ops"])
+    assert set(SHIPPED_OPS) <= {row["op"] for row in doc["kernels"]}, "an op module registers no configs"
     assert doc["triton"] == triton.__version__
 
 
@@ -82,8 +88,6 @@ def test_every_shipped_config_compiles_without_spills(shipped):
 def test_attention_runs_on_tensor_cores(shipped):
     _, doc = shipped
     rows = [r for r in doc["kernels"] if r["kernel"] in MMA_KERNELS]
-    if not (ROOT / SHIPPED_OPS["attention"]).exists():
-        pytest.skip("kernels/attention.py does not exist yet")
     assert {r["kernel"] for r in rows} == MMA_KERNELS
     for r in rows:
         if r["arch"] == 80:

@@ -9,8 +9,11 @@ the same launch heuristic that the launcher uses, so what is inspected is what s
 
 ``signature`` maps every non-constexpr argument, in order, to a Triton type string
 ("*fp16", "*bf16", "*fp32", "i32", "i64", "fp32"); ``constexprs`` gives every constexpr
-argument's value. A kernel that is launched with a device-side tensor descriptor can say so
-with ``needs_allocator=True`` (it is informational for the inspector).
+argument's value. Extra keywords travel with the config to the inspector:
+``divisible_by_16=("stride_xm", ...)`` names the int arguments that a launch always passes
+as multiples of 16 (Triton specializes those, and the hint changes the generated code, so
+registering it makes the inspected code the code that runs); any Triton compile option
+(``maxnreg=...``) is passed to the compiler.
 """
 
 from dataclasses import dataclass, field

@@ -162,6 +162,15 @@ class GPT2(nn.Module):
                 raise ValueError(f"unknown {op} kernel {name!r}; choose one of {', '.join(KERNEL_CHOICES[op])}")
             if name == "triton":
                 _require_triton_kernels(op)
+                if op == "attention":
+                    from kernels.attention import HEAD_DIMS
+
+                    if self.config.head_size not in HEAD_DIMS:
+                        raise ValueError(
+                            f"the Triton attention kernel does not support head size {self.config.head_size} "
+                            f"(n_embd / n_head); supported: {', '.join(map(str, HEAD_DIMS))}. "
+                            "Use attention='sdpa' or 'torch'"
+                        )
         for m in self.modules():
             if isinstance(m, CausalSelfAttention):
                 m.impl = choice["attention"]

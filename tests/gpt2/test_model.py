@@ -105,6 +105,9 @@ def test_set_kernels_choices_and_errors():
     with pytest.raises(ValueError, match="layernorm kernel 'sdpa'.*torch, triton"):
         model.set_kernels("sdpa")
     assert model.kernels["attention"] == "torch"  # a refused call changes nothing
+    assert tiny().set_kernels(attention="triton").kernels["attention"] == "triton"  # head size 16
+    with pytest.raises(ValueError, match="head size 8 .*16, 32, 64, 128"):
+        tiny(n_embd=40, n_head=5).set_kernels(attention="triton")
 
 
 def test_sdpa_matches_eager_forward_and_backward():
@@ -192,18 +195,22 @@ def test_multi_head_attention_cross_and_masked():
         mha(torch.randn(2, 5, 23), kv_in, kv_in)
 
 
-@pytest.mark.parametrize("impl", ["torch", "sdpa"])
+@pytest.mark.parametrize("impl", ["torch", "sdpa", "triton"])
 def test_causal_self_attention_and_causal_mask_path(impl):
-    csa = CausalSelfAttention(d_model=16, num_heads=4, max_seq_len=32)
+    csa = CausalSelfAttention(d_model=64, num_heads=4, max_seq_len=32)
     csa.impl = impl
-    x = torch.randn(3, 11, 16)
+    x = torch.randn(3, 11, 64)
     y_ref, _ = reference_mha(csa, x, x, x, causal=True)
     torch.testing.assert_close(csa(x).double(), y_ref, atol=1e-5, rtol=1e-5)
     # A causal mask handed to MultiHeadAttention takes the fused path and gives the same result.
     mask = torch.tril(torch.ones(11, 11))
     torch.testing.assert_close(MultiHeadAttention.forward(csa, x, x, x, mask=mask).double(), y_ref, atol=1e-5, rtol=1e-5)
+    # Cross-attention without a mask runs non-causal on the fused path.
+    kv = torch.randn(3, 7, 64)
+    y_ref, _ = reference_mha(csa, x, kv, kv)
+    torch.testing.assert_close(MultiHeadAttention.forward(csa, x, kv, kv).double(), y_ref, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="max_seq_len=32"):
-        csa(torch.randn(1, 33, 16))
+        csa(torch.randn(1, 33, 64))
 
 
 def test_positional_encodings():

@@ -201,10 +201,11 @@ def run(args, sweep, info, budget, t_start):
         if not ver:
             print(f"bench: {name} is not installed; its lines are recorded as unavailable")
 
-    state = {"rows": [], "status": "running"}
+    done = []  # the runner's rows so far, kept by save() for an interrupted run
 
     def save(rows):
-        state["rows"] = rows
+        nonlocal done
+        done = rows
         write_results(out, meta, fill_speedups([dict(r) for r in rows]))
 
     def on_term(signum, frame):
@@ -217,23 +218,23 @@ def run(args, sweep, info, budget, t_start):
         meta["limits"] = ctx.limits = limits
         print(f"bench: measured copy {limits['copy_gbps']:,.4g} GB/s, {sweep.dtype} matmul "
               f"{limits['matmul_tflops']:,.4g} TFLOP/s")
-        progress = Progress(len(tasks), budget=None if budget is None else budget - (time.monotonic() - t_start))
         remaining = None if budget is None else budget - (time.monotonic() - t_start)
+        progress = Progress(len(tasks), budget=remaining)
         reserve = 0.0 if budget is None else min(20.0, 0.1 * budget)
         rows = execute(tasks, ctx, budget=remaining, reserve=reserve, progress=progress, save=save)
         skipped = sum(r["status"] == "skipped" for r in rows)
         lost = next((r["note"] for r in rows if "CUDA context was lost" in (r["note"] or "")), None)
         if lost:
-            state["status"], rc = f"aborted: {lost.replace('not measured: ', '')}", 1
+            status, rc = f"aborted: {lost.replace('not measured: ', '')}", 1
         elif skipped:
-            state["status"] = f"budget reached: {skipped} of {len(rows)} tasks skipped"
+            status = f"budget reached: {skipped} of {len(rows)} tasks skipped"
         else:
-            state["status"] = "complete"
+            status = "complete"
     except KeyboardInterrupt:
-        state["status"] = f"interrupted after {len(state['rows'])} of {len(tasks)} tasks"
-        print(f"\nbench: {state['status']}; writing what was measured", file=sys.stderr)
+        status = f"interrupted after {len(done)} of {len(tasks)} tasks"
+        print(f"\nbench: {status}; writing what was measured", file=sys.stderr)
     except Exception as e:  # noqa: BLE001 - write what was measured, then fail
-        state["status"], rc = f"failed after {len(state['rows'])} of {len(tasks)} tasks: {type(e).__name__}: {e}", 1
+        status, rc = f"failed after {len(done)} of {len(tasks)} tasks: {type(e).__name__}: {e}", 1
         import traceback
 
         traceback.print_exc()
@@ -241,8 +242,8 @@ def run(args, sweep, info, budget, t_start):
         signal.signal(signal.SIGTERM, old)
         if progress is not None:
             progress.close()
-    rows = fill_speedups([dict(r) for r in state["rows"]])
-    meta["status"] = state["status"]
+    rows = fill_speedups([dict(r) for r in done])
+    meta["status"] = status
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     jpath, cpath = write_results(out, meta, rows)
     try:

@@ -18,9 +18,7 @@ Triton's fused-attention tutorial is not shipped inside the ``triton`` package, 
 a line here.
 """
 
-from .common import (
-    Point, Unavailable, batch_for, compiled, model_config, time_kernel, torch_dtype,
-)
+from .common import Unavailable, compiled, family_points, make_inputs, time_kernel
 
 FAMILY = "attention"
 OP = "attention_causal"
@@ -38,15 +36,8 @@ IMPLS = (
 
 
 def points(sizes, seq_lens, dtype, info, smoke=False):
-    out = []
-    for size in sizes:
-        cfg = model_config(size)
-        D = cfg.head_size
-        for S in seq_lens:
-            B = batch_for(FAMILY, S, width=D, heads=cfg.n_head, dtype=dtype, device=info, smoke=smoke)
-            for p in PASSES:
-                out.append(Point(FAMILY, OP, p, size, D, cfg.n_head, S, B, dtype))
-    return out
+    return family_points(FAMILY, dict.fromkeys(PASSES, OP), sizes, seq_lens, dtype, info, smoke,
+                         width=lambda cfg: cfg.head_size)
 
 
 def _eager(q, k, v):
@@ -103,21 +94,15 @@ def function(impl, ctx):
 
 
 def inputs(point, ctx):
-    import torch
-
-    dt = torch_dtype(point.dtype)
-    grad = point.pass_ != "fwd"
-    shape = (point.batch, point.heads, point.seq_len, point.width)
-    q, k, v = (torch.randn(shape, device=ctx.device, dtype=dt, requires_grad=grad) for _ in range(3))
-    do = torch.randn(shape, device=ctx.device, dtype=dt) if grad else None
-    return (q, k, v), do
+    """q, k, v and dO, each (B, H, S, D)."""
+    return make_inputs(point, ctx, (point.batch, point.heads, point.seq_len, point.width), n=3)
 
 
 def run(point, impl, ctx):
     f = function(impl, ctx)
     args, do = inputs(point, ctx)
     try:
-        return time_kernel(point, ctx, f, args, do, reference=_reference, is_compile=impl == "compile")
+        return time_kernel(point, impl, ctx, f, args, do, reference=_reference)
     except RuntimeError as e:
         # A pinned SDPA backend that cannot take this shape/dtype/device says so ("No available
         # kernel", or on the CPU "No viable backend"): it does not run here, which is no failure.

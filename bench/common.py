@@ -163,6 +163,19 @@ class DeviceInfo:
     total_mem: int
 
 
+def family_points(family, ops, sizes, seq_lens, dtype, info, smoke=False, width=lambda cfg: cfg.n_embd):
+    """A point per size, S and pass; ops maps each pass to its op name, width(cfg) is the row
+    width the op sees."""
+    out = []
+    for size in sizes:
+        cfg = model_config(size)
+        w = width(cfg)
+        for S in seq_lens:
+            B = batch_for(family, S, width=w, heads=cfg.n_head, dtype=dtype, device=info, smoke=smoke)
+            out += [Point(family, op, p, size, w, cfg.n_head, S, B, dtype) for p, op in ops.items()]
+    return out
+
+
 def batch_for(family, seq_len, *, width, heads, dtype, device, smoke=False):
     """The batch B for a point (module docstring: "Batch sizes"); at least 1."""
     elem = dtype_bytes(dtype)
@@ -473,13 +486,18 @@ def row_key(row):
     return tuple(row[k] for k in ("family", "op", "pass", "size", "width", "heads", "seq_len", "batch", "dtype"))
 
 
-def fill_speedups(rows):
-    """speedup_vs_eager = eager's ms / this row's ms; speedup_vs_best_baseline = the fastest
-    baseline's or peer's ms / this row's ms, within each point. In place; returns rows."""
+def by_point(rows):
+    """The rows grouped by point: {row_key: [rows]}."""
     groups = {}
     for r in rows:
         groups.setdefault(row_key(r), []).append(r)
-    for group in groups.values():
+    return groups
+
+
+def fill_speedups(rows):
+    """speedup_vs_eager = eager's ms / this row's ms; speedup_vs_best_baseline = the fastest
+    baseline's or peer's ms / this row's ms, within each point. In place; returns rows."""
+    for group in by_point(rows).values():
         ok = [r for r in group if r["status"] == "ok" and r.get("ms")]
         eager = next((r["ms"] for r in ok if r["impl"] == "eager"), None)
         base = [r["ms"] for r in ok if r["role"] in ("baseline", "peer")]
@@ -743,12 +761,27 @@ def compiled(fn, ctx):
     return torch.compile(fn, backend=ctx.compile_backend, dynamic=False)
 
 
-def time_kernel(point, ctx, f, inputs, dout, *, reference=None, is_compile=False):
+def make_inputs(point, ctx, shape, n=1, params=()):
+    """Fresh random inputs of a kernel: n tensors of ``shape``, then a (width,) parameter
+    around each value of ``params`` (value + 0.1 * randn), all requiring grad unless the pass
+    is fwd; and the output gradient of ``shape`` (None for fwd). Returns (inputs, dout)."""
+    import torch
+
+    dt = torch_dtype(point.dtype)
+    grad = point.pass_ != "fwd"
+    xs = [torch.randn(shape, device=ctx.device, dtype=dt, requires_grad=grad) for _ in range(n)]
+    xs += [(c + 0.1 * torch.randn(point.width, device=ctx.device)).to(dt).requires_grad_(grad) for c in params]
+    dout = torch.randn(shape, device=ctx.device, dtype=dt) if grad else None
+    return tuple(xs), dout
+
+
+def time_kernel(point, impl, ctx, f, inputs, dout, *, reference=None):
     """Time ``f(*inputs)`` for the point's pass on the given fresh inputs.
 
     fwd: under no_grad. bwd: one forward, then the backward alone (retain_graph) is timed.
     fwd+bwd: forward then backward with ``dout``. The gradients of the inputs are reset
-    between runs. Returns a dict of result fields: ms, peak_mem_bytes, compile_s, max_abs_err.
+    between runs. Returns a dict of result fields: ms, peak_mem_bytes, compile_s (impl
+    "compile": the first call), max_abs_err.
     """
     import torch
 
@@ -792,7 +825,7 @@ def time_kernel(point, ctx, f, inputs, dout, *, reference=None, is_compile=False
         out["peak_mem_bytes"] = peak_memory(run, ctx.device)
     else:
         raise ValueError(f"unknown pass {pass_!r}")
-    if is_compile:
+    if impl == "compile":
         out["compile_s"] = first
     return out
 

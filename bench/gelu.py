@@ -12,9 +12,7 @@ Implementations:
 Liger-Kernel has gated GELU (GEGLU) and SwiGLU but no GELU with bias, so it has no line here.
 """
 
-from .common import (
-    Point, Unavailable, batch_for, compiled, model_config, time_kernel, torch_dtype,
-)
+from .common import Unavailable, compiled, family_points, make_inputs, time_kernel
 
 FAMILY = "gelu"
 OP = "gelu_bias"
@@ -23,15 +21,8 @@ IMPLS = (("triton", "ours"), ("eager", "baseline"), ("compile", "baseline"))
 
 
 def points(sizes, seq_lens, dtype, info, smoke=False):
-    out = []
-    for size in sizes:
-        cfg = model_config(size)
-        width = 4 * cfg.n_embd
-        for S in seq_lens:
-            B = batch_for(FAMILY, S, width=width, heads=cfg.n_head, dtype=dtype, device=info, smoke=smoke)
-            for p in PASSES:
-                out.append(Point(FAMILY, OP, p, size, width, cfg.n_head, S, B, dtype))
-    return out
+    return family_points(FAMILY, dict.fromkeys(PASSES, OP), sizes, seq_lens, dtype, info, smoke,
+                         width=lambda cfg: 4 * cfg.n_embd)
 
 
 def _eager(x, bias):
@@ -54,26 +45,16 @@ def function(impl, ctx):
     if impl == "triton":
         try:
             from kernels.gelu import gelu  # the function, from the op's own module
-
-            return gelu
         except ImportError as e:
             raise Unavailable(f"kernels.gelu not importable: {e}") from e
+        return gelu
     raise ValueError(f"unknown {FAMILY} impl {impl!r}")
 
 
 def inputs(point, ctx):
-    import torch
-
-    dt = torch_dtype(point.dtype)
-    grad = point.pass_ != "fwd"
-    shape = (point.batch, point.seq_len, point.width)
-    x = torch.randn(shape, device=ctx.device, dtype=dt, requires_grad=grad)
-    bias = (0.1 * torch.randn(point.width, device=ctx.device)).to(dt).requires_grad_(grad)
-    dy = torch.randn(shape, device=ctx.device, dtype=dt) if grad else None
-    return (x, bias), dy
+    """x (B, S, 4*n_embd), bias ~ 0 (4*n_embd,); dy (B, S, 4*n_embd)."""
+    return make_inputs(point, ctx, (point.batch, point.seq_len, point.width), params=(0.0,))
 
 
 def run(point, impl, ctx):
-    f = function(impl, ctx)
-    args, dy = inputs(point, ctx)
-    return time_kernel(point, ctx, f, args, dy, reference=_reference, is_compile=impl == "compile")
+    return time_kernel(point, impl, ctx, function(impl, ctx), *inputs(point, ctx), reference=_reference)

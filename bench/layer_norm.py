@@ -11,9 +11,7 @@ Implementations:
     liger    Liger-Kernel's ``LigerLayerNormFunction`` when ``liger_kernel`` is installed
 """
 
-from .common import (
-    Point, Unavailable, batch_for, compiled, model_config, time_kernel, torch_dtype,
-)
+from .common import Unavailable, compiled, family_points, make_inputs, time_kernel
 
 FAMILY = "layer_norm"
 OP = "layer_norm"
@@ -23,14 +21,7 @@ EPS = 1e-5
 
 
 def points(sizes, seq_lens, dtype, info, smoke=False):
-    out = []
-    for size in sizes:
-        cfg = model_config(size)
-        for S in seq_lens:
-            B = batch_for(FAMILY, S, width=cfg.n_embd, heads=cfg.n_head, dtype=dtype, device=info, smoke=smoke)
-            for p in PASSES:
-                out.append(Point(FAMILY, OP, p, size, cfg.n_embd, cfg.n_head, S, B, dtype))
-    return out
+    return family_points(FAMILY, dict.fromkeys(PASSES, OP), sizes, seq_lens, dtype, info, smoke)
 
 
 def _eager(x, w, b):
@@ -68,19 +59,9 @@ def function(impl, ctx):
 
 
 def inputs(point, ctx):
-    import torch
-
-    dt = torch_dtype(point.dtype)
-    grad = point.pass_ != "fwd"
-    shape = (point.batch, point.seq_len, point.width)
-    x = torch.randn(shape, device=ctx.device, dtype=dt, requires_grad=grad)
-    w = (1 + 0.1 * torch.randn(point.width, device=ctx.device)).to(dt).requires_grad_(grad)
-    b = (0.1 * torch.randn(point.width, device=ctx.device)).to(dt).requires_grad_(grad)
-    dy = torch.randn(shape, device=ctx.device, dtype=dt) if grad else None
-    return (x, w, b), dy
+    """x (B, S, N), weight ~ 1 and bias ~ 0 (N,); dy (B, S, N)."""
+    return make_inputs(point, ctx, (point.batch, point.seq_len, point.width), params=(1.0, 0.0))
 
 
 def run(point, impl, ctx):
-    f = function(impl, ctx)
-    args, dy = inputs(point, ctx)
-    return time_kernel(point, ctx, f, args, dy, reference=_reference, is_compile=impl == "compile")
+    return time_kernel(point, impl, ctx, function(impl, ctx), *inputs(point, ctx), reference=_reference)

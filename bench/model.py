@@ -26,8 +26,8 @@ so a peak-memory reading holds that model, its gradients, optimizer state and ac
 import time
 
 from .common import (
-    GEN_BATCH, GEN_NEW, GEN_PROMPT, SMOKE_TARGETS, Point, Unavailable, batch_for, free_memory,
-    model_config, peak_memory, synchronize, torch_dtype,
+    GEN_BATCH, GEN_NEW, GEN_PROMPT, SMOKE_TARGETS, Point, Unavailable, family_points, free_memory,
+    model_config, package_version, peak_memory, synchronize, torch_dtype,
 )
 
 FAMILY = "model"
@@ -54,15 +54,11 @@ def impls_for(point):
 
 
 def points(sizes, seq_lens, dtype, info, smoke=False, quick=False):
-    out = []
+    out = family_points(FAMILY, {p: OPS[p] for p in PASSES}, sizes, seq_lens, dtype, info, smoke)
+    prompt = SMOKE_TARGETS["gen_prompt"] if smoke else GEN_PROMPT
+    new = SMOKE_TARGETS["gen_new"] if smoke else (64 if quick else GEN_NEW)
     for size in sizes:
         cfg = model_config(size)
-        for S in seq_lens:
-            B = batch_for(FAMILY, S, width=cfg.n_embd, heads=cfg.n_head, dtype=dtype, device=info, smoke=smoke)
-            for p in PASSES:
-                out.append(Point(FAMILY, OPS[p], p, size, cfg.n_embd, cfg.n_head, S, B, dtype))
-        prompt = SMOKE_TARGETS["gen_prompt"] if smoke else GEN_PROMPT
-        new = SMOKE_TARGETS["gen_new"] if smoke else (64 if quick else GEN_NEW)
         out.append(Point(FAMILY, OPS["generate"], "generate", size, cfg.n_embd, cfg.n_head, prompt + new,
                          GEN_BATCH, dtype, extra=(("prompt", prompt), ("new", new))))
     return out
@@ -71,49 +67,44 @@ def points(sizes, seq_lens, dtype, info, smoke=False, quick=False):
 # ---- models, one on the GPU at a time ----------------------------------------------------
 
 
-def _evict(ctx, keep=None):
-    for key in [k for k in ctx.cache if k != keep]:
-        del ctx.cache[key]
-    free_memory(ctx.device, collect=True)
-
-
-def get_model(size, ctx):
+def _cached(ctx, key, build):
+    """The model under ``key``, built (seed 0, on the device, in the run's dtype) after every
+    other model is dropped."""
     import torch
 
-    from gpt2.model import GPT2
-
-    key = ("ours", size)
     if key not in ctx.cache:
-        _evict(ctx)
-        cfg = model_config(size, block_size=ctx.meta.get("block_size", 1024))
+        ctx.cache.clear()
+        free_memory(ctx.device, collect=True)
         torch.manual_seed(0)
         with torch.device(ctx.device):
-            model = GPT2(cfg)
+            model = build()
         ctx.cache[key] = model.to(torch_dtype(ctx.dtype))
     return ctx.cache[key]
 
 
-def get_hf_model(size, ctx):
-    import torch
+def get_model(size, ctx):
+    from gpt2.model import GPT2
 
+    return _cached(ctx, ("ours", size),
+                   lambda: GPT2(model_config(size, block_size=ctx.meta.get("block_size", 1024))))
+
+
+def get_hf_model(size, ctx):
     try:
         import transformers
     except ImportError as e:
         raise Unavailable(f"transformers not installed ({e})") from e
-    key = ("hf", size)
-    if key not in ctx.cache:
-        _evict(ctx)
+
+    def build():
         cfg = model_config(size)
         hf_cfg = transformers.GPT2Config(
             vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
             n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
             bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1,  # GPT-2's 50256, or the tiny vocab's last
         )
-        torch.manual_seed(0)
-        with torch.device(ctx.device):
-            model = transformers.GPT2LMHeadModel(hf_cfg)
-        ctx.cache[key] = model.to(torch_dtype(ctx.dtype)).eval()
-    return ctx.cache[key]
+        return transformers.GPT2LMHeadModel(hf_cfg).eval()
+
+    return _cached(ctx, ("hf", size), build)
 
 
 def _configure(model, impl):
@@ -194,7 +185,8 @@ def _run_generate(point, impl, ctx):
                 return model.generate(input_ids=idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
                                       do_sample=False, pad_token_id=0)
 
-        note = f"transformers {transformers_version()}, attn_implementation={model.config._attn_implementation}"
+        note = (f"transformers {package_version('transformers')}, "
+                f"attn_implementation={model.config._attn_implementation}")
     else:
         model = _configure(get_model(point.size, ctx), impl).eval()
         V = model.config.vocab_size
@@ -217,8 +209,3 @@ def _run_generate(point, impl, ctx):
         "note": (note + "; " if note else "") + f"prompt {prompt}, {new} new tokens, greedy, ms per new token",
     }
 
-
-def transformers_version():
-    from .common import package_version
-
-    return package_version("transformers")

@@ -17,7 +17,7 @@ performance".
 
 import os
 
-from .common import SEQ_LENS, SIZES, SMOKE_LABEL, row_key
+from .common import SEQ_LENS, SIZES, SMOKE_LABEL, by_point, row_key
 from .targets import TARGETS, evaluate, format_value
 
 SIZE_COLORS = {"gpt2": "#1f77b4", "gpt2-medium": "#2ca02c", "gpt2-large": "#9467bd", "gpt2-xl": "#ff7f0e",
@@ -92,16 +92,50 @@ def _ok(rows, **f):
     return out
 
 
-def _groups(rows):
-    g = {}
-    for r in rows:
-        g.setdefault(row_key(r), []).append(r)
-    return g
-
-
 def _ref_ms(group, versus):
     ms = [r["ms"] for r in group if r["status"] == "ok" and r.get("ms") and r["impl"] in versus]
     return min(ms) if ms else None
+
+
+def _speedups(rows, groups, versus):
+    """(row, fastest of ``versus`` ms / row's ms) for each row whose point has one of them."""
+    out = []
+    for r in rows:
+        ref = _ref_ms(groups[row_key(r)], versus)
+        if ref:
+            out.append((r, ref / r["ms"]))
+    return out
+
+
+def _by_seq(rows):
+    return sorted(rows, key=lambda r: r["seq_len"])
+
+
+def _mark_missed(ax, pts):
+    """A red cross on each (x, y) that misses its target."""
+    if pts:
+        ax.plot(*zip(*pts), "x", color="red", ms=11, mew=2.5)
+
+
+def _bar_x(group, k, n):
+    """The x of bar k of n in a group; the n bars span 0.8."""
+    return group + (k - (n - 1) / 2) * 0.8 / n
+
+
+def _bars(ax, sizes, impls, heights, label=str, ticklabels=None):
+    """Grouped bars: a group per size, a bar per implementation; heights(size, impl) lists
+    the bars of that pair (an empty list: none)."""
+    for k, impl in enumerate(impls):
+        xs, ys = [], []
+        for si, size in enumerate(sizes):
+            for y in heights(size, impl):
+                xs.append(_bar_x(si, k, len(impls)))
+                ys.append(y)
+        if xs:
+            ax.bar(xs, ys, 0.8 / len(impls), color=IMPL_COLORS.get(impl), label=label(impl))
+    ax.set_xticks(range(len(sizes)))
+    ax.set_xticklabels(ticklabels or sizes, fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
 
 
 def _sizes(rows):
@@ -171,7 +205,7 @@ def plot_kernel_speedups(meta, rows, family, path):
     passes = [p for p in ("fwd", "bwd", "fwd+bwd") if any(r["pass"] == p for r in fam_rows)]
     if not passes:
         return None
-    groups = _groups(fam_rows)
+    groups = by_point(fam_rows)
     seqs = sorted({r["seq_len"] for r in fam_rows})
     fig, axes = plt.subplots(2, len(passes), figsize=(5.2 * len(passes), 8.2), squeeze=False)
     for j, p in enumerate(passes):
@@ -180,23 +214,15 @@ def plot_kernel_speedups(meta, rows, family, path):
             ax = axes[i][j]
             drawn = False
             for size in _sizes(fam_rows):
-                xs, ys, met = [], [], []
-                for r in sorted(_ok(fam_rows, pass_=p, size=size, impl="triton"), key=lambda r: r["seq_len"]):
-                    ref = _ref_ms(groups[row_key(r)], refs)
-                    if ref is None:
-                        continue
-                    xs.append(r["seq_len"])
-                    ys.append(ref / r["ms"])
-                    th = _threshold(family, p, r) if i == 0 else None
-                    met.append(None if th is None else ys[-1] >= th)
-                if not xs:
+                pts = _speedups(_by_seq(_ok(fam_rows, pass_=p, size=size, impl="triton")), groups, refs)
+                if not pts:
                     continue
                 drawn = True
-                c = SIZE_COLORS.get(size, None)
-                ax.plot(xs, ys, "-o", color=c, label=size, ms=5)
-                bad = [(x, y) for x, y, m in zip(xs, ys, met) if m is False]
-                if bad:
-                    ax.plot(*zip(*bad), "x", color="red", ms=11, mew=2.5)
+                ax.plot([r["seq_len"] for r, _ in pts], [y for _, y in pts], "-o", color=SIZE_COLORS.get(size),
+                        label=size, ms=5)
+                if i == 0:
+                    _mark_missed(ax, [(r["seq_len"], y) for r, y in pts
+                                      if (th := _threshold(family, p, r)) is not None and y < th])
             if i == 0:
                 _draw_speedup_targets(ax, family, p, seqs)
             ax.axhline(1.0, color="#444444", lw=0.8)
@@ -255,26 +281,19 @@ def plot_throughput(meta, rows, path):
         sub = [r for r in rows if r["family"] == f and r["pass"] == p]
         sizes = _sizes(sub)
         impls = [i for i in IMPL_COLORS if any(r["impl"] == i for r in sub)]
-        w = 0.8 / max(1, len(impls))
-        for k, impl in enumerate(impls):
-            xs, ys = [], []
-            for si, size in enumerate(sizes):
-                vals = [r["gbps"] for r in _ok(sub, size=size, impl=impl) if r.get("gbps")]
-                if vals:
-                    xs.append(si + (k - (len(impls) - 1) / 2) * w)
-                    ys.append(max(vals))  # every S is the same shape; the best of them
-            if xs:
-                ax.bar(xs, ys, w, color=IMPL_COLORS.get(impl), label=impl)
+
+        def best_gbps(size, impl, sub=sub):  # every S is the same shape; the best of them
+            vals = [r["gbps"] for r in _ok(sub, size=size, impl=impl) if r.get("gbps")]
+            return [max(vals)] if vals else []
+
         widths = {r["size"]: r["width"] for r in sub}
-        ax.set_xticks(range(len(sizes)))
-        ax.set_xticklabels([f"{s}\nN={widths[s]}" for s in sizes], fontsize=8)
+        _bars(ax, sizes, impls, best_gbps, ticklabels=[f"{s}\nN={widths[s]}" for s in sizes])
         bw = limits.get("copy_gbps")
         if bw:
             ax.axhline(bw, color="black", lw=1.2, label=f"measured copy {bw:,.4g} GB/s")
             ax.axhline(0.9 * bw, color="red", ls="--", lw=1.2, label="target 90%")
         ax.set_ylabel("achieved bandwidth (GB/s)")
         ax.set_title(f"{FAMILY_TITLES[f]} {PASS_TITLES[p]}", fontsize=10)
-        ax.grid(True, axis="y", alpha=0.3)
         _bar_room(ax, ncol=3)
     for ax, p in zip(flat[len(panels):], attn):
         sub = [r for r in rows if r["family"] == "attention" and r["pass"] == p]
@@ -308,7 +327,7 @@ def plot_model(meta, rows, path):
     mrows = [r for r in rows if r["family"] == "model"]
     if not mrows:
         return None
-    groups = _groups(mrows)
+    groups = by_point(mrows)
     train = [r for r in mrows if r["pass"] == "train"]
     seqs = sorted({r["seq_len"] for r in train})
     judge = _dtype(meta) == "bf16"  # the targets are stated for bf16: mark misses only there
@@ -318,23 +337,15 @@ def plot_model(meta, rows, path):
                                 (axes[0][1], ("compile",), "torch.compile", 1.05)):
         drawn = False
         for size in _sizes(train):
-            pts = []
-            for r in sorted(_ok(train, size=size, impl="triton"), key=lambda r: r["seq_len"]):
-                ref = _ref_ms(groups[row_key(r)], refs)
-                if ref:
-                    pts.append((r["seq_len"], ref / r["ms"]))
+            ours = _by_seq(_ok(train, size=size, impl="triton"))
+            pts = [(r["seq_len"], y) for r, y in _speedups(ours, groups, refs)]
             if pts:
                 drawn = True
                 ax.plot(*zip(*pts), "-o", color=SIZE_COLORS.get(size), label=size)
-                bad = [(x, y) for x, y in pts if y < th and judge]
-                if bad:
-                    ax.plot(*zip(*bad), "x", color="red", ms=11, mew=2.5)
+                if judge:
+                    _mark_missed(ax, [(x, y) for x, y in pts if y < th])
             if refs == ("eager",):  # the stricter reading, dotted
-                pts = []
-                for r in sorted(_ok(train, size=size, impl="triton"), key=lambda r: r["seq_len"]):
-                    ref = _ref_ms(groups[row_key(r)], ("eager+sdpa",))
-                    if ref:
-                        pts.append((r["seq_len"], ref / r["ms"]))
+                pts = [(r["seq_len"], y) for r, y in _speedups(ours, groups, ("eager+sdpa",))]
                 if pts:
                     ax.plot(*zip(*pts), ":", color=SIZE_COLORS.get(size), lw=1.2)
         ax.axhline(th, color="red", ls="--", lw=1.5, label=f"target {th}x")
@@ -348,30 +359,21 @@ def plot_model(meta, rows, path):
             _pad_ylim(ax, include=(1.0, th))
         else:
             _no_data(ax)
-    # (c): each configuration at S = 1024 (or the nearest S measured), per size
-    ax = axes[0][2]
+    # (c), (e): each configuration at S = 1024 (or the nearest S measured) over eager, per size
     S0 = min(seqs, key=lambda s: abs(s - 1024)) if seqs else None
     configs = ["eager+sdpa", "compile", "triton-attention", "triton-layernorm", "triton-gelu", "triton"]
     sizes = _sizes(train)
-    w = 0.8 / len(configs)
-    for k, impl in enumerate(configs):
-        xs, ys = [], []
-        for si, size in enumerate(sizes):
-            for r in _ok(train, size=size, impl=impl, seq_len=S0):
-                ref = _ref_ms(groups[row_key(r)], ("eager",))
-                if ref:
-                    xs.append(si + (k - (len(configs) - 1) / 2) * w)
-                    ys.append(ref / r["ms"])
-        if xs:
-            ax.bar(xs, ys, w, color=IMPL_COLORS.get(impl), label=impl)
-    ax.axhline(1.25, color="red", ls="--", lw=1.5, label="target 1.25x (all-Triton)")
-    ax.axhline(1.0, color="#444444", lw=0.8)
-    ax.set_xticks(range(len(sizes)))
-    ax.set_xticklabels(sizes, fontsize=8)
-    ax.set_ylabel("speedup over eager PyTorch (x)")
-    ax.set_title(f"training step at S={S0}: each kernel alone and all together", fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
-    _bar_room(ax, ncol=3)
+    fwd = [r for r in mrows if r["pass"] == "fwd"]
+    for ax, sub, title in ((axes[0][2], train, f"training step at S={S0}: each kernel alone and all together"),
+                           (axes[1][1], fwd, f"forward pass at S={S0}")):
+        _bars(ax, sizes, configs, lambda size, impl, sub=sub: [
+            y for _, y in _speedups(_ok(sub, size=size, impl=impl, seq_len=S0), groups, ("eager",))])
+        if sub is train:
+            ax.axhline(1.25, color="red", ls="--", lw=1.5, label="target 1.25x (all-Triton)")
+        ax.axhline(1.0, color="#444444", lw=0.8)
+        ax.set_ylabel("speedup over eager PyTorch (x)")
+        ax.set_title(title, fontsize=10)
+        _bar_room(ax, ncol=3)
     # (d): MFU vs S
     ax = axes[1][0]
     styles = {"all-Triton": ("-", "o"), "torch.compile": ("--", "s"), "eager+SDPA": (":", "^")}
@@ -383,62 +385,30 @@ def plot_model(meta, rows, path):
                 ax.plot(*zip(*pts), ls=ls, marker=m, color=SIZE_COLORS.get(size), ms=4,
                         lw=2 if impl == "triton" else 1)
                 if impl == "triton" and size == "gpt2-xl" and judge:
-                    bad = [(x, y) for x, y in pts if y < 50]
-                    if bad:
-                        ax.plot(*zip(*bad), "x", color="red", ms=11, mew=2.5)
+                    _mark_missed(ax, [(x, y) for x, y in pts if y < 50])
     target = ax.axhline(50, color="red", ls="--", lw=1.5, label="target 50% (gpt2-xl)")
     _seq_axis(ax, seqs)
     ax.set_ylabel("MFU (% of measured matmul TFLOP/s)")
     ax.set_title("training step model-FLOP utilisation", fontsize=10)
     _style_legend(ax, _sizes(train), styles, extra=(target,))
-    # (e): forward-pass speedups per size at S0
-    ax = axes[1][1]
-    fwd = [r for r in mrows if r["pass"] == "fwd"]
-    for k, impl in enumerate(configs):
-        xs, ys = [], []
-        for si, size in enumerate(sizes):
-            for r in _ok(fwd, size=size, impl=impl, seq_len=S0):
-                ref = _ref_ms(groups[row_key(r)], ("eager",))
-                if ref:
-                    xs.append(si + (k - (len(configs) - 1) / 2) * w)
-                    ys.append(ref / r["ms"])
-        if xs:
-            ax.bar(xs, ys, w, color=IMPL_COLORS.get(impl), label=impl)
-    ax.axhline(1.0, color="#444444", lw=0.8)
-    ax.set_xticks(range(len(sizes)))
-    ax.set_xticklabels(sizes, fontsize=8)
-    ax.set_ylabel("speedup over eager PyTorch (x)")
-    ax.set_title(f"forward pass at S={S0}", fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
-    _bar_room(ax, ncol=3)
     # (f): generation tokens/s per size
     ax = axes[1][2]
     gen = [r for r in mrows if r["pass"] == "generate"]
     gsizes = _sizes(gen)
     gimpls = ["eager", "eager+sdpa", "hf", "triton"]
-    w = 0.8 / len(gimpls)
-    for k, impl in enumerate(gimpls):
-        xs, ys = [], []
-        for si, size in enumerate(gsizes):
-            for r in _ok(gen, size=size, impl=impl):
-                xs.append(si + (k - (len(gimpls) - 1) / 2) * w)
-                ys.append(r["tokens_per_s"])
-        if xs:
-            ax.bar(xs, ys, w, color=IMPL_COLORS.get(impl), label="Hugging Face" if impl == "hf" else impl)
+    _bars(ax, gsizes, gimpls, lambda size, impl: [r["tokens_per_s"] for r in _ok(gen, size=size, impl=impl)],
+          label=lambda impl: "Hugging Face" if impl == "hf" else impl)
     for si, size in enumerate(gsizes):
         hf = _ok(gen, size=size, impl="hf")
         if hf:
-            ax.hlines(2 * hf[0]["tokens_per_s"], si - 0.45, si + 0.45, colors="red", linestyles="--", lw=1.5,
+            need = 2 * hf[0]["tokens_per_s"]
+            ax.hlines(need, si - 0.45, si + 0.45, colors="red", linestyles="--", lw=1.5,
                       label="target 2x HF" if si == 0 else None)
             ours = _ok(gen, size=size, impl="triton")
-            if judge and ours and ours[0]["tokens_per_s"] < 2 * hf[0]["tokens_per_s"]:
-                ax.plot([si + (gimpls.index("triton") - 1.5) * w], [ours[0]["tokens_per_s"]], "x", color="red",
-                        ms=11, mew=2.5)
-    ax.set_xticks(range(len(gsizes)))
-    ax.set_xticklabels(gsizes, fontsize=8)
+            if judge and ours and ours[0]["tokens_per_s"] < need:
+                _mark_missed(ax, [(_bar_x(si, gimpls.index("triton"), len(gimpls)), ours[0]["tokens_per_s"])])
     ax.set_ylabel("tokens / s (batch 1, KV cache)")
     ax.set_title("generation throughput", fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
     _bar_room(ax, ncol=3)
     fig.suptitle(_title(meta, "GPT-2 end to end"), fontsize=11)
     fig.tight_layout(rect=(0, 0.02, 1, 0.93))
@@ -460,15 +430,8 @@ def plot_memory(meta, rows, path):
     ax = axes[0]
     sizes = _sizes(train)
     configs = ["eager", "eager+sdpa", "compile", "triton-attention", "triton-layernorm", "triton-gelu", "triton"]
-    w = 0.8 / len(configs)
-    for k, impl in enumerate(configs):
-        xs, ys = [], []
-        for si, size in enumerate(sizes):
-            for r in _ok(train, size=size, impl=impl, seq_len=S0):
-                xs.append(si + (k - (len(configs) - 1) / 2) * w)
-                ys.append(r["peak_mem_bytes"] / GiB)
-        if xs:
-            ax.bar(xs, ys, w, color=IMPL_COLORS.get(impl), label=impl)
+    _bars(ax, sizes, configs,
+          lambda size, impl: [r["peak_mem_bytes"] / GiB for r in _ok(train, size=size, impl=impl, seq_len=S0)])
     for si, size in enumerate(sizes):
         ref = _ok(train, size=size, impl="eager+sdpa", seq_len=S0)
         if ref:
@@ -477,13 +440,10 @@ def plot_memory(meta, rows, path):
                       label="target: <= eager+sdpa" if si == 0 else None)
             ours = _ok(train, size=size, impl="triton", seq_len=S0)
             if _dtype(meta) == "bf16" and ours and ours[0]["peak_mem_bytes"] / GiB > limit:
-                x = si + (configs.index("triton") - (len(configs) - 1) / 2) * w
-                ax.plot([x], [ours[0]["peak_mem_bytes"] / GiB], "x", color="red", ms=11, mew=2.5)
-    ax.set_xticks(range(len(sizes)))
-    ax.set_xticklabels(sizes, fontsize=8)
+                _mark_missed(ax, [(_bar_x(si, configs.index("triton"), len(configs)),
+                                   ours[0]["peak_mem_bytes"] / GiB)])
     ax.set_ylabel("peak GPU memory (GiB)")
     ax.set_title(f"training step at S={S0} (weights + grads + AdamW + activations)", fontsize=10)
-    ax.grid(True, axis="y", alpha=0.3)
     _bar_room(ax, ncol=3)
     ax = axes[1]
     styles = {"all-Triton": ("-", "o"), "eager+SDPA": ("--", "s"), "eager": (":", "^")}

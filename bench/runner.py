@@ -33,11 +33,17 @@ def _first_line(exc, limit=300):
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def run_task(task, ctx, module=None):
+def _row(task, status, note, **values):
+    """A result row of a task, with its point's FLOP and byte counts."""
+    flops, nbytes = counts(task.point)
+    return make_row(task.point, task.impl, task.role, status=status, note=note, flops=flops, bytes=nbytes, **values)
+
+
+def run_task(task, ctx):
     """One row for one task (never raises, except KeyboardInterrupt)."""
     import torch
 
-    module = module or family_module(task.point.family)
+    module = family_module(task.point.family)
     values, status, note = {}, "ok", ""
     failed = True
     torch.manual_seed(1234)
@@ -61,10 +67,7 @@ def run_task(task, ctx, module=None):
     finally:
         # A failure can leave tensors in reference cycles (traceback frames): collect them.
         free_memory(ctx.device, collect=failed or task.point.family == "model")
-    flops, nbytes = counts(task.point)
-    row = make_row(task.point, task.impl, task.role, status=status, note=note, flops=flops, bytes=nbytes,
-                   **({k: v for k, v in values.items()} if status == "ok" else {}))
-    return fill_rates(row, ctx.limits)
+    return fill_rates(_row(task, status, note, **(values if status == "ok" else {})), ctx.limits)
 
 
 def execute(tasks, ctx, *, budget=None, reserve=0.0, progress=None, save=None, clock=time.monotonic):
@@ -80,9 +83,7 @@ def execute(tasks, ctx, *, budget=None, reserve=0.0, progress=None, save=None, c
         p = task.point
         shape = (p.shape_key(), task.impl)
         if lost is not None:
-            flops, nbytes = counts(p)
-            row = make_row(p, task.impl, task.role, status="skipped", flops=flops, bytes=nbytes,
-                           note=f"not measured: the CUDA context was lost at {lost}")
+            row = _row(task, "skipped", f"not measured: the CUDA context was lost at {lost}")
         elif shape in measured:
             row = dict(measured[shape])
             row.update(seq_len=p.seq_len, batch=p.batch)
@@ -92,10 +93,8 @@ def execute(tasks, ctx, *, budget=None, reserve=0.0, progress=None, save=None, c
             elapsed = clock() - start
             est = estimate(task, observed)
             if budget is not None and elapsed + est > budget - reserve:
-                flops, nbytes = counts(p)
-                row = make_row(p, task.impl, task.role, status="skipped", flops=flops, bytes=nbytes,
-                               note=f"not measured: --budget {budget:.0f} s (expected {est:.0f} s, "
-                                    f"{max(0.0, budget - reserve - elapsed):.0f} s left)")
+                row = _row(task, "skipped", f"not measured: --budget {budget:.0f} s (expected {est:.0f} s, "
+                                            f"{max(0.0, budget - reserve - elapsed):.0f} s left)")
             else:
                 t0 = clock()
                 row = run_task(task, ctx)

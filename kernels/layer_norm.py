@@ -47,14 +47,13 @@ tensor is read in place), and a leading shape that cannot be viewed as (M, N) is
 `reshape`. Outputs are always contiguous. weight and bias must be 1-D of size N.
 """
 
-import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import check_float_dtype, check_runnable, check_same_dtype
+from kernels._common import TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms
 
 MAX_N = 8192
 
@@ -178,25 +177,15 @@ def _launch_config(N, P=1):
     }
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
-    return 2  # the interpreter runs programs one by one; a couple still exercises the loop
-
-
 def _bwd_grid(M, N, device):
     """(P, tiles per program) for the backward: at most a few programs per SM, each owning
     a contiguous run of row tiles, and no program left without work."""
     cfg = _launch_config(N)
     BLOCK_M, _, _ = cfg["bwd"]
     tiles = triton.cdiv(M, BLOCK_M)
-    programs = max(1, min(tiles, _num_sms(device) * cfg["bwd_programs_per_sm"]))
+    programs = max(1, min(tiles, num_sms(device) * cfg["bwd_programs_per_sm"]))
     tiles_per_program = triton.cdiv(tiles, programs)
     return triton.cdiv(tiles, tiles_per_program), tiles_per_program
-
-
-_TRITON_TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def _register_configs():
@@ -208,7 +197,7 @@ def _register_configs():
     cases = [(torch.bfloat16, n) for n in (768, 1024, 1280, 1600, 4096, 8192)]
     cases += [(torch.float16, 1600), (torch.float32, 1600), (torch.float32, 8192)]
     for dtype, N in cases:
-        t = "*" + _TRITON_TYPE[dtype]
+        t = "*" + TRITON_TYPE[dtype]
         cfg = _launch_config(N)
         BLOCK_N, warps = cfg["fwd"]
         registry.register(
@@ -253,16 +242,9 @@ def layer_norm_io_bytes(M, N, dtype, backward=False, device="cuda"):
 # ----------------------------------------------------------------------------- launchers
 
 
-def _rows(t, N):
-    """t as an (M, N) tensor whose last dim is contiguous (a view when possible)."""
-    if t.stride(-1) != 1:
-        t = t.contiguous()
-    return t.reshape(-1, N)
-
-
 def _fwd(x, weight, bias, eps):
     N = x.shape[-1]
-    x2 = _rows(x, N)
+    x2 = as_rows(x, N)
     M = x2.shape[0]
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     mean = torch.empty((M,), dtype=torch.float32, device=x.device)
@@ -280,7 +262,7 @@ def _fwd(x, weight, bias, eps):
 
 def _bwd(dy, x, weight, mean, rstd):
     N = x.shape[-1]
-    x2, dy2 = _rows(x, N), _rows(dy, N)
+    x2, dy2 = as_rows(x, N), as_rows(dy, N)
     M = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     dw = torch.empty((N,), dtype=weight.dtype, device=x.device)

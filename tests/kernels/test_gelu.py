@@ -15,7 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.gelu import MAX_BIAS_N, _rows, gelu, gelu_reference
+from kernels._common import as_rows
+from kernels.gelu import MAX_BIAS_N, gelu, gelu_reference
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()
@@ -84,6 +85,15 @@ def test_saturated_tails(dtype, device):
     _check(got, _reference(x, None, dy), dtype)
 
 
+def test_zero_dim_input(device):
+    # "Any shape" includes a 0-d x: without a bias the flat kernels never look at x.shape[-1].
+    x = torch.tensor(0.7, device=device)
+    dy = torch.tensor(-1.3, device=device)
+    got = _kernel(x, None, dy)
+    assert got[0].shape == got[1].shape == ()
+    _check(got, _reference(x, None, dy), torch.float32)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_backward_is_deterministic(dtype, device):
     # Enough rows that several row groups each sum several tiles into the partial buffer.
@@ -102,7 +112,7 @@ def test_non_contiguous_inputs(layout, bias, device):
     N = 40
     if layout == "row_strided":  # rows of a wider tensor (the bias path reads them in place)
         x = torch.randn(6, 3 * N, device=device)[:, N:2 * N]
-        assert _rows(x, N).data_ptr() == x.data_ptr()
+        assert as_rows(x, N).data_ptr() == x.data_ptr()
     elif layout == "transposed":  # last dim not contiguous: copied first
         x = torch.randn(N, 5, device=device).t()
     else:  # leading dims not viewable as one

@@ -14,7 +14,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.layer_norm import MAX_N, _rows, layer_norm, layer_norm_reference
+from kernels._common import as_rows
+from kernels.layer_norm import MAX_N, layer_norm, layer_norm_reference
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()
@@ -111,7 +112,7 @@ def test_non_contiguous_inputs(layout, device):
     N = 40
     if layout == "row_strided":  # rows of a wider tensor: read in place through the row stride
         x = torch.randn(6, 3 * N, device=device)[:, N:2 * N]
-        assert _rows(x, N).data_ptr() == x.data_ptr()
+        assert as_rows(x, N).data_ptr() == x.data_ptr()
     elif layout == "transposed":  # last dim not contiguous: copied first
         x = torch.randn(N, 5, device=device).t()
     else:  # leading dims not viewable as one: reshape copies

@@ -1,5 +1,6 @@
 """What every op shares: where it may run, and the checks that turn bad input into clear errors."""
 
+import contextlib
 import functools
 import os
 
@@ -63,3 +64,20 @@ def as_rows(t, N):
     if t.stride(-1) != 1:
         t = t.contiguous()
     return t.reshape(-1, N)
+
+
+def device_guard(t):
+    """Make t's GPU the current device: Triton launches on the current device, which for
+    tensors on another GPU (cuda:1 while cuda:0 is current) would be the wrong one."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+def on_input_device(launcher):
+    """Run a launcher with its first argument's GPU current (see device_guard)."""
+
+    @functools.wraps(launcher)
+    def wrapper(first, *args, **kwargs):
+        with device_guard(first):
+            return launcher(first, *args, **kwargs)
+
+    return wrapper

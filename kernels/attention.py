@@ -45,7 +45,6 @@ Limits and numerics:
 - No dropout, no arbitrary masks; ``scale`` must be a positive finite number.
 """
 
-import contextlib
 import math
 from typing import NamedTuple
 
@@ -54,7 +53,7 @@ import triton
 import triton.language as tl
 
 from . import registry
-from ._common import INTERPRET, TRITON_TYPE, check_float_dtype, check_runnable, check_same_dtype
+from ._common import INTERPRET, TRITON_TYPE, check_float_dtype, check_runnable, check_same_dtype, device_guard
 
 HEAD_DIMS = (16, 32, 64, 128)
 LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
@@ -579,10 +578,6 @@ def _strides(t):
     return tuple(0 if n == 1 else s for n, s in zip(t.shape[:3], t.stride()[:3]))
 
 
-def _device_guard(t):
-    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
 def _attention_fwd(q, k, v, causal, scale):
     q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
     B, H, Sq, D = q.shape
@@ -591,7 +586,7 @@ def _attention_fwd(q, k, v, causal, scale):
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
     cfg = launch_config("fwd", D, q.dtype, causal)
     grid = (triton.cdiv(Sq, cfg.BLOCK_M) * B * H,)
-    with _device_guard(q):
+    with device_guard(q):
         _attn_fwd_kernel[grid](
             q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
             H, Sq, Sk, scale * LOG2E,
@@ -609,7 +604,7 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale):
     dk = torch.empty((B, H, Sk, D), dtype=k.dtype, device=q.device)
     dv = torch.empty((B, H, Sk, D), dtype=v.dtype, device=q.device)
     delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    with _device_guard(q):
+    with device_guard(q):
         cfg = launch_config("bwd_preprocess", D, q.dtype, causal)
         _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.BLOCK_M) * B * H,)](
             o, do, delta, *_strides(o), *_strides(do), H, Sq,

@@ -43,7 +43,9 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms
+from kernels._common import (
+    TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms, on_input_device,
+)
 
 _C = math.sqrt(2.0 / math.pi)
 _A = 0.044715
@@ -256,6 +258,7 @@ def gelu_io_bytes(shape, dtype, bias=False, backward=False, device="cuda"):
 # ----------------------------------------------------------------------------- launchers
 
 
+@on_input_device
 def _fwd(x, bias):
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
@@ -277,6 +280,7 @@ def _fwd(x, bias):
     return y
 
 
+@on_input_device
 def _bwd(dy, x):
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if x.numel() == 0:
@@ -288,6 +292,7 @@ def _bwd(dy, x):
     return dx
 
 
+@on_input_device
 def _bias_bwd(dy, x, bias):
     N = x.shape[-1]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)

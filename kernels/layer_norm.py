@@ -53,7 +53,9 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms
+from kernels._common import (
+    TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms, on_input_device,
+)
 
 MAX_N = 8192
 
@@ -242,6 +244,7 @@ def layer_norm_io_bytes(M, N, dtype, backward=False, device="cuda"):
 # ----------------------------------------------------------------------------- launchers
 
 
+@on_input_device
 def _fwd(x, weight, bias, eps):
     N = x.shape[-1]
     x2 = as_rows(x, N)
@@ -260,6 +263,7 @@ def _fwd(x, weight, bias, eps):
     return y, mean, rstd
 
 
+@on_input_device
 def _bwd(dy, x, weight, mean, rstd):
     N = x.shape[-1]
     x2, dy2 = as_rows(x, N), as_rows(dy, N)

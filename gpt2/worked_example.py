@@ -101,7 +101,7 @@ def trace(model=None, ids=None):
     tr = model.transformer
     block = tr.h[0]
     attn = block.attn
-    nh, hs, d = attn.num_heads, attn.head_size, attn.d_model
+    hs, d = attn.head_size, attn.d_model
     T = len(ids)
     t = {"ids": ids, "tokens": [VOCAB[i] for i in ids]}
 

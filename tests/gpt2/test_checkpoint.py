@@ -30,12 +30,7 @@ VOCAB, N_POS, N_EMBD = 503, 64, 32  # an odd vocab, to catch a transposed embedd
 VARIANTS = ("safetensors", "bin", "gpt2model", "sharded")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads cost more than they save on a shared CPU
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -13,14 +13,7 @@ from gpt2 import GPT2, GPT2Config, KVCache
 CPU_ATTENTION = ("torch", "sdpa")  # the Triton kernel is tested in generate by its integrator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matmuls: with several threads on a shared CPU, the threads' hand-offs cost more than
-    the work (10x slower on a loaded 2-core machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(vocab_size=101, block_size=48, n_layer=2, n_head=2, n_embd=24, attention="torch"):

@@ -11,10 +11,6 @@ dtype (plus atol). Without CUDA the kernels run in Triton's interpreter, with sm
 import importlib
 import inspect
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +18,7 @@ import torch.nn.functional as F
 
 from kernels import registry
 from kernels.attention import HEAD_DIMS, KERNELS, attention, attention_reference, launch_config
+from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
 # The module itself (the package's `kernels.attention` is the function).
@@ -340,7 +337,6 @@ def test_bad_inputs_raise_clear_errors(device):
 
 
 def test_cpu_without_interpreter_raises():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
         "import torch\n"
         "from kernels.attention import attention\n"
@@ -350,8 +346,7 @@ def test_cpu_without_interpreter_raises():
         "except ValueError as e:\n"
         "    print('ValueError:', e)\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    out = run_without_interpreter(code)
     assert out.returncode == 0, out.stderr
     assert "ValueError: kernels.attention: got CPU tensors" in out.stdout, out.stdout
     assert "TRITON_INTERPRET=1" in out.stdout, out.stdout

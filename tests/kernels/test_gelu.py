@@ -6,10 +6,6 @@ Without CUDA the kernels run in Triton's interpreter, which costs ~10 ms a progr
 CPU shapes stay small; on a GPU the shapes are GPT-2 MLP-sized.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +13,7 @@ import torch.nn.functional as F
 
 from kernels._common import as_rows
 from kernels.gelu import MAX_BIAS_N, gelu, gelu_reference
+from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()
@@ -196,7 +193,6 @@ def test_bad_inputs_raise_clear_errors(device):
 
 
 def test_cpu_without_interpreter_raises():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
         "import torch, kernels\n"
         "gelu = kernels.gelu\n"
@@ -206,7 +202,6 @@ def test_cpu_without_interpreter_raises():
         "    except ValueError as e:\n"
         "        print('ValueError:', e)\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    out = run_without_interpreter(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("ValueError: gelu: got CPU tensors") == 2 and "TRITON_INTERPRET=1" in out.stdout, out.stdout

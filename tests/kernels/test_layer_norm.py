@@ -5,10 +5,6 @@ Without CUDA the kernels run in Triton's interpreter, which costs ~10 ms a progr
 CPU shapes keep few rows when rows are wide; on a GPU the shapes are training-sized.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +12,7 @@ import torch.nn.functional as F
 
 from kernels._common import as_rows
 from kernels.layer_norm import MAX_N, layer_norm, layer_norm_reference
+from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()
@@ -202,7 +199,6 @@ def test_bad_inputs_raise_clear_errors(device):
 
 
 def test_cpu_without_interpreter_raises():
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (
         "import torch, kernels\n"
         "x, w, b = torch.randn(2, 8), torch.randn(8), torch.randn(8)\n"
@@ -211,7 +207,6 @@ def test_cpu_without_interpreter_raises():
         "except ValueError as e:\n"
         "    print('ValueError:', e)\n"
     )
-    root = Path(__file__).resolve().parents[2]
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    out = run_without_interpreter(code)
     assert out.returncode == 0, out.stderr
     assert "ValueError: layer_norm: got CPU tensors" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout

@@ -76,7 +76,7 @@ def function(impl, ctx):
         return _sdpa(SDPA_BACKENDS[impl])
     if impl == "triton":
         try:
-            from kernels.attention import attention as fn  # the function, from the op's own module
+            from kernels import attention as fn
         except ImportError as e:
             raise Unavailable(f"kernels.attention not importable: {e}") from e
         return lambda q, k, v: fn(q, k, v, causal=True)

@@ -44,7 +44,7 @@ def function(impl, ctx):
         return compiled(_eager, ctx)
     if impl == "triton":
         try:
-            from kernels.gelu import gelu  # the function, from the op's own module
+            from kernels import gelu
         except ImportError as e:
             raise Unavailable(f"kernels.gelu not importable: {e}") from e
         return gelu

@@ -43,9 +43,7 @@ def function(impl, ctx):
         return compiled(_eager, ctx)
     if impl == "triton":
         try:
-            # From the op's own module: once a submodule is imported, ``kernels.layer_norm``
-            # names the module rather than the function.
-            from kernels.layer_norm import layer_norm as fn
+            from kernels import layer_norm as fn
         except ImportError as e:
             raise Unavailable(f"kernels.layer_norm not importable: {e}") from e
         return lambda x, w, b: fn(x, w, b, EPS)

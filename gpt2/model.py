@@ -305,11 +305,10 @@ class GPT2(nn.Module):
 
 
 def _require_triton_kernels(op):
-    module = {"attention": "kernels.attention", "layernorm": "kernels.layer_norm", "gelu": "kernels.gelu"}[op]
     try:
-        __import__(module)
+        import kernels  # noqa: F401  (imports every op; one that fails to import fails here)
     except ImportError as e:
         raise RuntimeError(
-            f"the Triton {op} kernel is not available ({module}: {e}); "
+            f"the Triton {op} kernel is not available (kernels: {e}); "
             f"use {op}='torch'" + (" or 'sdpa'" if op == "attention" else "")
         ) from e

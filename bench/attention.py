@@ -6,7 +6,7 @@ Passes: fwd (no autograd) and fwd+bwd (gradients of q, k and v).
 Implementations:
     triton          ours: ``kernels.attention(q, k, v, causal=True)``
     eager           the textbook op: q @ k^T, mask, softmax, @ v, with the (S, S) scores in
-                    memory (``gpt2.attention.attend(impl="torch")``, the model's eager path)
+                    memory (``gpt2.attention.attend``, the model's eager path)
     compile         ``torch.compile`` of the textbook op
     sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math
                     ``F.scaled_dot_product_attention(is_causal=True)`` pinned to each backend
@@ -43,7 +43,7 @@ def points(sizes, seq_lens, dtype, info, smoke=False):
 def _eager(q, k, v):
     from gpt2.attention import attend
 
-    return attend(q, k, v, causal=True, impl="torch")
+    return attend(q, k, v, causal=True)
 
 
 def _reference(q, k, v):

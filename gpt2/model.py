@@ -47,14 +47,14 @@ class LayerNorm(nn.Module):
 class MLP(nn.Module):
     """Position-wise feed-forward: Linear(d -> 4d) -> GELU (tanh form) -> Linear(4d -> d)."""
 
+    op = "gelu"  # this module's row of the kernel table (gpt2.switch.KERNELS)
+
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
         self.kernel = linear_gelu  # f(x, weight, bias) = gelu(x weightᵀ + bias), set by the switch
-
-    op = "gelu"  # this module's row of the kernel table (gpt2.switch.KERNELS)
 
     def forward(self, x):  # (B, T, d) -> (B, T, d)
         h = self.kernel(x, self.c_fc.weight, self.c_fc.bias)  # gelu(c_fc(x)): (B, T, 4d)

@@ -91,7 +91,6 @@ logger = logging.getLogger(__name__)
 
 ATTN_IMPLEMENTATION = "gpt2_triton"  # the name transformers' registry knows our attention by
 FALLBACKS = Counter()  # reason -> attention calls handed back to Hugging Face
-HEAD_SIZES = (16, 32, 64, 128)  # the Triton kernel's (kernels.attention.HEAD_DIMS; not imported: Triton)
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 try:  # transformers >= 4.48: attention implementations are looked up by name
@@ -132,7 +131,7 @@ def _why_not_kernel(query, attention_mask, dropout, kwargs):
         return "dropout"
     if kwargs.get("head_mask") is not None:
         return "head_mask"
-    if query.size(-1) not in HEAD_SIZES:
+    if query.size(-1) not in _triton().ATTENTION_HEAD_SIZES:
         return "head_size"
     if query.dtype not in DTYPES:
         return "dtype"
@@ -185,14 +184,16 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         # No mask with more keys than queries is HF's upper-left causal (a StaticCache's prefill:
         # the keys past Sq are empty slots), as its sdpa path does; our kernel aligns to the end.
         key, value = key[:, :, :Sq], value[:, :, :Sq]
-    out = _kernels().attention(query, key, value, causal=causal, scale=scaling)  # (B, nh, Sq, hs)
+    out = _triton().kernels.attention(query, key, value, causal=causal, scale=scaling)  # (B, nh, Sq, hs)
     return out.transpose(1, 2), None
 
 
-def _kernels():
-    import kernels  # Triton; imported on the first call, never by ``import gpt2.hf``
+def _triton():
+    # gpt2/triton_ops.py stays the one module of gpt2 that imports kernels (and Triton): on the
+    # first call, never at ``import gpt2.hf``.
+    from . import triton_ops
 
-    return kernels
+    return triton_ops
 
 
 def register():
@@ -231,7 +232,7 @@ def _legacy_attn(self, query, key, value, attention_mask=None, head_mask=None):
     if self.scale_attn_by_inverse_layer_idx:
         scale /= float(self.layer_idx + 1)
     # Old caches append the new keys to the old ones, so the causal mask is aligned to the end.
-    out = _kernels().attention(query, key, value, causal=not self.is_cross_attention, scale=scale)
+    out = _triton().kernels.attention(query, key, value, causal=not self.is_cross_attention, scale=scale)
     return out, None
 
 

@@ -15,8 +15,9 @@ or, for the attention alone, at load time (``import gpt2.hf`` registers the name
 - attention: the model's ``attn_implementation``. "triton" is ``ATTN_IMPLEMENTATION``, this
   module's ``attention_forward`` registered in transformers' attention-interface registry (with
   ``sdpa_mask`` as its mask builder, so padding is never dropped); "sdpa" is HF's "sdpa"; "torch"
-  is the implementation the model had before it was first patched. On transformers without
-  that registry (< 4.48) each ``GPT2Attention``'s forward is patched instead (see ``_legacy``).
+  is the implementation the model had before it was first patched. Needs transformers >= 4.53;
+  on transformers < 4.48 each ``GPT2Attention``'s forward is patched instead (``_legacy``), and
+  the versions between (whose masks a registered implementation cannot read) refuse it.
 - layernorm: every ``nn.LayerNorm``'s forward calls ``kernels.layer_norm``.
 - gelu: every ``GPT2MLP``'s forward calls the fused GELU(x W + b) of the switch (the model's
   ``activation_function`` must be a tanh GELU: "gelu_new" or "gelu_pytorch_tanh").
@@ -51,6 +52,7 @@ gives them (any leading shape; fp32, fp16, bf16).
 transformers is imported here, and only here: ``import gpt2`` never imports it.
 """
 
+import contextvars
 import importlib.metadata
 import importlib.util
 import logging
@@ -82,7 +84,8 @@ def _check_name_clash():
 
 _check_name_clash()
 
-from transformers.models.gpt2 import modeling_gpt2  # noqa: E402  (after the clash check)
+from transformers import __version__ as transformers_version  # noqa: E402  (after the clash check)
+from transformers.models.gpt2 import modeling_gpt2  # noqa: E402
 
 from .checkpoint import TANH_GELU
 from .switch import kernel, resolve_kernels
@@ -93,14 +96,20 @@ ATTN_IMPLEMENTATION = "gpt2_triton"  # the name transformers' registry knows our
 FALLBACKS = Counter()  # reason -> attention calls handed back to Hugging Face
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
-try:  # transformers >= 4.48: attention implementations are looked up by name
-    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
-except ImportError:  # older: the attention is a method of GPT2Attention, patched per module
-    AttentionInterface = ALL_ATTENTION_FUNCTIONS = None
-try:  # transformers >= 4.53: masks are built per implementation; ours needs sdpa's bool masks
+# Two ways in, by what the installed transformers has:
+# - a registry of attention implementations by name, with a mask builder per name, and a GPT-2
+#   that builds its masks through them (transformers >= 4.53): ours is registered by name;
+# - transformers < 4.48: GPT2Attention computes in its ``_attn`` method, patched per module.
+# The versions between pass a custom implementation masks it cannot read (padding-only, causal
+# implied) and keep no flag for output_attentions; there the Triton attention is refused.
+try:
     from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+
+    REGISTRY = hasattr(modeling_gpt2, "create_causal_mask")
 except ImportError:
-    AttentionMaskInterface = sdpa_mask = None
+    REGISTRY = False
+LEGACY = hasattr(modeling_gpt2.GPT2Attention, "_attn")
 
 
 # ---- the attention ----------------------------------------------------------------------
@@ -112,15 +121,31 @@ def _fallback(reason):
         logger.debug("gpt2.hf: attention falls back to Hugging Face's path (%s)", reason)
 
 
+try:  # transformers 5 records attention weights with hooks and keeps the request here
+    from transformers.utils.output_capturing import _active_collector
+except ImportError:  # 4.53 - 4.57: the module's forward gets output_attentions (see _noting_weights)
+    _active_collector = None
+_WEIGHTS_ASKED = contextvars.ContextVar("gpt2_hf_output_attentions", default=False)
+
+
 def _weights_requested():
-    """Whether the running forward captures attention weights (``output_attentions=True``).
-    transformers 5 records them with hooks and pops the flag before the attention sees it, so
-    the request is read from its collector; older versions pass the flag to the module."""
+    """Whether the running forward wants the attention weights (``output_attentions=True``),
+    which the attention function is not told: read from transformers' collector, or from the
+    note ``_noting_weights`` leaves."""
+    if _active_collector is not None:
+        return "attentions" in (_active_collector.get() or {})
+    return _WEIGHTS_ASKED.get()
+
+
+def _noting_weights(self, *args, **kwargs):
+    """GPT2Attention.forward for transformers 4.53 - 4.57, noting output_attentions for the call."""
+    if not kwargs.get("output_attentions"):
+        return type(self).forward(self, *args, **kwargs)
+    token = _WEIGHTS_ASKED.set(True)
     try:
-        from transformers.utils.output_capturing import _active_collector
-    except ImportError:
-        return False
-    return "attentions" in (_active_collector.get() or {})
+        return type(self).forward(self, *args, **kwargs)
+    finally:
+        _WEIGHTS_ASKED.reset(token)
 
 
 def _why_not_kernel(query, attention_mask, dropout, kwargs):
@@ -152,7 +177,7 @@ def _eager_with_weights(module, query, key, value, attention_mask, dropout, scal
     # without one, the causal mask HF would have implied) becomes 0 / dtype-min.
     Sq, Sk = query.size(2), key.size(2)
     if attention_mask is None and _causal(module, query, is_causal):
-        attention_mask = torch.ones(Sq, Sk, dtype=torch.bool, device=query.device).tril()
+        attention_mask = torch.ones(1, 1, Sq, Sk, dtype=torch.bool, device=query.device).tril()
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         blocked = torch.finfo(query.dtype).min
         attention_mask = torch.zeros(attention_mask.shape, dtype=query.dtype, device=query.device).masked_fill(
@@ -171,7 +196,7 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     weights. What it cannot take falls back per call (module docstring), counted in FALLBACKS.
     """
     reason = _why_not_kernel(query, attention_mask, dropout, kwargs)
-    if reason == "output_attentions":
+    if reason in ("output_attentions", "head_mask"):  # only HF's eager forms (and masks) the weights
         _fallback(reason)
         return _eager_with_weights(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
     if reason is not None:
@@ -198,13 +223,12 @@ def _triton():
 
 def register():
     """Make ``attn_implementation="gpt2_triton"`` known to transformers (done at import)."""
-    if AttentionInterface is None:
+    if not REGISTRY:
         return False
     AttentionInterface.register(ATTN_IMPLEMENTATION, attention_forward)
-    if AttentionMaskInterface is not None:
-        # Without a registered mask builder transformers passes no mask at all to an unknown
-        # implementation (it assumes a server backend), which would drop every padding mask.
-        AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
+    # Without a registered mask builder transformers passes no mask at all to an unknown
+    # implementation (it assumes a server backend), which would drop every padding mask.
+    AttentionMaskInterface.register(ATTN_IMPLEMENTATION, sdpa_mask)
     return True
 
 
@@ -255,8 +279,6 @@ def _legacy(model, choice):
             _unpatch(m, "forward", "_attn")
             if choice == "triton":
                 _patch(m, forward=_legacy_forward, _attn=_legacy_attn)
-            elif choice == "sdpa":
-                raise ValueError("attention='sdpa' needs transformers >= 4.48 (its attention registry)")
 
 
 # ---- LayerNorm and GELU -----------------------------------------------------------------
@@ -322,10 +344,20 @@ def apply_kernels(model, all=None, *, attention=None, layernorm=None, gelu=None)
             f"the Triton GELU kernel computes the tanh GELU ({' or '.join(TANH_GELU)}); this model's "
             f"activation_function is {config.activation_function!r}. Use gelu='torch'"
         )
+    if choice["attention"] != "torch" and not REGISTRY and not (LEGACY and choice["attention"] == "triton"):
+        raise ValueError(
+            f"attention={choice['attention']!r} needs transformers >= 4.53 (or < 4.48 for 'triton'); "
+            f"this is {transformers_version}. Use attention='torch' (HF's own)"
+        )
     original = model.__dict__.setdefault("_gpt2_hf_attn", _original_attn(config))
-    if AttentionInterface is not None:
+    if REGISTRY:
         names = {"torch": original, "sdpa": "sdpa", "triton": ATTN_IMPLEMENTATION}
         _set_attn_implementation(model, names[choice["attention"]])
+        for m in model.modules():
+            if isinstance(m, modeling_gpt2.GPT2Attention):
+                _unpatch(m, "forward")
+                if choice["attention"] == "triton" and _active_collector is None:
+                    _patch(m, forward=_noting_weights)
     else:
         _legacy(model, choice["attention"])
     layer_norm = kernel("layernorm", choice["layernorm"]) if choice["layernorm"] != "torch" else None

@@ -53,7 +53,7 @@ def parse_args(argv=None):
 
 
 def replot(results_dir, out_dir=None, quiet=False):
-    from .common import load_results
+    from .results import load_results
     from .plots import render_all
     from .summary import write_summary
 
@@ -145,7 +145,7 @@ def main(argv=None):
 
     import torch
 
-    from .common import device_info
+    from .points import device_info
 
     cuda = torch.cuda.is_available()
     info = device_info(smoke=args.smoke)
@@ -159,10 +159,9 @@ def main(argv=None):
 
 def run(args, sweep, info, budget, t_start):
     from . import plots
-    from .common import (
-        Context, Progress, Timer, base_meta, device_slug, fill_speedups, measure_limits, peer_version,
-        write_results,
-    )
+    from .results import fill_speedups, write_results
+    from .run_meta import Progress, base_meta, device_slug, peer_version
+    from .timing import Context, Timer, measure_limits
     from .runner import execute
     from .summary import write_summary
     from .sweep import plan

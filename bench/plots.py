@@ -17,7 +17,8 @@ performance".
 
 import os
 
-from .common import SEQ_LENS, SIZES, SMOKE_LABEL, by_point, row_key
+from .points import SEQ_LENS, SIZES, SMOKE_LABEL
+from .results import by_point, row_key
 from .targets import TARGETS, evaluate, format_value
 
 SIZE_COLORS = {"gpt2": "#1f77b4", "gpt2-medium": "#2ca02c", "gpt2-large": "#9467bd", "gpt2-xl": "#ff7f0e",

@@ -25,8 +25,8 @@ import math
 from dataclasses import dataclass, field
 from importlib import import_module
 
-from .common import (
-    FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, DTYPES, Point,
+from .points import (
+    DTYPES, FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, Point,
 )
 
 FAMILY_MODULES = {f: f"bench.{f}" for f in FAMILIES}

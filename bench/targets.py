@@ -7,7 +7,7 @@ each point met (filled) or missed (red cross); ``summary.md`` lists them.
 
 from dataclasses import dataclass
 
-from .common import by_point, row_key
+from .results import by_point, row_key
 
 SDPA = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math")
 KERNEL_WIDTHS = {"layer_norm": (768, 1600), "gelu": (4 * 768, 4 * 1600)}

@@ -6,7 +6,8 @@ import pytest
 
 import bench.__main__ as cli
 from bench import plots
-from bench.common import SMOKE_LABEL, load_results, write_results
+from bench.points import SMOKE_LABEL
+from bench.results import load_results, write_results
 
 from .fake_results import FAKE_DEVICE, fake_meta, fake_rows
 

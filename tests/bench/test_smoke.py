@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from bench.common import SMOKE_LABEL, STATUSES, load_csv, load_results
+from bench.points import SMOKE_LABEL
+from bench.results import STATUSES, load_csv, load_results
 
 from ..conftest import ON_GPU
 

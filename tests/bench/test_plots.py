@@ -27,7 +27,9 @@ def fake_dir(tmp_path_factory):
 def figures(monkeypatch):
     """What each plot draws: its title, and the axis labels of every panel with data."""
     seen = {}
-    finish = plots._finish
+    from bench.plots import style
+
+    finish = style.finish
 
     def spy(fig, meta, path):
         axes = [ax for ax in fig.axes if ax.get_visible() and ax.axison and (ax.lines or ax.patches)]
@@ -37,7 +39,7 @@ def figures(monkeypatch):
         )
         return finish(fig, meta, path)
 
-    monkeypatch.setattr(plots, "_finish", spy)
+    monkeypatch.setattr(style, "finish", spy)
     return seen
 
 

@@ -37,10 +37,12 @@ def fake_meta():
     }
 
 
-def fake_rows(seed=0, sizes=None, seq_lens=None):
+def fake_rows(seed=0, sizes=None, seq_lens=None, smoke=False, slower=None):
+    """smoke: the smoke run's points (the tiny model, S 16 and 32); slower: {impl: factor}
+    multiplies the invented times of those implementations (a change to compare)."""
     rng = random.Random(seed)
     info = DeviceInfo(**DEFAULT_DEVICE)
-    sweep = make_sweep(sizes=sizes, seq_lens=seq_lens)
+    sweep = make_sweep(sizes=sizes, seq_lens=seq_lens, smoke=smoke)
     rows = []
     for task in plan(sweep, info):
         p, impl = task.point, task.impl
@@ -81,6 +83,8 @@ def fake_rows(seed=0, sizes=None, seq_lens=None):
                 act = p.batch * p.seq_len * cfg.n_layer * cfg.n_embd * 34 * (1.15 if impl == "eager" else 1.0)
                 extra["peak_mem_bytes"] = int(params * 8 + act * (0.97 if impl == "triton" else 1.0))
                 extra["tokens_per_s"] = p.batch * p.seq_len / (ms * 1e-3)
+        if ms and slower:
+            ms *= slower.get(impl, 1.0)
         spread = {"ms": ms, "ms_p20": ms and ms * (1 - 0.03 * rng.random()),
                   "ms_p80": ms and ms * (1 + 0.05 * rng.random())}
         row = make_row(p, impl, task.role, status=status, note=note, flops=flops, bytes=nbytes,

@@ -11,7 +11,7 @@
     bench/runner.py      runs the tasks; OOM/errors/unavailable become rows, the run goes on
     bench/layer_norm.py, bench/gelu.py, bench/attention.py, bench/model.py   one family each
     bench/targets.py     the performance targets, checked against results
-    bench/plots.py       PNG plots; bench/summary.py: summary.md
+    bench/plots/         PNG plots (style, ops, end_to_end, compare); bench/summary.py: summary.md
     bench/gpu_check.sh   tests + kernel inspection + benchmark on a GPU machine, packed in <= 8 files
 
 Nothing here imports ``kernels`` at import time: ``--smoke`` must set TRITON_INTERPRET first.

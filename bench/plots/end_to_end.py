@@ -215,8 +215,12 @@ def plot_targets(meta, rows, path):
             f"{t['met']}/{t['total']} points; worst {format_value(t['metric'], t['worst'])} "
             f"(need {'<=' if t['metric'] == 'mem_ratio' else '>='} {format_value(t['metric'], t['threshold'])})")
         ax.text(0.78, y, detail, va="center", fontsize=8)
+    if all(t["status"] == "not measured" for t in results):
+        ax.text(0.0, 0.1, f"No point of this run is one a target is stated for (bf16, GPT-2's sizes; this run: "
+                f"{st.dtype(meta) or '?'}, {', '.join(st.sizes_of(rows)) or 'no rows'}).", fontsize=9,
+                color="#555555", va="center")
     ax.set_xlim(0, 1.12)
-    ax.set_ylim(0.3, len(results) + 0.7)
+    ax.set_ylim(-0.3, len(results) + 0.7)
     fig.suptitle(st.title(meta, "Targets (all-Triton against the others)"), fontsize=11)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     return st.finish(fig, meta, path)

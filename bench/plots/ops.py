@@ -5,6 +5,7 @@ GELU see rows x width and every S gives the same rows (B*S is fixed), so they ar
 the row width (the hidden size), where their cost varies.
 """
 
+from ..results import row_key
 from ..targets import REFERENCE_LABELS, TARGETS, speedup_targets, threshold_at
 from . import style as st
 from .style import IMPL_COLORS, SIZE_COLORS, TARGET_STYLE
@@ -109,8 +110,6 @@ def plot_kernel_speedups(meta, rows, family, path):
 
 
 def _same_point(a, b):
-    from ..results import row_key
-
     return row_key(a) == row_key(b)
 
 

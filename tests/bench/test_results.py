@@ -255,3 +255,18 @@ def test_timer_keeps_the_spread_of_the_runs():
     calls = []
     timing = Timer("cpu", slow_warmup=1, slow_reps=4)(lambda: calls.append(1))
     assert len(calls) == 5 and 0 <= timing.p20 <= timing.ms <= timing.p80
+
+
+def test_timer_asks_do_bench_for_the_median_and_the_20th_and_80th_percentiles(monkeypatch):
+    import triton.testing
+
+    asked = {}
+
+    def do_bench(fn, warmup, rep, grad_to_none=None, quantiles=None, return_mode="mean"):
+        asked.update(quantiles=quantiles, warmup=warmup, rep=rep)
+        return [2.0, 1.5, 3.0]  # in the order asked: 0.5, 0.2, 0.8
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    t = Timer("cuda")(lambda: None)
+    assert asked["quantiles"] == [0.5, 0.2, 0.8]
+    assert t.fields() == {"ms": 2.0, "ms_p20": 1.5, "ms_p80": 3.0}

@@ -44,7 +44,7 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
-    TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms, on_input_device,
+    TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms, device_guard,
 )
 
 _C = math.sqrt(2.0 / math.pi)
@@ -200,44 +200,32 @@ def _bias_bwd_grid(M, N, device):
     return triton.cdiv(tiles, tiles_per_program), col_blocks, tiles_per_program
 
 
-def _register_configs():
-    """Register every config the launchers pick for GPT-2's MLP widths (4 * 768 .. 4 * 1600)
-    and for N = 768..1600, 4096, 8192: all in bf16, fp16 and fp32 at N = 6400."""
+@registry.configs_of("gelu")
+def _configs():
+    """Every config the launchers pick for GPT-2's MLP widths (4 * 768 .. 4 * 1600) and for
+    N = 768..1600, 4096, 8192: all in bf16, fp16 and fp32 at N = 6400."""
     widths = (768, 1024, 1280, 1600, 3072, 4096, 5120, 6400, 8192)
     cases = [(torch.bfloat16, n) for n in widths] + [(torch.float16, 6400), (torch.float32, 6400)]
     for dtype, N in cases:
-        t = "*" + TRITON_TYPE[dtype]
-        d = t[1:]
+        d = TRITON_TYPE[dtype]
         cfg = _launch_config(N)
         BLOCK, warps = cfg["flat"]
-        for kernel, sig in (
-            (_gelu_fwd_kernel, {"X": t, "Y": t, "numel": "i32"}),
-            (_gelu_bwd_kernel, {"DY": t, "X": t, "DX": t, "numel": "i32"}),
-        ):
-            registry.register(kernel, op="gelu", label=f"{d} BLOCK={BLOCK} warps={warps}", signature=sig,
-                              constexprs={"BLOCK": BLOCK}, num_warps=warps, num_stages=1)
+        for kernel in (_gelu_fwd_kernel, _gelu_bwd_kernel):
+            yield registry.CompileConfig(kernel, "gelu", f"{d} BLOCK={BLOCK} warps={warps}", d, {"BLOCK": BLOCK},
+                                         warps, 1)
         BLOCK_M, BLOCK_N, warps = cfg["tile"]
         label = f"{d} BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} warps={warps}"
-        registry.register(
-            _gelu_bias_fwd_kernel, op="gelu", label=label,
-            signature={"X": t, "BIAS": t, "Y": t, "stride_x_row": "i32", "stride_y_row": "i32",
-                       "M": "i32", "N": "i32"},
-            constexprs={"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1)
-        registry.register(
-            _gelu_bias_bwd_kernel, op="gelu", label=label,
-            signature={"DY": t, "X": t, "BIAS": t, "DX": t, "DB_PARTIAL": "*fp32", "stride_dy_row": "i32",
-                       "stride_x_row": "i32", "stride_dx_row": "i32", "M": "i32", "N": "i32",
-                       "TILES_PER_PROGRAM": "i32"},
-            constexprs={"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1)
+        for kernel, types in ((_gelu_bias_fwd_kernel, {"M": "i32", "N": "i32"}),
+                              (_gelu_bias_bwd_kernel, {"DB_PARTIAL": "*fp32", "M": "i32", "N": "i32",
+                                                       "TILES_PER_PROGRAM": "i32"})):
+            yield registry.CompileConfig(kernel, "gelu", label, d, {"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, warps, 1,
+                                         types=types)
         for G in (16, 32, 64, 128):  # every reduce tile, whatever the GPU and M
             BLOCK_G, BLOCK_N, warps = _launch_config(N, G)["reduce"]
-            registry.register(
-                _gelu_bwd_reduce_kernel, op="gelu", label=f"{d} BLOCK_G={BLOCK_G} BLOCK_N={BLOCK_N} warps={warps}",
-                signature={"DB_PARTIAL": "*fp32", "DB": t, "G": "i32", "N": "i32"},
-                constexprs={"BLOCK_G": BLOCK_G, "BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1)
-
-
-_register_configs()
+            yield registry.CompileConfig(
+                _gelu_bwd_reduce_kernel, "gelu", f"{d} BLOCK_G={BLOCK_G} BLOCK_N={BLOCK_N} warps={warps}", d,
+                {"BLOCK_G": BLOCK_G, "BLOCK_N": BLOCK_N}, warps, 1,
+                types={"DB_PARTIAL": "*fp32", "G": "i32", "N": "i32"})
 
 
 def gelu_io_bytes(shape, dtype, bias=False, backward=False, device="cuda"):
@@ -258,61 +246,61 @@ def gelu_io_bytes(shape, dtype, bias=False, backward=False, device="cuda"):
 # ----------------------------------------------------------------------------- launchers
 
 
-@on_input_device
 def _fwd(x, bias):
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    if x.numel() == 0:
+    with device_guard(x):
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        if x.numel() == 0:
+            return y
+        if bias is None:  # any shape, 0-d included: the flat kernels do not depend on N
+            x = x.contiguous()
+            BLOCK, num_warps = _launch_config()["flat"]
+            _gelu_fwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](
+                x, y, x.numel(), BLOCK=BLOCK, num_warps=num_warps, num_stages=1)
+            return y
+        N = x.shape[-1]
+        x2 = as_rows(x, N)
+        M = x2.shape[0]
+        BLOCK_M, BLOCK_N, num_warps = _launch_config(N)["tile"]
+        grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
+        _gelu_bias_fwd_kernel[grid](
+            x2, bias, y, x2.stride(0), N, M, N,
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
         return y
-    if bias is None:  # any shape, 0-d included: the flat kernels do not depend on N
-        x = x.contiguous()
-        BLOCK, num_warps = _launch_config()["flat"]
-        _gelu_fwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-            x, y, x.numel(), BLOCK=BLOCK, num_warps=num_warps, num_stages=1)
-        return y
-    N = x.shape[-1]
-    x2 = as_rows(x, N)
-    M = x2.shape[0]
-    BLOCK_M, BLOCK_N, num_warps = _launch_config(N)["tile"]
-    grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
-    _gelu_bias_fwd_kernel[grid](
-        x2, bias, y, x2.stride(0), N, M, N,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
-    return y
 
 
-@on_input_device
 def _bwd(dy, x):
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    if x.numel() == 0:
+    with device_guard(dy):
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        if x.numel() == 0:
+            return dx
+        dy, x = dy.contiguous(), x.contiguous()
+        BLOCK, num_warps = _launch_config()["flat"]
+        _gelu_bwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](
+            dy, x, dx, x.numel(), BLOCK=BLOCK, num_warps=num_warps, num_stages=1)
         return dx
-    dy, x = dy.contiguous(), x.contiguous()
-    BLOCK, num_warps = _launch_config()["flat"]
-    _gelu_bwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-        dy, x, dx, x.numel(), BLOCK=BLOCK, num_warps=num_warps, num_stages=1)
-    return dx
 
 
-@on_input_device
 def _bias_bwd(dy, x, bias):
-    N = x.shape[-1]
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dbias = torch.empty((N,), dtype=bias.dtype, device=x.device)
-    x2, dy2 = as_rows(x, N), as_rows(dy, N)
-    M = x2.shape[0]
-    if M == 0:
-        return dx, dbias.zero_()
-    G, col_blocks, tiles_per_program = _bias_bwd_grid(M, N, x.device)
-    cfg = _launch_config(N, G)
-    BLOCK_M, BLOCK_N, num_warps = cfg["tile"]
-    db_partial = torch.empty((G, N), dtype=torch.float32, device=x.device)
-    _gelu_bias_bwd_kernel[(G, col_blocks)](
-        dy2, x2, bias, dx, db_partial,
-        dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
-    BLOCK_G, BLOCK_N, num_warps = cfg["reduce"]
-    _gelu_bwd_reduce_kernel[(triton.cdiv(N, BLOCK_N),)](
-        db_partial, dbias, G, N, BLOCK_G=BLOCK_G, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
-    return dx, dbias
+    with device_guard(dy):
+        N = x.shape[-1]
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        dbias = torch.empty((N,), dtype=bias.dtype, device=x.device)
+        x2, dy2 = as_rows(x, N), as_rows(dy, N)
+        M = x2.shape[0]
+        if M == 0:
+            return dx, dbias.zero_()
+        G, col_blocks, tiles_per_program = _bias_bwd_grid(M, N, x.device)
+        cfg = _launch_config(N, G)
+        BLOCK_M, BLOCK_N, num_warps = cfg["tile"]
+        db_partial = torch.empty((G, N), dtype=torch.float32, device=x.device)
+        _gelu_bias_bwd_kernel[(G, col_blocks)](
+            dy2, x2, bias, dx, db_partial,
+            dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
+        BLOCK_G, BLOCK_N, num_warps = cfg["reduce"]
+        _gelu_bwd_reduce_kernel[(triton.cdiv(N, BLOCK_N),)](
+            db_partial, dbias, G, N, BLOCK_G=BLOCK_G, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
+        return dx, dbias
 
 
 # ----------------------------------------------------------------------------- registered ops

@@ -54,7 +54,7 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
-    TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms, on_input_device,
+    TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms, device_guard,
 )
 
 MAX_N = 8192
@@ -190,44 +190,38 @@ def _bwd_grid(M, N, device):
     return triton.cdiv(tiles, tiles_per_program), tiles_per_program
 
 
-def _register_configs():
-    """Register every config the launchers pick for GPT-2's widths (768..1600) and 4096,
-    8192: all in bf16, the float16/float32 ones at N=1600 and the widest float32 one."""
+@registry.configs_of("layer_norm")
+def _configs():
+    """Every config the launchers pick for GPT-2's widths (768..1600) and 4096, 8192: all in
+    bf16, the float16/float32 ones at N=1600 and the widest float32 one."""
     # Triton specializes an int argument that is a multiple of 16 at launch, and these widths
     # all are: the hints make the inspected code the code that runs (without them ptxas sees
     # scalar addressing and the N=8192 backward spills on Triton 3.6).
     cases = [(torch.bfloat16, n) for n in (768, 1024, 1280, 1600, 4096, 8192)]
     cases += [(torch.float16, 1600), (torch.float32, 1600), (torch.float32, 8192)]
+    stats = {"MEAN": "*fp32", "RSTD": "*fp32"}
     for dtype, N in cases:
-        t = "*" + TRITON_TYPE[dtype]
+        d = TRITON_TYPE[dtype]
         cfg = _launch_config(N)
         BLOCK_N, warps = cfg["fwd"]
-        registry.register(
-            _layer_norm_fwd_kernel, op="layer_norm", label=f"fwd {t[1:]} BLOCK_N={BLOCK_N} warps={warps}",
-            signature={"X": t, "W": t, "B": t, "Y": t, "MEAN": "*fp32", "RSTD": "*fp32",
-                       "stride_x_row": "i32", "stride_y_row": "i32", "N": "i32", "eps": "fp32"},
-            constexprs={"BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1,
+        yield registry.CompileConfig(
+            _layer_norm_fwd_kernel, "layer_norm", f"fwd {d} BLOCK_N={BLOCK_N} warps={warps}", d,
+            {"BLOCK_N": BLOCK_N}, warps, 1, types={**stats, "N": "i32", "eps": "fp32"},
             divisible_by_16=("stride_x_row", "stride_y_row", "N"))
         BLOCK_M, BLOCK_N, warps = cfg["bwd"]
-        registry.register(
-            _layer_norm_bwd_kernel, op="layer_norm",
-            label=f"bwd {t[1:]} BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} warps={warps}",
-            signature={"DY": t, "X": t, "W": t, "MEAN": "*fp32", "RSTD": "*fp32", "DX": t,
-                       "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "stride_dy_row": "i32",
-                       "stride_x_row": "i32", "stride_dx_row": "i32", "M": "i32", "N": "i32",
-                       "TILES_PER_PROGRAM": "i32"},
-            constexprs={"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1,
+        yield registry.CompileConfig(
+            _layer_norm_bwd_kernel, "layer_norm", f"bwd {d} BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} warps={warps}", d,
+            {"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, warps, 1,
+            types={**stats, "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "M": "i32", "N": "i32",
+                   "TILES_PER_PROGRAM": "i32"},
             divisible_by_16=("stride_dy_row", "stride_x_row", "stride_dx_row", "N"))
         for P in (16, 32, 64, 128):  # every reduce tile, whatever the GPU and M
             BLOCK_P, BLOCK_N, warps = _launch_config(N, P)["reduce"]
-            registry.register(
-                _layer_norm_bwd_reduce_kernel, op="layer_norm",
-                label=f"reduce {t[1:]} BLOCK_P={BLOCK_P} BLOCK_N={BLOCK_N} warps={warps}",
-                signature={"DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "DW": t, "DB": t, "P": "i32", "N": "i32"},
-                constexprs={"BLOCK_P": BLOCK_P, "BLOCK_N": BLOCK_N}, num_warps=warps, num_stages=1)
-
-
-_register_configs()
+            yield registry.CompileConfig(
+                _layer_norm_bwd_reduce_kernel, "layer_norm",
+                f"reduce {d} BLOCK_P={BLOCK_P} BLOCK_N={BLOCK_N} warps={warps}", d,
+                {"BLOCK_P": BLOCK_P, "BLOCK_N": BLOCK_N}, warps, 1,
+                types={"DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "P": "i32", "N": "i32"})
 
 
 def layer_norm_io_bytes(M, N, dtype, backward=False, device="cuda"):
@@ -244,51 +238,51 @@ def layer_norm_io_bytes(M, N, dtype, backward=False, device="cuda"):
 # ----------------------------------------------------------------------------- launchers
 
 
-@on_input_device
 def _fwd(x, weight, bias, eps):
-    N = x.shape[-1]
-    x2 = as_rows(x, N)
-    M = x2.shape[0]
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    mean = torch.empty((M,), dtype=torch.float32, device=x.device)
-    rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
-    if M == 0:
+    with device_guard(x):
+        N = x.shape[-1]
+        x2 = as_rows(x, N)
+        M = x2.shape[0]
+        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        mean = torch.empty((M,), dtype=torch.float32, device=x.device)
+        rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
+        if M == 0:
+            return y, mean, rstd
+        BLOCK_N, num_warps = _launch_config(N)["fwd"]
+        _layer_norm_fwd_kernel[(M,)](
+            x2, weight, bias, y, mean, rstd,
+            x2.stride(0), N, N, eps,
+            BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
+        )
         return y, mean, rstd
-    BLOCK_N, num_warps = _launch_config(N)["fwd"]
-    _layer_norm_fwd_kernel[(M,)](
-        x2, weight, bias, y, mean, rstd,
-        x2.stride(0), N, N, eps,
-        BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
-    )
-    return y, mean, rstd
 
 
-@on_input_device
 def _bwd(dy, x, weight, mean, rstd):
-    N = x.shape[-1]
-    x2, dy2 = as_rows(x, N), as_rows(dy, N)
-    M = x2.shape[0]
-    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    dw = torch.empty((N,), dtype=weight.dtype, device=x.device)
-    db = torch.empty((N,), dtype=weight.dtype, device=x.device)
-    if M == 0:
-        return dx, dw.zero_(), db.zero_()
-    P, tiles_per_program = _bwd_grid(M, N, x.device)
-    cfg = _launch_config(N, P)
-    BLOCK_M, BLOCK_N, num_warps = cfg["bwd"]
-    dw_partial = torch.empty((P, N), dtype=torch.float32, device=x.device)
-    db_partial = torch.empty((P, N), dtype=torch.float32, device=x.device)
-    _layer_norm_bwd_kernel[(P,)](
-        dy2, x2, weight, mean, rstd, dx, dw_partial, db_partial,
-        dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
-        BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
-    )
-    BLOCK_P, BLOCK_N, num_warps = cfg["reduce"]
-    _layer_norm_bwd_reduce_kernel[(triton.cdiv(N, BLOCK_N),)](
-        dw_partial, db_partial, dw, db, P, N,
-        BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
-    )
-    return dx, dw, db
+    with device_guard(dy):
+        N = x.shape[-1]
+        x2, dy2 = as_rows(x, N), as_rows(dy, N)
+        M = x2.shape[0]
+        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        dw = torch.empty((N,), dtype=weight.dtype, device=x.device)
+        db = torch.empty((N,), dtype=weight.dtype, device=x.device)
+        if M == 0:
+            return dx, dw.zero_(), db.zero_()
+        P, tiles_per_program = _bwd_grid(M, N, x.device)
+        cfg = _launch_config(N, P)
+        BLOCK_M, BLOCK_N, num_warps = cfg["bwd"]
+        dw_partial = torch.empty((P, N), dtype=torch.float32, device=x.device)
+        db_partial = torch.empty((P, N), dtype=torch.float32, device=x.device)
+        _layer_norm_bwd_kernel[(P,)](
+            dy2, x2, weight, mean, rstd, dx, dw_partial, db_partial,
+            dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
+            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
+        )
+        BLOCK_P, BLOCK_N, num_warps = cfg["reduce"]
+        _layer_norm_bwd_reduce_kernel[(triton.cdiv(N, BLOCK_N),)](
+            dw_partial, db_partial, dw, db, P, N,
+            BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1,
+        )
+        return dx, dw, db
 
 
 # ----------------------------------------------------------------------------- registered ops

@@ -478,7 +478,7 @@ def launch_config(kernel, head_dim, dtype, causal, interpret=INTERPRET):
     sm_80 and sm_90 without register spills, with at most 96 KB of shared memory, so it also
     fits the 99 KB of consumer parts (sm_86/89/120); on sm_90 the dots become wgmma
     (HGMMA). Every GPU configuration this returns is registered below for
-    ``python -m kernels.inspect``. Larger tiles that would suit sm_90 alone (e.g. 128x128
+    ``python -m kernels.sass``. Larger tiles that would suit sm_90 alone (e.g. 128x128
     forward tiles) spill on sm_80, so they are not used. ``causal`` is an argument so that a
     causal-specific choice would live here too; the tiles are the same either way today.
     """
@@ -507,42 +507,28 @@ def launch_config(kernel, head_dim, dtype, causal, interpret=INTERPRET):
 
 
 # ----------------------------------------------------------------------------------------
-# Registered configurations (what `python -m kernels.inspect` compiles)
+# Registered configurations (what `python -m kernels.sass` compiles)
 # ----------------------------------------------------------------------------------------
-
-def _signature(kernel, ty):
-    """Argument name -> Triton type, in order, for every non-constexpr argument of a kernel
-    launched on tensors of Triton type ``ty``."""
-
-    def strides(*tensors):  # (batch, head, row) strides of each tensor, as the kernels name them
-        return {f"stride_{t}{dim}": "i32" for t in tensors
-                for dim in ("b", "h", "m" if t in ("q", "o", "do", "dq") else "n")}
-
-    if kernel == "fwd":
-        return {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "O": f"*{ty}", "LSE": "*fp32",
-                **strides("q", "k", "v", "o"), "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "qk_scale": "fp32"}
-    if kernel == "bwd_preprocess":
-        return {"O": f"*{ty}", "DO": f"*{ty}", "DELTA": "*fp32", **strides("o", "do"), "H": "i32", "SEQ_Q": "i32"}
-    common = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "DO": f"*{ty}", "LSE": "*fp32", "DELTA": "*fp32"}
-    if kernel == "bwd_dkdv":
-        return {**common, "DK": f"*{ty}", "DV": f"*{ty}", **strides("q", "k", "v", "do", "dk", "dv"),
-                "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "scale": "fp32", "qk_scale": "fp32"}
-    return {**common, "DQ": f"*{ty}", **strides("q", "k", "v", "do", "dq"),
-            "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "scale": "fp32", "qk_scale": "fp32"}
-
 
 _JIT = {"fwd": _attn_fwd_kernel, "bwd_preprocess": _attn_bwd_preprocess_kernel,
         "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
-# The launchers hand the kernels strides that are multiples of 16 (see _kernel_layout), so the
-# registered signatures declare them divisible by 16, as a launch specializes them.
+# Arguments whose type is not the one their name implies (CAPITALS: a pointer to the inputs'
+# dtype; else i32).
+_TYPES = {"LSE": "*fp32", "DELTA": "*fp32", "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32",
+          "scale": "fp32", "qk_scale": "fp32"}
 
 
-def _register_configs():
+@registry.configs_of("attention")
+def _configs():
+    # The launchers hand the kernels strides that are multiples of 16 (see _kernel_layout), so
+    # the configs declare them divisible by 16, as a launch specializes them.
     combos = [(d, dt) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(64, torch.float32)]
     for kernel in KERNELS:
+        jit = _JIT[kernel]
+        types = {k: v for k, v in _TYPES.items() if k in jit.arg_names}
+        strides = tuple(n for n in jit.arg_names if n.startswith("stride_"))
         for head_dim, dtype in combos:
             ty = TRITON_TYPE[dtype]
-            signature = _signature(kernel, ty)
             for causal in ((False,) if kernel == "bwd_preprocess" else (True, False)):
                 cfg = launch_config(kernel, head_dim, dtype, causal, interpret=False)
                 if kernel == "bwd_preprocess":
@@ -552,12 +538,8 @@ def _register_configs():
                     constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N,
                                   "CAUSAL": causal, "INTERPRET": False}
                     label = f"{kernel} D={head_dim} {ty} {'causal' if causal else 'full'} {cfg.BLOCK_M}x{cfg.BLOCK_N}"
-                registry.register(_JIT[kernel], op="attention", label=label, signature=signature,
-                                  constexprs=constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                                  divisible_by_16=tuple(n for n in signature if n.startswith("stride_")))
-
-
-_register_configs()
+                yield registry.CompileConfig(jit, "attention", label, ty, constexprs, cfg.num_warps, cfg.num_stages,
+                                             types=types, divisible_by_16=strides)
 
 
 # ----------------------------------------------------------------------------------------

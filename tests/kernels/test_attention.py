@@ -274,7 +274,7 @@ def test_torch_compile_fullgraph(backend, device):
 
 
 def test_every_gpu_config_is_registered():
-    # The configs `python -m kernels.inspect` compiles must be the ones the launchers pick,
+    # The configs `python -m kernels.sass` compiles must be the ones the launchers pick,
     # with signatures naming every non-constexpr kernel argument in order.
     registered = {(c.name, tuple(sorted(c.constexprs.items())), c.num_warps, c.num_stages): c
                   for c in registry.configs("attention")}
@@ -291,8 +291,8 @@ def test_every_gpu_config_is_registered():
                 key = (pyfn.__name__, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
                 assert key in registered, f"{kernel} D={D} {dtype} causal={causal}: {cfg} is not registered"
                 c = registered[key]
-                assert list(c.signature) + list(c.constexprs) == list(inspect.signature(pyfn).parameters), c.label
-                assert set(c.extra["divisible_by_16"]) == {n for n in c.signature if n.startswith("stride_")}
+                assert list(c.signature()) + list(c.constexprs) == list(inspect.signature(pyfn).parameters), c.label
+                assert set(c.divisible_by_16) == {n for n in c.signature() if n.startswith("stride_")}
 
 
 def test_reference_matches_sdpa_with_end_aligned_mask():

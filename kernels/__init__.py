@@ -21,5 +21,3 @@ from .layer_norm import layer_norm
 
 __all__ = ["attention", "gelu", "layer_norm"]
 
-# Each op and the module that holds its kernels (python -m kernels.inspect walks this table).
-_PUBLIC = {"layer_norm": "kernels.layer_norm", "gelu": "kernels.gelu", "attention": "kernels.attention"}

@@ -1,8 +1,10 @@
-"""What every op shares: where it may run, and the checks that turn bad input into clear errors."""
+"""What every op shares: where it may run, the checks that turn bad input into clear errors, and
+the shape of a launch configuration."""
 
 import contextlib
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -47,6 +49,16 @@ def check_same_dtype(op, **tensors):
         raise TypeError(f"{op}: tensors must share one dtype, got {desc}")
 
 
+class Launch(NamedTuple):
+    """How one kernel is launched: what each op's `_launch_config` returns, to both its launcher
+    and its `registry.configs_of` generator, so that what `python -m kernels.sass` compiles
+    is what runs."""
+
+    constexprs: dict  # every tl.constexpr argument's value, e.g. {"BLOCK_N": 1024}
+    num_warps: int
+    num_stages: int
+
+
 # Triton's name for each dtype, as registered kernel signatures spell pointer types.
 TRITON_TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -70,14 +82,3 @@ def device_guard(t):
     """Make t's GPU the current device: Triton launches on the current device, which for
     tensors on another GPU (cuda:1 while cuda:0 is current) would be the wrong one."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
-
-
-def on_input_device(launcher):
-    """Run a launcher with its first argument's GPU current (see device_guard)."""
-
-    @functools.wraps(launcher)
-    def wrapper(first, *args, **kwargs):
-        with device_guard(first):
-            return launcher(first, *args, **kwargs)
-
-    return wrapper

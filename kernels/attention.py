@@ -46,127 +46,68 @@ Limits and numerics:
 """
 
 import math
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from . import registry
-from ._common import INTERPRET, TRITON_TYPE, check_float_dtype, check_runnable, check_same_dtype, device_guard
+from kernels import registry
+from kernels._common import (INTERPRET, TRITON_TYPE, Launch, check_float_dtype, check_runnable, check_same_dtype,
+                             device_guard)
 
 HEAD_DIMS = (16, 32, 64, 128)
-LOG2E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * log2(e))
+# Constants the kernels read must be tl.constexpr; the host reads them as LOG2E.value.
+LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e))
+LN2 = tl.constexpr(0.6931471805599453)  # ln(2) = 1 / log2(e)
+
+# A note on INTERPRET, which every kernel takes: Triton's interpreter hands bf16 tiles to
+# tl.dot as raw 16-bit integers, so there the matrix-product operands are widened to fp32
+# (exact: every fp16/bf16 value is an fp32 value), after any rounding to the storage dtype.
+# On a GPU the operands stay in their storage dtype, which is what the tensor cores consume,
+# and the `.to(DOT)` casts below are no-ops.
 
 
 # ----------------------------------------------------------------------------------------
-# Kernels
+# Forward
 # ----------------------------------------------------------------------------------------
 
 
 @triton.jit
-def _mma_operand(x, INTERPRET: tl.constexpr):
-    # Triton's interpreter hands bf16 tiles to tl.dot as raw 16-bit integers, so there the
-    # operands are widened to fp32 (exact: every fp16/bf16 value is an fp32 value). On a GPU
-    # the tiles stay in their storage dtype, which is what the tensor cores consume.
-    if INTERPRET:
-        x = x.to(tl.float32)
-    return x
-
-
-@triton.jit
-def _program_tile(H, SEQ, BLOCK: tl.constexpr, LAST_FIRST: tl.constexpr):
-    # Every kernel runs a 1-D grid of (batch*head) x (tiles of BLOCK rows of a SEQ-long
-    # sequence). Returns this program's batch*head index, batch, head and first row.
-    num_tiles = tl.cdiv(SEQ, BLOCK)
-    pid = tl.program_id(0)
-    bh = pid // num_tiles
-    tile = pid % num_tiles
-    if LAST_FIRST:
-        tile = num_tiles - 1 - tile
-    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), tile * BLOCK
-
-
-@triton.jit
-def _tile_ptrs(X, b, h, start, stride_b, stride_h, stride_row, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
-    # Pointers to the (BLOCK, HEAD_DIM) tile at row `start` of head (b, h) of X. The scalar
-    # base carries the 64-bit offset; per-element offsets stay small 32-bit numbers.
-    X += b * stride_b + h * stride_h + start * stride_row.to(tl.int64)
-    return X + tl.arange(0, BLOCK)[:, None] * stride_row + tl.arange(0, HEAD_DIM)[None, :]
-
-
-@triton.jit
-def _key_tiles(start_m, DIAG, SEQ_K, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    # For the query tile at row start_m (query i sees keys j <= i + DIAG): key tiles
-    # [0, full_end) are seen whole by every row of it, [full_end, end) straddle the diagonal
-    # or the end of the keys, and keys from `end` on are seen by none.
-    if CAUSAL:
-        full_end = (start_m + DIAG + 1) // BLOCK_N * BLOCK_N
-        end = tl.minimum(start_m + BLOCK_M + DIAG, SEQ_K)
-    else:
-        full_end = SEQ_K // BLOCK_N * BLOCK_N
-        end = SEQ_K
-    return full_end, end
-
-
-@triton.jit
-def _attn_fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, cols, SEQ_K, DIAG, qk_scale,
-                   CAUSAL: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr):
-    # One key tile (rows `cols`). MASKED tiles check the causal diagonal and the end of the
-    # keys; the others need not.
-    if MASKED:
-        k = tl.load(k_ptrs, mask=cols[:, None] < SEQ_K, other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-    qk = tl.dot(q, tl.trans(_mma_operand(k, INTERPRET)))
-    if MASKED:
-        keep = cols[None, :] < SEQ_K
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= offs_m[:, None] + DIAG)
-        qk = tl.where(keep, qk, float("-inf"))
-    # Base-2 scores s = qk * qk_scale. The max is taken before scaling (scale > 0) so that
-    # qk * qk_scale - m is a single fused multiply-add per score.
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    p = tl.math.exp2(qk * qk_scale - m_new[:, None])
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    if MASKED:
-        v = tl.load(v_ptrs, mask=cols[:, None] < SEQ_K, other=0.0)
-    else:
-        v = tl.load(v_ptrs)
-    # P is rounded to V's dtype for the tensor cores (fp32 accumulation), as FA2 does.
-    p = p.to(v_ptrs.dtype.element_ty)
-    acc = tl.dot(_mma_operand(p, INTERPRET), _mma_operand(v, INTERPRET), acc * alpha[:, None])
-    return acc, l_i, m_new
-
-
-# About the loops below: on a GPU they must be `for ... in range(...)` loops, the kind that
-# Triton software-pipelines (num_stages). Triton 3.6's interpreter, though, keeps scalars as
-# 1-element arrays, which NumPy >= 2.4 refuses as range() bounds; there a `while` loop walks
-# the same tiles. The tile math lives in the *_step functions that both loops call.
-
-
-@triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                    offs_m, offs_n, start, end, SEQ_K, DIAG, qk_scale,
-                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-                    INTERPRET: tl.constexpr):
-    # Key tiles [start, end), with k_ptrs / v_ptrs at key row `start`.
-    if INTERPRET:
-        start_n = start
-        while start_n < end:
-            acc, l_i, m_i = _attn_fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, start_n + offs_n,
-                                           SEQ_K, DIAG, qk_scale, CAUSAL, MASKED, INTERPRET)
-            k_ptrs += BLOCK_N * stride_kn
-            v_ptrs += BLOCK_N * stride_vn
-            start_n += BLOCK_N
-    else:
-        for start_n in range(start, end, BLOCK_N):
-            start_n = tl.multiple_of(start_n, BLOCK_N)
-            acc, l_i, m_i = _attn_fwd_step(acc, l_i, m_i, q, k_ptrs, v_ptrs, offs_m, start_n + offs_n,
-                                           SEQ_K, DIAG, qk_scale, CAUSAL, MASKED, INTERPRET)
-            k_ptrs += BLOCK_N * stride_kn
-            v_ptrs += BLOCK_N * stride_vn
+def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
+                    start, end, seq_k, diag, qk_scale,
+                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT: tl.constexpr):
+    # Key tiles [start, end), with k_ptrs / v_ptrs at key row `start`. MASKED tiles check the
+    # causal diagonal (query i sees key j iff j <= i + diag) and the end of the keys; the
+    # others need not.
+    for start_n in range(start, end, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        if MASKED:
+            k = tl.load(k_ptrs, mask=cols[:, None] < seq_k, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        qk = tl.dot(q, tl.trans(k.to(DOT)))
+        if MASKED:
+            keep = cols[None, :] < seq_k
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            qk = tl.where(keep, qk, float("-inf"))
+        # Base-2 scores s = qk * qk_scale. The max is taken before scaling (scale > 0) so
+        # that qk * qk_scale - m is a single fused multiply-add per score.
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if MASKED:
+            v = tl.load(v_ptrs, mask=cols[:, None] < seq_k, other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        # P is rounded to V's dtype for the tensor cores (fp32 accumulation), as FA2 does.
+        p = p.to(v_ptrs.dtype.element_ty).to(DOT)
+        acc = tl.dot(p, v.to(DOT), acc * alpha[:, None])
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
     return acc, l_i, m_i
 
 
@@ -176,45 +117,64 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
                      stride_kb, stride_kh, stride_kn,
                      stride_vb, stride_vh, stride_vn,
                      stride_ob, stride_oh, stride_om,
-                     H, SEQ_Q, SEQ_K, qk_scale,
+                     n_heads, seq_q, seq_k, qk_scale,
                      HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                      CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
     # A 1-D grid of (batch*head) x query tiles. Within a head the tiles run last-first: under
     # the causal mask the last query tiles have the most keys, and starting the longest
     # programs first keeps the GPU's tail short.
-    bh, b, h, start_m = _program_tile(H, SEQ_Q, BLOCK_M, True)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    num_m = tl.cdiv(seq_q, BLOCK_M)
+    bh = tl.program_id(0) // num_m
+    start_m = (num_m - 1 - tl.program_id(0) % num_m) * BLOCK_M
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    DOT: tl.constexpr = tl.float32 if INTERPRET else Q.dtype.element_ty
+    # The scalar bases carry the 64-bit offsets; per-element offsets stay small 32-bit numbers.
+    Q += b * stride_qb + h * stride_qh + start_m * stride_qm.to(tl.int64)
+    O += b * stride_ob + h * stride_oh + start_m * stride_om.to(tl.int64)
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
-    row_ok = offs_m[:, None] < SEQ_Q
-    q = tl.load(_tile_ptrs(Q, b, h, start_m, stride_qb, stride_qh, stride_qm, BLOCK_M, HEAD_DIM),
-                mask=row_ok, other=0.0)
-    q = _mma_operand(q, INTERPRET)
-    k_ptrs = _tile_ptrs(K, b, h, 0, stride_kb, stride_kh, stride_kn, BLOCK_N, HEAD_DIM)
-    v_ptrs = _tile_ptrs(V, b, h, 0, stride_vb, stride_vh, stride_vn, BLOCK_N, HEAD_DIM)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m[:, None] < seq_q
+    q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
+    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    DIAG = SEQ_K - SEQ_Q
-    full_end, end = _key_tiles(start_m, DIAG, SEQ_K, BLOCK_M, BLOCK_N, CAUSAL)
+    # Key tiles [0, full_end) are seen whole by every row of this query tile, [full_end, end)
+    # straddle the diagonal or the end of the keys, and keys from `end` on are seen by none.
+    diag = seq_k - seq_q
+    if CAUSAL:
+        full_end = (start_m + diag + 1) // BLOCK_N * BLOCK_N
+        end = tl.minimum(start_m + BLOCK_M + diag, seq_k)
+    else:
+        full_end = seq_k // BLOCK_N * BLOCK_N
+        end = seq_k
     # Key 0 is in the first tile swept and every row sees it, so no row's max is still
     # -inf after it (no -inf - -inf = NaN in the rescaling).
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                                    offs_m, offs_n, 0, full_end, SEQ_K, DIAG, qk_scale,
-                                    BLOCK_N, CAUSAL, False, INTERPRET)
-    k_ptrs += full_end * stride_kn.to(tl.int64)
-    v_ptrs += full_end * stride_vn.to(tl.int64)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                                    offs_m, offs_n, full_end, end, SEQ_K, DIAG, qk_scale,
-                                    BLOCK_N, CAUSAL, True, INTERPRET)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
+                                    0, full_end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, False, DOT)
+    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q,
+                                    k_ptrs + full_end * stride_kn.to(tl.int64),
+                                    v_ptrs + full_end * stride_vn.to(tl.int64),
+                                    stride_kn, stride_vn, offs_m, offs_n,
+                                    full_end, end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, True, DOT)
 
     acc = acc * (1.0 / l_i)[:, None]
     # Natural-log logsumexp of the scaled scores: m and log2(l) are in base 2.
-    lse = (m_i + tl.math.log2(l_i)) * 0.6931471805599453
-    tl.store(LSE + bh.to(tl.int64) * SEQ_Q + offs_m, lse, mask=offs_m < SEQ_Q)
-    o_ptrs = _tile_ptrs(O, b, h, start_m, stride_ob, stride_oh, stride_om, BLOCK_M, HEAD_DIM)
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok)
+    tl.store(LSE + bh.to(tl.int64) * seq_q + offs_m, (m_i + tl.math.log2(l_i)) * LN2, mask=offs_m < seq_q)
+    tl.store(O + rows[:, None] * stride_om + offs_d[None, :], acc.to(O.dtype.element_ty), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------
+# Backward
+# ----------------------------------------------------------------------------------------
 
 
 # delta_i = sum_d dO_id * O_id, which equals sum_j P_ij dP_ij (since dP = dO V^T and O = P V):
@@ -223,72 +183,58 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
 def _attn_bwd_preprocess_kernel(O, DO, DELTA,
                                 stride_ob, stride_oh, stride_om,
                                 stride_dob, stride_doh, stride_dom,
-                                H, SEQ_Q,
+                                n_heads, seq_q,
                                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
-    bh, b, h, start_m = _program_tile(H, SEQ_Q, BLOCK_M, False)
-    offs_m = start_m + tl.arange(0, BLOCK_M)
-    row_ok = offs_m[:, None] < SEQ_Q
-    o_ptrs = _tile_ptrs(O, b, h, start_m, stride_ob, stride_oh, stride_om, BLOCK_M, HEAD_DIM)
-    do_ptrs = _tile_ptrs(DO, b, h, start_m, stride_dob, stride_doh, stride_dom, BLOCK_M, HEAD_DIM)
-    o = tl.load(o_ptrs, mask=row_ok, other=0.0).to(tl.float32)
-    do = tl.load(do_ptrs, mask=row_ok, other=0.0).to(tl.float32)
-    tl.store(DELTA + bh.to(tl.int64) * SEQ_Q + offs_m, tl.sum(o * do, axis=1), mask=offs_m < SEQ_Q)
+    num_m = tl.cdiv(seq_q, BLOCK_M)
+    bh = tl.program_id(0) // num_m
+    start_m = tl.program_id(0) % num_m * BLOCK_M
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    O += b * stride_ob + h * stride_oh + start_m * stride_om.to(tl.int64)
+    DO += b * stride_dob + h * stride_doh + start_m * stride_dom.to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = start_m + rows < seq_q
+    o = tl.load(O + rows[:, None] * stride_om + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(DELTA + bh.to(tl.int64) * seq_q + start_m + rows, delta, mask=row_ok)
 
 
 @triton.jit
-def _attn_bwd_dkdv_step(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, offs_n, rows, SEQ_Q, DIAG, qk_scale,
-                        CAUSAL: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr):
-    # The transposed view: this program owns BLOCK_N keys (rows of k, v, dk, dv); one tile
-    # of queries (`rows`) passes.
-    if MASKED:
-        row_ok = rows < SEQ_Q
-        q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-        do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
-        # +inf makes P = exp(S - inf) = 0 on query rows past the end.
-        lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
-        delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
-    else:
-        q = tl.load(q_ptrs)
-        do = tl.load(do_ptrs)
-        lse = tl.load(LSE + rows)
-        delta = tl.load(DELTA + rows)
-    q = _mma_operand(q, INTERPRET)
-    do = _mma_operand(do, INTERPRET)
-    # P^T (BLOCK_N, BLOCK_M), recomputed in base 2: exp(S - L) = exp2(qk*scale*log2e - L*log2e).
-    qk_t = tl.dot(k, tl.trans(q))
-    p_t = tl.math.exp2(qk_t * qk_scale - (lse * 1.4426950408889634)[None, :])
-    if MASKED and CAUSAL:
-        p_t = tl.where(rows[None, :] + DIAG >= offs_n[:, None], p_t, 0.0)
-    dv = tl.dot(_mma_operand(p_t.to(do_ptrs.dtype.element_ty), INTERPRET), do, dv)
-    dp_t = tl.dot(v, tl.trans(do))
-    ds_t = p_t * (dp_t - delta[None, :])
-    dk = tl.dot(_mma_operand(ds_t.to(q_ptrs.dtype.element_ty), INTERPRET), q, dk)
-    return dk, dv
-
-
-@triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, stride_qm, stride_dom,
-                         offs_n, start, end, SEQ_Q, DIAG, qk_scale,
-                         BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-                         INTERPRET: tl.constexpr):
-    # Query tiles [start, end), with q_ptrs / do_ptrs at query row `start`.
-    if INTERPRET:
-        start_m = start
-        while start_m < end:
-            dk, dv = _attn_bwd_dkdv_step(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, offs_n,
-                                         start_m + tl.arange(0, BLOCK_M), SEQ_Q, DIAG, qk_scale,
-                                         CAUSAL, MASKED, INTERPRET)
-            q_ptrs += BLOCK_M * stride_qm
-            do_ptrs += BLOCK_M * stride_dom
-            start_m += BLOCK_M
-    else:
-        for start_m in range(start, end, BLOCK_M):
-            start_m = tl.multiple_of(start_m, BLOCK_M)
-            dk, dv = _attn_bwd_dkdv_step(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, offs_n,
-                                         start_m + tl.arange(0, BLOCK_M), SEQ_Q, DIAG, qk_scale,
-                                         CAUSAL, MASKED, INTERPRET)
-            q_ptrs += BLOCK_M * stride_qm
-            do_ptrs += BLOCK_M * stride_dom
+def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, stride_qm, stride_dom, offs_n,
+                         start, end, seq_q, diag, qk_scale,
+                         BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT: tl.constexpr):
+    # The transposed view: this program owns BLOCK_N keys (rows of k, v, dk, dv) and query
+    # tiles [start, end) pass, with q_ptrs / do_ptrs at query row `start`.
+    for start_m in range(start, end, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        rows = start_m + tl.arange(0, BLOCK_M)
+        if MASKED:
+            row_ok = rows < seq_q
+            q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
+            # +inf makes P = exp(S - inf) = 0 on query rows past the end.
+            lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+            delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
+        else:
+            q = tl.load(q_ptrs)
+            do = tl.load(do_ptrs)
+            lse = tl.load(LSE + rows)
+            delta = tl.load(DELTA + rows)
+        q = q.to(DOT)
+        do = do.to(DOT)
+        # P^T (BLOCK_N, BLOCK_M), recomputed in base 2: exp(S - L) = exp2(qk*scale*log2e - L*log2e).
+        qk_t = tl.dot(k, tl.trans(q))
+        p_t = tl.math.exp2(qk_t * qk_scale - (lse * LOG2E)[None, :])
+        if MASKED and CAUSAL:
+            p_t = tl.where(rows[None, :] + diag >= offs_n[:, None], p_t, 0.0)
+        dv = tl.dot(p_t.to(do_ptrs.dtype.element_ty).to(DOT), do, dv)
+        dp_t = tl.dot(v, tl.trans(do))
+        ds_t = p_t * (dp_t - delta[None, :])
+        dk = tl.dot(ds_t.to(q_ptrs.dtype.element_ty).to(DOT), q, dk)
+        q_ptrs += BLOCK_M * stride_qm
+        do_ptrs += BLOCK_M * stride_dom
     return dk, dv
 
 
@@ -302,109 +248,94 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                           stride_dob, stride_doh, stride_dom,
                           stride_dkb, stride_dkh, stride_dkn,
                           stride_dvb, stride_dvh, stride_dvn,
-                          H, SEQ_Q, SEQ_K, scale, qk_scale,
+                          n_heads, seq_q, seq_k, scale, qk_scale,
                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                           CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
-    bh, b, h, start_n = _program_tile(H, SEQ_K, BLOCK_N, False)
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    col_ok = offs_n[:, None] < SEQ_K
-    LSE += bh.to(tl.int64) * SEQ_Q
-    DELTA += bh.to(tl.int64) * SEQ_Q
+    num_n = tl.cdiv(seq_k, BLOCK_N)
+    bh = tl.program_id(0) // num_n
+    start_n = tl.program_id(0) % num_n * BLOCK_N
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    DOT: tl.constexpr = tl.float32 if INTERPRET else Q.dtype.element_ty
+    Q += b * stride_qb + h * stride_qh
+    DO += b * stride_dob + h * stride_doh
+    K += b * stride_kb + h * stride_kh + start_n * stride_kn.to(tl.int64)
+    V += b * stride_vb + h * stride_vh + start_n * stride_vn.to(tl.int64)
+    DK += b * stride_dkb + h * stride_dkh + start_n * stride_dkn.to(tl.int64)
+    DV += b * stride_dvb + h * stride_dvh + start_n * stride_dvn.to(tl.int64)
+    LSE += bh.to(tl.int64) * seq_q
+    DELTA += bh.to(tl.int64) * seq_q
+    cols = tl.arange(0, BLOCK_N)
+    offs_n = start_n + cols
+    offs_d = tl.arange(0, HEAD_DIM)
+    col_ok = offs_n[:, None] < seq_k
     # K and V stay on chip for the whole sweep. Keys past the end load as 0; their dk/dv
     # rows are garbage that is never stored, and other rows never read them.
-    k = tl.load(_tile_ptrs(K, b, h, start_n, stride_kb, stride_kh, stride_kn, BLOCK_N, HEAD_DIM),
-                mask=col_ok, other=0.0)
-    v = tl.load(_tile_ptrs(V, b, h, start_n, stride_vb, stride_vh, stride_vn, BLOCK_N, HEAD_DIM),
-                mask=col_ok, other=0.0)
-    k = _mma_operand(k, INTERPRET)
-    v = _mma_operand(v, INTERPRET)
+    k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=col_ok, other=0.0).to(DOT)
+    v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=col_ok, other=0.0).to(DOT)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
     # Query tiles (aligned to BLOCK_M): [start, mid) straddle the diagonal, [mid, full_end)
-    # see every key of this tile, [full_end, SEQ_Q) is the ragged last tile. Query i sees
-    # key j iff i >= j - DIAG, so rows before start_n - DIAG see none of these keys.
-    DIAG = SEQ_K - SEQ_Q
+    # see every key of this tile, [full_end, seq_q) is the ragged last tile. Query i sees
+    # key j iff i >= j - diag, so rows before start_n - diag see none of these keys.
+    diag = seq_k - seq_q
     if CAUSAL:
-        start = tl.maximum(start_n - DIAG, 0) // BLOCK_M * BLOCK_M
-        first_full = start_n + BLOCK_N - 1 - DIAG  # first row that sees the whole key tile
+        start = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M
+        first_full = start_n + BLOCK_N - 1 - diag  # first row that sees the whole key tile
         mid = start + tl.cdiv(tl.maximum(first_full - start, 0), BLOCK_M) * BLOCK_M
     else:
         start = 0
         mid = 0
-    full_end = mid + tl.maximum(SEQ_Q - mid, 0) // BLOCK_M * BLOCK_M
-    q_ptrs = _tile_ptrs(Q, b, h, 0, stride_qb, stride_qh, stride_qm, BLOCK_M, HEAD_DIM)
-    do_ptrs = _tile_ptrs(DO, b, h, 0, stride_dob, stride_doh, stride_dom, BLOCK_M, HEAD_DIM)
+    full_end = mid + tl.maximum(seq_q - mid, 0) // BLOCK_M * BLOCK_M
+    q_ptrs = Q + tl.arange(0, BLOCK_M)[:, None] * stride_qm + offs_d[None, :]
+    do_ptrs = DO + tl.arange(0, BLOCK_M)[:, None] * stride_dom + offs_d[None, :]
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
-                                  q_ptrs + start * stride_qm.to(tl.int64),
-                                  do_ptrs + start * stride_dom.to(tl.int64),
+                                  q_ptrs + start * stride_qm.to(tl.int64), do_ptrs + start * stride_dom.to(tl.int64),
                                   LSE, DELTA, stride_qm, stride_dom, offs_n,
-                                  start, tl.minimum(mid, SEQ_Q), SEQ_Q, DIAG, qk_scale,
-                                  BLOCK_M, CAUSAL, True, INTERPRET)
+                                  start, tl.minimum(mid, seq_q), seq_q, diag, qk_scale, BLOCK_M, CAUSAL, True, DOT)
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
-                                  q_ptrs + mid * stride_qm.to(tl.int64),
-                                  do_ptrs + mid * stride_dom.to(tl.int64),
+                                  q_ptrs + mid * stride_qm.to(tl.int64), do_ptrs + mid * stride_dom.to(tl.int64),
                                   LSE, DELTA, stride_qm, stride_dom, offs_n,
-                                  mid, full_end, SEQ_Q, DIAG, qk_scale,
-                                  BLOCK_M, CAUSAL, False, INTERPRET)
+                                  mid, full_end, seq_q, diag, qk_scale, BLOCK_M, CAUSAL, False, DOT)
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
                                   q_ptrs + full_end * stride_qm.to(tl.int64),
                                   do_ptrs + full_end * stride_dom.to(tl.int64),
                                   LSE, DELTA, stride_qm, stride_dom, offs_n,
-                                  full_end, SEQ_Q, SEQ_Q, DIAG, qk_scale,
-                                  BLOCK_M, False, True, INTERPRET)
+                                  full_end, seq_q, seq_q, diag, qk_scale, BLOCK_M, False, True, DOT)
 
-    dk_ptrs = _tile_ptrs(DK, b, h, start_n, stride_dkb, stride_dkh, stride_dkn, BLOCK_N, HEAD_DIM)
-    dv_ptrs = _tile_ptrs(DV, b, h, start_n, stride_dvb, stride_dvh, stride_dvn, BLOCK_N, HEAD_DIM)
-    tl.store(dk_ptrs, (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
-    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=col_ok)
+    tl.store(DK + cols[:, None] * stride_dkn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
+    tl.store(DV + cols[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
-def _attn_bwd_dq_step(dq, q, do, lse2, delta, k_ptrs, v_ptrs, offs_m, cols, SEQ_K, DIAG, qk_scale,
-                      CAUSAL: tl.constexpr, MASKED: tl.constexpr, INTERPRET: tl.constexpr):
-    if MASKED:
-        k = tl.load(k_ptrs, mask=cols[:, None] < SEQ_K, other=0.0)
-        v = tl.load(v_ptrs, mask=cols[:, None] < SEQ_K, other=0.0)
-    else:
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
-    k = _mma_operand(k, INTERPRET)
-    v = _mma_operand(v, INTERPRET)
-    qk = tl.dot(q, tl.trans(k))
-    p = tl.math.exp2(qk * qk_scale - lse2[:, None])
-    if MASKED:
-        # Keys past the end load as 0 and would get P = exp(-L) > 0: mask them too.
-        keep = cols[None, :] < SEQ_K
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= offs_m[:, None] + DIAG)
-        p = tl.where(keep, p, 0.0)
-    dp = tl.dot(do, tl.trans(v))
-    ds = p * (dp - delta[:, None])
-    return tl.dot(_mma_operand(ds.to(k_ptrs.dtype.element_ty), INTERPRET), k, dq)
-
-
-@triton.jit
-def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                       offs_m, offs_n, start, end, SEQ_K, DIAG, qk_scale,
-                       BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
-                       INTERPRET: tl.constexpr):
+def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
+                       start, end, seq_k, diag, qk_scale,
+                       BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT: tl.constexpr):
     # Key tiles [start, end), with k_ptrs / v_ptrs at key row `start`.
-    if INTERPRET:
-        start_n = start
-        while start_n < end:
-            dq = _attn_bwd_dq_step(dq, q, do, lse2, delta, k_ptrs, v_ptrs, offs_m, start_n + offs_n,
-                                   SEQ_K, DIAG, qk_scale, CAUSAL, MASKED, INTERPRET)
-            k_ptrs += BLOCK_N * stride_kn
-            v_ptrs += BLOCK_N * stride_vn
-            start_n += BLOCK_N
-    else:
-        for start_n in range(start, end, BLOCK_N):
-            start_n = tl.multiple_of(start_n, BLOCK_N)
-            dq = _attn_bwd_dq_step(dq, q, do, lse2, delta, k_ptrs, v_ptrs, offs_m, start_n + offs_n,
-                                   SEQ_K, DIAG, qk_scale, CAUSAL, MASKED, INTERPRET)
-            k_ptrs += BLOCK_N * stride_kn
-            v_ptrs += BLOCK_N * stride_vn
+    for start_n in range(start, end, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        if MASKED:
+            k = tl.load(k_ptrs, mask=cols[:, None] < seq_k, other=0.0)
+            v = tl.load(v_ptrs, mask=cols[:, None] < seq_k, other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
+        k = k.to(DOT)
+        qk = tl.dot(q, tl.trans(k))
+        p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+        if MASKED:
+            # Keys past the end load as 0 and would get P = exp(-L) > 0: mask them too.
+            keep = cols[None, :] < seq_k
+            if CAUSAL:
+                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+            p = tl.where(keep, p, 0.0)
+        dp = tl.dot(do, tl.trans(v.to(DOT)))
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(k_ptrs.dtype.element_ty).to(DOT), k, dq)
+        k_ptrs += BLOCK_N * stride_kn
+        v_ptrs += BLOCK_N * stride_vn
     return dq
 
 
@@ -417,147 +348,129 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                         stride_vb, stride_vh, stride_vn,
                         stride_dob, stride_doh, stride_dom,
                         stride_dqb, stride_dqh, stride_dqm,
-                        H, SEQ_Q, SEQ_K, scale, qk_scale,
+                        n_heads, seq_q, seq_k, scale, qk_scale,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                         CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
-    bh, b, h, start_m = _program_tile(H, SEQ_Q, BLOCK_M, True)  # longest (last) query tiles first
-    offs_m = start_m + tl.arange(0, BLOCK_M)
+    num_m = tl.cdiv(seq_q, BLOCK_M)
+    bh = tl.program_id(0) // num_m
+    start_m = (num_m - 1 - tl.program_id(0) % num_m) * BLOCK_M  # longest (last) query tiles first
+    b = (bh // n_heads).to(tl.int64)
+    h = (bh % n_heads).to(tl.int64)
+    DOT: tl.constexpr = tl.float32 if INTERPRET else Q.dtype.element_ty
+    Q += b * stride_qb + h * stride_qh + start_m * stride_qm.to(tl.int64)
+    DO += b * stride_dob + h * stride_doh + start_m * stride_dom.to(tl.int64)
+    DQ += b * stride_dqb + h * stride_dqh + start_m * stride_dqm.to(tl.int64)
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
-    row_ok = offs_m[:, None] < SEQ_Q
-    q = tl.load(_tile_ptrs(Q, b, h, start_m, stride_qb, stride_qh, stride_qm, BLOCK_M, HEAD_DIM),
-                mask=row_ok, other=0.0)
-    do = tl.load(_tile_ptrs(DO, b, h, start_m, stride_dob, stride_doh, stride_dom, BLOCK_M, HEAD_DIM),
-                 mask=row_ok, other=0.0)
-    q = _mma_operand(q, INTERPRET)
-    do = _mma_operand(do, INTERPRET)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m[:, None] < seq_q
+    q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
+    do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
     # +inf makes P = 0 on query rows past the end (their dq is never stored anyway).
-    lse = tl.load(LSE + bh.to(tl.int64) * SEQ_Q + offs_m, mask=offs_m < SEQ_Q, other=float("inf"))
-    lse2 = lse * 1.4426950408889634
-    delta = tl.load(DELTA + bh.to(tl.int64) * SEQ_Q + offs_m, mask=offs_m < SEQ_Q, other=0.0)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=float("inf")) * LOG2E
+    delta = tl.load(DELTA + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
     # The forward's split: key tiles [0, full_end) are unmasked, [full_end, end) masked.
-    DIAG = SEQ_K - SEQ_Q
-    full_end, end = _key_tiles(start_m, DIAG, SEQ_K, BLOCK_M, BLOCK_N, CAUSAL)
-    k_ptrs = _tile_ptrs(K, b, h, 0, stride_kb, stride_kh, stride_kn, BLOCK_N, HEAD_DIM)
-    v_ptrs = _tile_ptrs(V, b, h, 0, stride_vb, stride_vh, stride_vn, BLOCK_N, HEAD_DIM)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn,
-                            offs_m, offs_n, 0, full_end, SEQ_K, DIAG, qk_scale,
-                            BLOCK_N, CAUSAL, False, INTERPRET)
+    diag = seq_k - seq_q
+    if CAUSAL:
+        full_end = (start_m + diag + 1) // BLOCK_N * BLOCK_N
+        end = tl.minimum(start_m + BLOCK_M + diag, seq_k)
+    else:
+        full_end = seq_k // BLOCK_N * BLOCK_N
+        end = seq_k
+    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
+    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
+                            0, full_end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, False, DOT)
     dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta,
-                            k_ptrs + full_end * stride_kn.to(tl.int64),
-                            v_ptrs + full_end * stride_vn.to(tl.int64),
-                            stride_kn, stride_vn, offs_m, offs_n, full_end, end, SEQ_K, DIAG, qk_scale,
-                            BLOCK_N, CAUSAL, True, INTERPRET)
-
-    dq_ptrs = _tile_ptrs(DQ, b, h, start_m, stride_dqb, stride_dqh, stride_dqm, BLOCK_M, HEAD_DIM)
-    tl.store(dq_ptrs, (dq * scale).to(DQ.dtype.element_ty), mask=row_ok)
+                            k_ptrs + full_end * stride_kn.to(tl.int64), v_ptrs + full_end * stride_vn.to(tl.int64),
+                            stride_kn, stride_vn, offs_m, offs_n,
+                            full_end, end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, True, DOT)
+    tl.store(DQ + rows[:, None] * stride_dqm + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------
 # Launch configurations: the one place they are chosen
 # ----------------------------------------------------------------------------------------
 
-
-class LaunchConfig(NamedTuple):
-    BLOCK_M: int
-    BLOCK_N: int
-    num_warps: int
-    num_stages: int
-
-
 KERNELS = ("fwd", "bwd_preprocess", "bwd_dkdv", "bwd_dq")
 
 
-def launch_config(kernel, head_dim, dtype, causal, interpret=INTERPRET):
-    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for one of KERNELS. BLOCK_M tiles the
-    queries and BLOCK_N the keys: a bwd_dkdv program owns BLOCK_N keys and sweeps the
-    queries BLOCK_M at a time, a bwd_dq program the other way round.
+def _launch_config(kernel, head_dim, dtype, interpret=INTERPRET):
+    """Launch(constexprs={BLOCK_M, BLOCK_N}, num_warps, num_stages) for one of KERNELS.
+    BLOCK_M tiles the queries and BLOCK_N the keys: a bwd_dkdv program owns BLOCK_N keys and
+    sweeps the queries BLOCK_M at a time, a bwd_dq program the other way round.
 
     One family of GPU tiles for every NVIDIA GPU from sm_80 on. Each of them compiles for
     sm_80 and sm_90 without register spills, with at most 96 KB of shared memory, so it also
     fits the 99 KB of consumer parts (sm_86/89/120); on sm_90 the dots become wgmma
     (HGMMA). Every GPU configuration this returns is registered below for
-    ``python -m kernels.inspect``. Larger tiles that would suit sm_90 alone (e.g. 128x128
-    forward tiles) spill on sm_80, so they are not used. ``causal`` is an argument so that a
-    causal-specific choice would live here too; the tiles are the same either way today.
+    ``python -m kernels.sass``. Larger tiles that would suit sm_90 alone (e.g. 128x128
+    forward tiles) spill on sm_80, so they are not used.
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
+
+    def launch(block_m, block_n, num_warps, num_stages):
+        tiles = {"BLOCK_M": block_m} if kernel == "bwd_preprocess" else {"BLOCK_M": block_m, "BLOCK_N": block_n}
+        return Launch(tiles, num_warps, num_stages)
+
     if interpret:
         # Small, unequal tiles: the tests' short sequences then cross several tiles, the
         # diagonal falls inside tiles in every way, and BLOCK_M != BLOCK_N is exercised.
-        return {"fwd": LaunchConfig(32, 16, 4, 1), "bwd_preprocess": LaunchConfig(32, 0, 4, 1),
-                "bwd_dkdv": LaunchConfig(16, 32, 4, 1), "bwd_dq": LaunchConfig(32, 16, 4, 1)}[kernel]
+        return launch(*{"fwd": (32, 16, 4, 1), "bwd_preprocess": (32, 0, 4, 1),
+                        "bwd_dkdv": (16, 32, 4, 1), "bwd_dq": (32, 16, 4, 1)}[kernel])
     big = head_dim == 128
     if kernel == "bwd_preprocess":
         # Streams O and dO once: 128 rows (64 rows at D=128) of fp32 products per program.
-        return LaunchConfig(64 if big else 128, 0, 4, 1)
+        return launch(64 if big else 128, 0, 4, 1)
     if dtype == torch.float32:
         # TF32 operands are twice the bytes of 16-bit ones: half the key (or query) tile.
-        return {"fwd": LaunchConfig(64, 16 if big else 32, 4, 2),
-                "bwd_dkdv": LaunchConfig(16, 32 if big else 64, 4, 2),
-                "bwd_dq": LaunchConfig(64, 16 if big else 32, 4, 2)}[kernel]
+        return launch(*{"fwd": (64, 16 if big else 32, 4, 2),
+                        "bwd_dkdv": (16, 32 if big else 64, 4, 2),
+                        "bwd_dq": (64, 16 if big else 32, 4, 2)}[kernel])
     # fp16 / bf16. 8 warps = two warpgroups of 64 accumulator rows each for wgmma. On sm_80 a
     # warp's mma.sync B operand (K^T, V) spans the whole key tile, so D=128 halves BLOCK_N
     # to stay within 255 registers.
-    return {"fwd": LaunchConfig(128, 32 if big else 64, 8, 3),
-            "bwd_dkdv": LaunchConfig(16 if big else 32, 128, 8, 3),
-            "bwd_dq": LaunchConfig(128, 32 if big else 64, 8, 2 if big else 3)}[kernel]
-
-
-# ----------------------------------------------------------------------------------------
-# Registered configurations (what `python -m kernels.inspect` compiles)
-# ----------------------------------------------------------------------------------------
-
-def _signature(kernel, ty):
-    """Argument name -> Triton type, in order, for every non-constexpr argument of a kernel
-    launched on tensors of Triton type ``ty``."""
-
-    def strides(*tensors):  # (batch, head, row) strides of each tensor, as the kernels name them
-        return {f"stride_{t}{dim}": "i32" for t in tensors
-                for dim in ("b", "h", "m" if t in ("q", "o", "do", "dq") else "n")}
-
-    if kernel == "fwd":
-        return {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "O": f"*{ty}", "LSE": "*fp32",
-                **strides("q", "k", "v", "o"), "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "qk_scale": "fp32"}
-    if kernel == "bwd_preprocess":
-        return {"O": f"*{ty}", "DO": f"*{ty}", "DELTA": "*fp32", **strides("o", "do"), "H": "i32", "SEQ_Q": "i32"}
-    common = {"Q": f"*{ty}", "K": f"*{ty}", "V": f"*{ty}", "DO": f"*{ty}", "LSE": "*fp32", "DELTA": "*fp32"}
-    if kernel == "bwd_dkdv":
-        return {**common, "DK": f"*{ty}", "DV": f"*{ty}", **strides("q", "k", "v", "do", "dk", "dv"),
-                "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "scale": "fp32", "qk_scale": "fp32"}
-    return {**common, "DQ": f"*{ty}", **strides("q", "k", "v", "do", "dq"),
-            "H": "i32", "SEQ_Q": "i32", "SEQ_K": "i32", "scale": "fp32", "qk_scale": "fp32"}
+    return launch(*{"fwd": (128, 32 if big else 64, 8, 3),
+                    "bwd_dkdv": (16 if big else 32, 128, 8, 3),
+                    "bwd_dq": (128, 32 if big else 64, 8, 2 if big else 3)}[kernel])
 
 
 _JIT = {"fwd": _attn_fwd_kernel, "bwd_preprocess": _attn_bwd_preprocess_kernel,
         "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
-# The launchers hand the kernels strides that are multiples of 16 (see _kernel_layout), so the
-# registered signatures declare them divisible by 16, as a launch specializes them.
 
 
-def _register_configs():
-    combos = [(d, dt) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(64, torch.float32)]
-    for kernel in KERNELS:
-        for head_dim, dtype in combos:
-            ty = TRITON_TYPE[dtype]
-            signature = _signature(kernel, ty)
-            for causal in ((False,) if kernel == "bwd_preprocess" else (True, False)):
-                cfg = launch_config(kernel, head_dim, dtype, causal, interpret=False)
-                if kernel == "bwd_preprocess":
-                    constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": cfg.BLOCK_M}
-                    label = f"{kernel} D={head_dim} {ty} M={cfg.BLOCK_M}"
-                else:
-                    constexprs = {"HEAD_DIM": head_dim, "BLOCK_M": cfg.BLOCK_M, "BLOCK_N": cfg.BLOCK_N,
-                                  "CAUSAL": causal, "INTERPRET": False}
-                    label = f"{kernel} D={head_dim} {ty} {'causal' if causal else 'full'} {cfg.BLOCK_M}x{cfg.BLOCK_N}"
-                registry.register(_JIT[kernel], op="attention", label=label, signature=signature,
-                                  constexprs=constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                                  divisible_by_16=tuple(n for n in signature if n.startswith("stride_")))
-
-
-_register_configs()
+@registry.configs_of("attention")
+def _compile_configs():
+    # Every GPU launch: the launchers hand the kernels strides that are multiples of 16 (see
+    # _kernel_layout), so they are declared divisible by 16, as a launch specializes them.
+    types = {"LSE": "*fp32", "DELTA": "*fp32", "scale": "fp32", "qk_scale": "fp32"}
+    for kernel, fn in _JIT.items():
+        strides = tuple(n for n in fn.arg_names if n.startswith("stride_"))
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for head_dim in (HEAD_DIMS if dtype != torch.float32 else (64,)):
+                ty = TRITON_TYPE[dtype]
+                cfg = _launch_config(kernel, head_dim, dtype, interpret=False)
+                tiles = cfg.constexprs
+                for causal in ((None,) if kernel == "bwd_preprocess" else (True, False)):
+                    if causal is None:
+                        constexprs = {"HEAD_DIM": head_dim, **tiles}
+                        label, tile = f"{kernel} D={head_dim} {ty} M={tiles['BLOCK_M']}", None
+                    else:
+                        constexprs = {"HEAD_DIM": head_dim, **tiles, "CAUSAL": causal, "INTERPRET": False}
+                        rows, cols = ((tiles["BLOCK_N"], tiles["BLOCK_M"]) if kernel == "bwd_dkdv"
+                                      else (tiles["BLOCK_M"], tiles["BLOCK_N"]))
+                        label = (f"{kernel} D={head_dim} {ty} {'causal' if causal else 'full'} "
+                                 f"{tiles['BLOCK_M']}x{tiles['BLOCK_N']}")
+                        tile = (rows, cols)
+                    yield registry.CompileConfig(fn, op="attention", label=label, dtype=ty, constexprs=constexprs,
+                                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, types=types,
+                                                 divisible_by_16=strides, tile=tile)
 
 
 # ----------------------------------------------------------------------------------------
@@ -584,13 +497,13 @@ def _attention_fwd(q, k, v, causal, scale):
     Sk = k.shape[2]
     o = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    cfg = launch_config("fwd", D, q.dtype, causal)
-    grid = (triton.cdiv(Sq, cfg.BLOCK_M) * B * H,)
+    cfg = _launch_config("fwd", D, q.dtype)
+    grid = (triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)
     with device_guard(q):
         _attn_fwd_kernel[grid](
             q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-            H, Sq, Sk, scale * LOG2E,
-            HEAD_DIM=D, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, CAUSAL=causal, INTERPRET=INTERPRET,
+            H, Sq, Sk, scale * LOG2E.value,
+            HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET, **cfg.constexprs,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return o, lse
@@ -605,25 +518,25 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale):
     dv = torch.empty((B, H, Sk, D), dtype=v.dtype, device=q.device)
     delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
     with device_guard(q):
-        cfg = launch_config("bwd_preprocess", D, q.dtype, causal)
-        _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.BLOCK_M) * B * H,)](
+        cfg = _launch_config("bwd_preprocess", D, q.dtype)
+        _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
             o, do, delta, *_strides(o), *_strides(do), H, Sq,
-            HEAD_DIM=D, BLOCK_M=cfg.BLOCK_M, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            HEAD_DIM=D, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-        cfg = launch_config("bwd_dkdv", D, q.dtype, causal)
-        _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg.BLOCK_N) * B * H,)](
+        cfg = _launch_config("bwd_dkdv", D, q.dtype)
+        _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg.constexprs["BLOCK_N"]) * B * H,)](
             q, k, v, do, lse, delta, dk, dv,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-            H, Sq, Sk, scale, scale * LOG2E,
-            HEAD_DIM=D, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, CAUSAL=causal, INTERPRET=INTERPRET,
+            H, Sq, Sk, scale, scale * LOG2E.value,
+            HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET, **cfg.constexprs,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-        cfg = launch_config("bwd_dq", D, q.dtype, causal)
-        _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.BLOCK_M) * B * H,)](
+        cfg = _launch_config("bwd_dq", D, q.dtype)
+        _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
             q, k, v, do, lse, delta, dq,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-            H, Sq, Sk, scale, scale * LOG2E,
-            HEAD_DIM=D, BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, CAUSAL=causal, INTERPRET=INTERPRET,
+            H, Sq, Sk, scale, scale * LOG2E.value,
+            HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET, **cfg.constexprs,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     return dq, dk, dv

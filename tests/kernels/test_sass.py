@@ -1,10 +1,10 @@
-"""kernels.inspect: every shipped kernel config compiles for sm_80 and sm_90 with no GPU and
+"""kernels.sass: every shipped kernel config compiles for sm_80 and sm_90 with no GPU and
 no register spills, attention runs on tensor cores, and the tool itself reads SASS right and
 fails when it should.
 
 Compiling needs Triton's interpreter OFF, while this test process has it on (conftest.py),
-so everything that compiles runs ``python -m kernels.inspect`` in a subprocess, with
-TRITON_INTERPRET=1 left in its environment on purpose: the tool must drop it itself.
+so everything that compiles runs ``python -m kernels.sass`` in a subprocess without
+TRITON_INTERPRET; with it, the tool must refuse with a clear error.
 """
 
 import json
@@ -17,7 +17,8 @@ import pytest
 import triton
 import triton.language as tl
 
-from kernels.inspect import ast_source_args, count_opcodes, format_table, parse_res_usage
+from kernels import registry
+from kernels.sass import ast_source_args, count_opcodes, format_table, parse_res_usage
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,10 +34,12 @@ INSPECT_ALL = os.environ.get("KERNELS_INSPECT_ALL", "0") not in ("", "0")
 MMA_KERNELS = {"_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"}
 
 
-def _inspect(*args, pythonpath=(), timeout=600):
-    env = dict(os.environ, TRITON_INTERPRET="1")
+def _sass(*args, pythonpath=(), interpret=False, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpret:
+        env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, pythonpath), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "kernels.inspect", *args], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "kernels.sass", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     return proc
 
@@ -55,10 +58,10 @@ def _json(proc):
 def shipped():
     """The shipped configs (all of them, or the CI selection above), on both architectures."""
     if INSPECT_ALL:
-        proc = _inspect("--arch", "all", "--json")
+        proc = _sass("--arch", "all", "--json")
         return proc, _json(proc)
-    small = _inspect("--arch", "all", "--json", "--op", "layer_norm", "--op", "gelu")
-    attn = _inspect("--arch", "all", "--json", "--op", "attention", "--match", "D=64 bf16")
+    small = _sass("--arch", "all", "--json", "--op", "layer_norm", "--op", "gelu")
+    attn = _sass("--arch", "all", "--json", "--op", "attention", "--match", "D=64 bf16")
     doc = _json(small)
     doc["kernels"] += _json(attn)["kernels"]
     return (small if small.returncode else attn), doc
@@ -127,23 +130,36 @@ def _sample_spill_kernel(X, Y, BLOCK: tl.constexpr):
     tl.store(Y + offs, x * tl.sum(x, axis=0))
 
 
-registry.register(_sample_dot_kernel, op="sample_dot", label="fp16 64x64 D=64",
-                  signature={"A": "*fp16", "C": "*fp32", "B": "*fp16", "K": "i32", "stride_am": "i32"},
-                  constexprs={"HEAD_DIM": 64, "BLOCK": 64}, num_warps=4, num_stages=2,
-                  divisible_by_16=("stride_am",))
-registry.register(_sample_spill_kernel, op="sample_spill", label="8192 on one warp",
-                  signature={"X": "*fp32", "Y": "*fp32"}, constexprs={"BLOCK": 8192}, num_warps=1, num_stages=1)
-registry.register(_sample_spill_kernel, op="sample_broken", label="Y left out",
-                  signature={"X": "*fp32"}, constexprs={"BLOCK": 64}, num_warps=1, num_stages=1)
+@registry.configs_of("sample_dot")
+def _dot_configs():
+    yield registry.CompileConfig(_sample_dot_kernel, "sample_dot", "fp16 64x64 D=64", "fp16",
+                                 {"HEAD_DIM": 64, "BLOCK": 64}, num_warps=4, num_stages=2,
+                                 types={"C": "*fp32", "K": "i32"}, divisible_by_16=("stride_am",))
+
+
+@registry.configs_of("sample_spill")
+def _spill_configs():
+    yield registry.CompileConfig(_sample_spill_kernel, "sample_spill", "8192 on one warp", "fp32", {"BLOCK": 8192},
+                                 num_warps=1)
+
+
+@registry.configs_of("sample_broken")
+def _broken_configs():
+    yield registry.CompileConfig(_sample_spill_kernel, "sample_broken", "BLOCK left out", "fp32", {}, num_warps=1)
+
+
+@registry.configs_of("sample_sm90")
+def _sm90_configs():
+    yield registry.CompileConfig(_sample_spill_kernel, "sample_sm90", "sm_90 only", "fp32", {"BLOCK": 64}, arch=90)
 '''
 
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):
-    pkg = tmp_path_factory.mktemp("inspect_sample")
-    (pkg / "inspect_sample_ops.py").write_text(SAMPLE_OPS)
-    proc = _inspect("--arch", "all", "--json", "--module", "inspect_sample_ops", "--op", "sample_dot",
-                    "--op", "sample_spill", "--op", "sample_broken", pythonpath=[pkg])
+    pkg = tmp_path_factory.mktemp("sass_sample")
+    (pkg / "sass_sample_ops.py").write_text(SAMPLE_OPS)
+    proc = _sass("--arch", "all", "--json", "--module", "sass_sample_ops", "--op", "sample_dot",
+                    "--op", "sample_spill", "--op", "sample_broken", "--op", "sample_sm90", pythonpath=[pkg])
     return proc, _json(proc)
 
 
@@ -171,16 +187,23 @@ def test_tool_reports_spills_and_errors_and_fails(sample):
         assert r["spills"] > 0 and r["local_loads"] > 0 and r["local_stores"] > 0, r
     (broken80, broken90) = [r for r in doc["kernels"] if r["op"] == "sample_broken"]
     for r in (broken80, broken90):
-        assert "Y" in r["error"] and "missing" in r["error"], r["error"]
+        assert "BLOCK" in r["error"] and "missing" in r["error"], r["error"]
         assert r["registers"] is None
+    assert [r["arch"] for r in doc["kernels"] if r["op"] == "sample_sm90"] == [90]
     table = format_table(doc["kernels"])
-    assert table.count("SPILLS") == 2 and table.count("FAILED") == 2 and table.count(" ok") == 2
+    assert table.count("SPILLS") == 2 and table.count("FAILED") == 2 and table.count(" ok") == 3
 
 
 def test_unknown_op_is_a_usage_error():
-    proc = _inspect("--op", "no_such_op", "--json", timeout=300)
+    proc = _sass("--op", "no_such_op", "--json", timeout=300)
     assert proc.returncode == 2
     assert "no_such_op" in proc.stderr
+
+
+def test_interpreter_on_is_a_clear_error():
+    proc = _sass("--op", "gelu", interpret=True, timeout=300)
+    assert proc.returncode == 2 and not proc.stdout
+    assert "TRITON_INTERPRET" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,9 +249,20 @@ def _args_kernel(X, BLOCK: tl.constexpr, N, stride, Y, FLAG: tl.constexpr = True
     pass
 
 
+def _args_config(constexprs=None, **fields):
+    return registry.CompileConfig(_args_kernel, "test", "args", "bf16", {"BLOCK": 128} if constexprs is None
+                                  else constexprs, **fields)
+
+
+def test_signature_comes_from_the_kernel_arguments():
+    cfg = _args_config(types={"X": "*fp32", "stride": "i64"})
+    assert cfg.signature() == {"X": "*fp32", "N": "*bf16", "stride": "i64", "Y": "*bf16"}
+    assert _args_config(types={"N": "i32"}).signature() == {"X": "*bf16", "N": "i32", "stride": "i32", "Y": "*bf16"}
+
+
 def test_ast_source_args_follow_the_kernel_argument_order():
-    sig, consts, attrs = ast_source_args(_args_kernel, {"Y": "*bf16", "N": "i32", "X": "*fp32", "stride": "i64"},
-                                         {"BLOCK": 128}, divisible_by_16=("stride",))
+    cfg = _args_config(types={"X": "*fp32", "N": "i32", "stride": "i64"}, divisible_by_16=("stride",))
+    sig, consts, attrs = ast_source_args(cfg)
     assert list(sig.items()) == [("X", "*fp32"), ("BLOCK", "constexpr"), ("N", "i32"), ("stride", "i64"),
                                  ("Y", "*bf16"), ("FLAG", "constexpr")]
     assert consts == {"BLOCK": 128, "FLAG": True}  # FLAG from its default
@@ -237,14 +271,39 @@ def test_ast_source_args_follow_the_kernel_argument_order():
                      (4,): [["tt.divisibility", 16]]}
 
 
-@pytest.mark.parametrize("signature, constexprs, words", [
-    ({"X": "*fp32", "N": "i32", "stride": "i32", "Y": "*fp32"}, {}, ["BLOCK", "constexprs"]),
-    ({"X": "*fp32", "stride": "i32", "Y": "*fp32"}, {"BLOCK": 16}, ["N", "signature"]),
-    ({"X": "*fp32", "N": "i32", "stride": "i32", "Y": "*fp32", "Z": "*fp32"}, {"BLOCK": 16}, ["Z", "not arguments"]),
-    ({"X": "*fp32", "N": "i32", "stride": "i32", "Y": "*fp32", "BLOCK": "i32"}, {"BLOCK": 16}, ["BLOCK", "both"]),
+@pytest.mark.parametrize("fields, words", [
+    ({"constexprs": {}}, ["BLOCK", "missing"]),
+    ({"types": {"Z": "*fp32"}}, ["Z", "not arguments"]),
+    ({"constexprs": {"BLOCK": 16, "W": 1}}, ["W", "not arguments"]),
+    ({"divisible_by_16": ("strides",)}, ["strides", "not arguments"]),
 ])
-def test_ast_source_args_name_what_does_not_match(signature, constexprs, words):
+def test_ast_source_args_name_what_does_not_match(fields, words):
     with pytest.raises(ValueError) as e:
-        ast_source_args(_args_kernel, signature, constexprs)
+        ast_source_args(_args_config(**fields))
     for word in words:
         assert word in str(e.value)
+
+
+def test_configs_are_lazy_and_kept_once(monkeypatch):
+    monkeypatch.setattr(registry, "_GENERATORS", [])
+    monkeypatch.setattr(registry, "_CONFIGS", [])
+    monkeypatch.setattr(registry, "_DONE", set())
+    calls = []
+
+    @registry.configs_of("test")
+    def _gen():
+        calls.append(1)
+        yield _args_config()
+        yield _args_config()  # the same config twice is kept once
+        yield registry.CompileConfig(_args_kernel, "test", "other", "fp16", {"BLOCK": 64})
+
+    assert calls == []  # stored, not called
+    assert [c.label for c in registry.configs("test")] == ["args", "other"]
+    assert registry.configs("nothing") == [] and calls == [1]  # called once
+
+    @registry.configs_of("test")
+    def _clash():
+        yield _args_config(num_warps=8)
+
+    with pytest.raises(ValueError, match="two different configs"):
+        registry.configs()

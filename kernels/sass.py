@@ -1,6 +1,6 @@
 """Compile every registered kernel configuration for a GPU that is not here, and read its SASS.
 
-    python -m kernels.inspect [--arch 80|90|all] [--op NAME] [--json] [--jobs N] [--module MOD]
+    python -m kernels.sass [--arch 80|90|all] [--op NAME] [--match TEXT] [--json] [--jobs N] [--module MOD]
 
 Each configuration that an op registers in ``kernels.registry`` (the ones its launcher can
 pick) is compiled by Triton for the target architecture without a GPU present, the same way
@@ -18,41 +18,30 @@ that ship with Triton, and per configuration we report:
     hmma, hgmma    tensor-core instructions: HMMA (mma.sync, sm_80+) and HGMMA (wgmma, sm_90)
 
 The exit status is 1 if any configuration fails to compile or touches local memory (spills),
-so scripts can gate on it; 2 for bad arguments or an op module that fails to import.
-Stdout carries only the report (the table, or with ``--json`` one JSON document); anything
-else, such as the PTX that Triton prints when ptxas fails, goes to stderr.
+so scripts can gate on it; 2 for bad arguments, an op module that fails to import, or
+Triton's interpreter switched on (``TRITON_INTERPRET=1`` makes ``@triton.jit`` hand back
+interpreted functions, which cannot be compiled; unset it for this command). Stdout carries
+only the report (the table, or with ``--json`` one JSON document); anything else, such as
+the PTX that Triton prints when ptxas fails, goes to stderr.
 
 Pointer arguments are compiled as 16-byte aligned, as every launch on a PyTorch tensor is;
-integer arguments that the launcher guarantees to be multiples of 16 can be named in the
-registration with ``divisible_by_16=("stride_xm", ...)``, and extra keyword arguments that
-are Triton compile options (``maxnreg``, ``num_ctas``, ...) are passed on to the compiler.
-
-Triton's interpreter must be off for this (``@triton.jit`` would otherwise hand back
-interpreted functions, which cannot be compiled), so ``TRITON_INTERPRET`` is dropped from
-the environment before the kernels are imported. Compiled kernels land in Triton's own cache
-(~/.triton/cache), which makes reruns fast.
+integer arguments that the launcher guarantees to be multiples of 16 are named in the
+config's ``divisible_by_16``, and its ``options`` (``maxnreg``, ...) go to the compiler.
+Compiled kernels land in Triton's own cache (~/.triton/cache), which makes reruns fast.
 """
 
+import argparse
+import hashlib
+import json
 import os
+import re
+import subprocess
 import sys
-
-if __name__ == "__main__" and os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-    del os.environ["TRITON_INTERPRET"]
-    if "triton" in sys.modules:
-        # Something imported Triton while the interpreter was on; start over with it off.
-        os.execv(sys.executable, [sys.executable, "-m", "kernels.inspect", *sys.argv[1:]])
-
-import argparse  # noqa: E402
-import hashlib  # noqa: E402
-import inspect as _pyinspect  # noqa: E402
-import json  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import warnings  # noqa: E402
-from collections import Counter  # noqa: E402
-from importlib import import_module  # noqa: E402
+import tempfile
+import time
+import warnings
+from collections import Counter
+from importlib import import_module
 
 ARCHS = (80, 90)  # what "--arch all" means: A100 and H100/H200
 
@@ -65,69 +54,52 @@ MAX_SHARED_MEM = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448, 10
 # ----------------------------------------------------------------------------------------
 
 
-def ast_source_args(fn, signature, constexprs, divisible_by_16=()):
+def ast_source_args(cfg):
     """The (signature, constexprs, attrs) triple for ``triton.compiler.ASTSource``, as a launch
-    would build it.
+    would build it for the registry's CompileConfig ``cfg``.
 
     ASTSource(fn, signature, constexprs, attrs) is the same in Triton 3.6 and 3.9. Its
     ``signature`` is keyed by argument name; a launch lists every argument in order, with
     constexprs typed "constexpr", and so do we (the cubin does not depend on that order, or
-    on whether the constexprs are listed). ``constexprs`` may be keyed by name or by an
-    index-path tuple ``(i,)``. ``attrs`` must be keyed by index-path tuples, so argument
-    positions matter there: ``[["tt.divisibility", 16]]`` marks an argument as a multiple of
-    16 (for pointers, 16-byte aligned). This merges the registry's separate signature and
-    constexprs back into argument order, fills constexprs left out from their defaults, and
-    names whatever does not match the kernel.
+    on whether the constexprs are listed). ``attrs`` must be keyed by index-path tuples, so
+    argument positions matter there: ``[["tt.divisibility", 16]]`` marks an argument as a
+    multiple of 16 (for pointers, 16-byte aligned). Constexprs the config leaves out take
+    their defaults; one with no default is an error that names it.
     """
-    names = list(fn.arg_names)
-    # The Python signature (not JITFunction.params) so that this also works on the
-    # interpreter's functions, which have no .params.
-    params = _pyinspect.signature(getattr(fn, "fn", fn)).parameters
-    problems = []
-    if set(signature) & set(constexprs):
-        problems.append(f"both typed and constexpr: {', '.join(sorted(set(signature) & set(constexprs)))}")
-    if (set(signature) | set(constexprs)) - set(names):
-        problems.append(f"not arguments: {', '.join(sorted((set(signature) | set(constexprs)) - set(names)))}")
-    if problems:
-        raise ValueError(f"{fn.__name__}({', '.join(names)}): {'; '.join(problems)}")
+    typed = cfg.signature()
     sig, consts, attrs = {}, {}, {}
-    for i, name in enumerate(names):
-        if name in signature:
-            ty = signature[name]
-            sig[name] = ty
-            if ty.startswith("*") or name in divisible_by_16:
+    for i, (name, param) in enumerate(cfg.parameters().items()):
+        if name in typed:
+            sig[name] = typed[name]
+            if typed[name].startswith("*") or name in cfg.divisible_by_16:
                 attrs[(i,)] = [["tt.divisibility", 16]]
             continue
-        param = params[name]
-        is_constexpr = "constexpr" in str(param.annotation)
-        if name in constexprs:
-            consts[name] = constexprs[name]
-        elif is_constexpr and param.default is not _pyinspect.Parameter.empty:
+        if name in cfg.constexprs:
+            consts[name] = cfg.constexprs[name]
+        elif param.default is not param.empty:
             consts[name] = param.default
-        elif is_constexpr:
-            raise ValueError(f"{fn.__name__}: constexpr {name} is missing from the registered constexprs")
         else:
-            raise ValueError(f"{fn.__name__}: argument {name} is missing from the registered signature")
+            raise ValueError(f"{cfg.name} [{cfg.label}]: constexpr {name} is missing from the config's constexprs")
         sig[name] = "constexpr"
     return sig, consts, attrs
 
 
-def compile_kernel(fn, signature, constexprs, arch, num_warps=4, num_stages=2, divisible_by_16=(), **options):
-    """Compile a @triton.jit function for ``sm_<arch>``; no GPU needed. Returns Triton's
+def compile_kernel(cfg, arch):
+    """Compile a registry CompileConfig for ``sm_<arch>``; no GPU needed. Returns Triton's
     CompiledKernel (``.asm["cubin"]``, ``.asm["ptx"]``, ``.metadata.shared``, ...)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     from triton.runtime.jit import JITFunction
 
-    if not isinstance(fn, JITFunction):
+    if not isinstance(cfg.kernel, JITFunction):
         raise TypeError(
-            f"{getattr(fn, '__name__', fn)!r} is not a compilable @triton.jit function (it is a "
-            f"{type(fn).__name__}); was TRITON_INTERPRET set when its module was imported?"
+            f"{cfg.name!r} is not a compilable @triton.jit function (it is a {type(cfg.kernel).__name__}); "
+            "was TRITON_INTERPRET set when its module was imported?"
         )
-    sig, consts, attrs = ast_source_args(fn, signature, constexprs, divisible_by_16)
-    src = ASTSource(fn=fn, signature=sig, constexprs=consts, attrs=attrs)
-    opts = {"num_warps": num_warps, "num_stages": num_stages, **options}
+    sig, consts, attrs = ast_source_args(cfg)
+    src = ASTSource(fn=cfg.kernel, signature=sig, constexprs=consts, attrs=attrs)
+    opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages, **cfg.options}
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=opts)
 
 
@@ -171,7 +143,7 @@ def cubin_stats(cubin, name, ptx=None):
     kept next to Triton's own cache entries, keyed by the cubin's bytes."""
     from triton.runtime.cache import get_cache_manager
 
-    key = hashlib.sha256(b"kernels.inspect/1\0" + name.encode() + b"\0" + cubin).hexdigest()
+    key = hashlib.sha256(b"kernels.sass/1\0" + name.encode() + b"\0" + cubin).hexdigest()
     cache = get_cache_manager(key)
     hit = cache.get_file("sass_stats.json")
     if hit is not None:
@@ -183,7 +155,7 @@ def cubin_stats(cubin, name, ptx=None):
 
 
 def _cubin_stats(cubin, name, ptx):
-    with tempfile.TemporaryDirectory(prefix="kernels-inspect-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="kernels-sass-") as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
@@ -221,22 +193,13 @@ def _cubin_stats(cubin, name, ptx):
 
 def load_ops():
     """Import every op (``kernels/__init__`` imports them all), so that each registers its
-    configurations; returns the op names."""
+    configuration generator; returns the op names."""
     import kernels
 
     return list(kernels.__all__)
 
 
 _CONFIGS = []  # the configurations being inspected; forked workers read them from here
-
-
-def _compile_options(extra):
-    from dataclasses import fields
-
-    from triton.backends.nvidia.compiler import CUDAOptions
-
-    allowed = {f.name for f in fields(CUDAOptions)} - {"num_warps", "num_stages"}
-    return {k: v for k, v in extra.items() if k in allowed}
 
 
 def inspect_config(cfg, arch):
@@ -253,9 +216,7 @@ def inspect_config(cfg, arch):
     }
     t0 = time.perf_counter()
     try:
-        ck = compile_kernel(cfg.kernel, cfg.signature, cfg.constexprs, arch, cfg.num_warps, cfg.num_stages,
-                            divisible_by_16=tuple(cfg.extra.get("divisible_by_16", ())),
-                            **_compile_options(cfg.extra))
+        ck = compile_kernel(cfg, arch)
         stats = cubin_stats(ck.asm["cubin"], ck.metadata.name, ck.asm.get("ptx"))
         row.update(registers=stats["registers"], spills=stats["spills"], local_loads=stats["local_loads"],
                    local_stores=stats["local_stores"], shared_mem=ck.metadata.shared, hmma=stats["hmma"],
@@ -281,10 +242,10 @@ def row_ok(row):
 
 
 def inspect_all(configs, archs, jobs=None):
-    """Rows for every configuration x arch, in order. Compiles in forked worker processes
+    """Rows for every configuration x arch (that it exists for), in order. Compiles in forked worker processes
     (ptxas and the disassemblers are separate processes anyway, so this scales with cores)."""
     _CONFIGS[:] = configs
-    work = [(i, arch) for arch in archs for i in range(len(configs))]
+    work = [(i, arch) for arch in archs for i, cfg in enumerate(configs) if cfg.arch in (None, arch)]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     jobs = min(jobs or cores or 1, len(work))
     if jobs <= 1 or sys.platform != "linux":
@@ -327,7 +288,7 @@ def format_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m kernels.inspect", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m kernels.sass", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="90", help="target compute capability: 80, 90, ... or 'all' (80 and 90); "
                         "default 90")
     parser.add_argument("--op", action="append", help="inspect only this op (repeatable)")
@@ -344,6 +305,11 @@ def main(argv=None):
         archs = [int(args.arch)]
     else:
         parser.error(f"--arch must be a compute capability such as 80 or 90, or 'all'; got {args.arch!r}")
+    from kernels._common import INTERPRET
+
+    if INTERPRET:
+        parser.error("TRITON_INTERPRET is set, so @triton.jit made the kernels interpreted functions, which "
+                     "cannot be compiled; run without it: env -u TRITON_INTERPRET python -m kernels.sass ...")
 
     # Triton 3.9 warns on every compile that its fp-fusion default will change; launches get
     # the same default, so the warning says nothing about these kernels.
@@ -377,7 +343,7 @@ def _run(args, archs, parser, report):
         except Exception as e:
             failed[module] = f"{type(e).__name__}: {e}"
     for module, err in failed.items():
-        print(f"kernels.inspect: error: importing {module} failed: {err}", file=sys.stderr)
+        print(f"kernels.sass: error: importing {module} failed: {err}", file=sys.stderr)
     configs = registry.configs()
     if args.op:
         known = sorted({c.op for c in configs})

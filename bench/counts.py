@@ -84,7 +84,7 @@ def counts(point):
     if point.family == "attention":
         args = (point.batch, point.heads, point.seq_len, point.seq_len, point.width)
         return attention_flops(*args, point.pass_), attention_bytes(*args, elem, point.pass_)
-    if point.family == "model":
+    if point.family in ("model", "hf"):
         cfg = model_config(point.size, block_size=max(1024, point.seq_len))
         if point.pass_ == "generate":
             prompt, new = point.get("prompt"), point.get("new")

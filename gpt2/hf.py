@@ -37,8 +37,9 @@ encoder), a StaticCache's mask
 attention dropout (``model.train()`` with      HF's ``sdpa`` with the dropout ("dropout")
 ``attn_pdrop > 0``)
 ``output_attentions=True``                     HF's ``eager``, which forms the weights
-                                               ("output_attentions")
-a head mask (older transformers)               HF's own path ("head_mask")
+                                               ("output_attentions"; on 4.53 - 4.57 seen only
+                                               on a model patched by ``apply_kernels``)
+a head mask (transformers 4)                   HF's ``eager`` ("head_mask")
 head size outside {16, 32, 64, 128}, or a      HF's ``sdpa`` ("head_size", "dtype"); only
 dtype the kernel lacks (load-time use)         reachable by ``attn_implementation=``
 =============================================  ==============================================
@@ -238,7 +239,7 @@ register()
 def _set_attn_implementation(model, name):
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation(name)
-    else:  # 4.48 - 4.55: the config field is read at every call
+    else:  # before set_attn_implementation existed, the config field was read at every call
         model.config._attn_implementation = name
 
 
@@ -246,7 +247,8 @@ def _set_attn_implementation(model, name):
 
 
 def _legacy_attn(self, query, key, value, attention_mask=None, head_mask=None):
-    """``GPT2Attention._attn`` of transformers < 4.48, on our kernel where it can run."""
+    """``GPT2Attention._attn`` of transformers < 4.48, on our kernel where it can run (HF's own
+    ``_attn`` for a mask, a head mask or dropout)."""
     dropout = self.attn_dropout.p if self.training else 0.0
     reason = _why_not_kernel(query, attention_mask, dropout, {"head_mask": head_mask})
     if reason is not None:
@@ -262,7 +264,7 @@ def _legacy_attn(self, query, key, value, attention_mask=None, head_mask=None):
 
 def _legacy_forward(self, *args, **kwargs):
     """Runs HF's eager ``GPT2Attention.forward`` (which calls ``self._attn``: ours), or this
-    module's own forward, untouched, when the weights or a head mask are asked for."""
+    module.s own forward, untouched, when the weights are asked for."""
     if kwargs.get("output_attentions"):
         _fallback("output_attentions")
         own = self.__dict__.pop("_attn")  # HF's _attn for this call (not thread-safe; legacy only)

@@ -514,13 +514,24 @@ def train(args, given, parser):
     args, state = resolve_args(args, given, parser)
     out = Path(args.out)
     dist = Dist(args.device, args.fsdp)
+    interrupted = []
+
+    def on_ctrl_c(*_):  # the first Ctrl-C finishes the step, checkpoints and stops; a second aborts
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        print("\nCtrl-C: stopping after this step (press again to abort without a checkpoint)", file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c) if not dist.enabled else None
     try:
-        return _train(args, state, out, dist)
+        return _train(args, state, out, dist, interrupted)
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         dist.close()
 
 
-def _train(args, state, out, dist):
+def _train(args, state, out, dist, interrupted):
     device = dist.device
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if dist.main else (lambda *a: None)
 
@@ -631,9 +642,6 @@ def _train(args, state, out, dist):
             append_log(out / LOG, row)
             log(f"step 0: validation loss {val:.4f}" if val is not None else "step 0: no validation split")
 
-    interrupted = []
-    if not dist.enabled:  # Ctrl-C: finish the step, checkpoint, stop
-        signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     progress = Progress(start, args.steps) if dist.main else None
     last = args.stop_at or args.steps
     step = start

@@ -378,6 +378,7 @@ def append_log(path, row):
 def plot_losses(rows, path, title):
     """loss.png: the training loss each step (faint) and smoothed, and the validation loss."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     train = [(int(r["step"]), float(r["train_loss"])) for r in rows if r["train_loss"] != ""]
     val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"] != ""]
@@ -388,12 +389,13 @@ def plot_losses(rows, path, title):
         ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8)
         k = max(1, len(losses) // 50)  # a moving average over ~2% of the run
         smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1]) for i in range(len(losses))]
-        ax.plot(steps, smooth, color="tab:blue", lw=1.6, label=f"train (mean of {k} step{'s' * (k > 1)})")
+        ax.plot(steps, smooth, color="tab:blue", lw=1.6, label=f"train (mean of {k} steps)" if k > 1 else "train")
     if val:
         steps, losses = zip(*val)
         ax.plot(steps, losses, "o-", color="tab:orange", lw=1.6, ms=4, label="validation")
-        ax.annotate(f"{losses[-1]:.3f}", (steps[-1], losses[-1]), textcoords="offset points", xytext=(4, 6),
-                    color="tab:orange", fontsize=9)
+        ax.annotate(f"{losses[-1]:.3f}", (steps[-1], losses[-1]), textcoords="offset points", xytext=(0, 8),
+                    ha="right", color="tab:orange", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy (nats / token)")
     ax.set_title(title, fontsize=10)

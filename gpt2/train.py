@@ -236,9 +236,11 @@ class Dist:
         if device.type == "cuda":
             if not torch.cuda.is_available():
                 raise RuntimeError(f"--device {want}: no CUDA GPU is visible (torch.cuda.is_available() is False)")
-            if self.world > 1:
+            if "LOCAL_RANK" in os.environ:
                 device = torch.device("cuda", local_rank)  # torchrun: one GPU a process
-            if (device.index or 0) >= torch.cuda.device_count():
+            elif device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            if device.index >= torch.cuda.device_count():
                 raise RuntimeError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
             torch.cuda.set_device(device)
         elif device.type != "cpu":
@@ -425,9 +427,9 @@ def _model_for_saving(model, wrapped, fsdp):
 
 
 def save_checkpoint(out, step, args, model, wrapped, optimizer, dist):
-    """config.json + model.safetensors (Hugging Face's format) and training_state.pt, replaced
-    atomically one by one; the state records the weights file's size and time so a resume can
-    tell a checkpoint that was cut short between the two."""
+    """config.json + model.safetensors (Hugging Face's format) and training_state.pt, each
+    replaced atomically; the state records a fingerprint of the weights, so that a resume can tell
+    a checkpoint cut short between the two files (new weights, old optimizer state)."""
     from .checkpoint import save_pretrained
 
     plain = _model_for_saving(model, wrapped, args.fsdp)
@@ -445,12 +447,16 @@ def save_checkpoint(out, step, args, model, wrapped, optimizer, dist):
     save_pretrained(plain, tmp)
     for name in ("config.json", "model.safetensors"):
         os.replace(tmp / name, out / name)
-    st = (out / "model.safetensors").stat()
-    state = {"step": step, "args": vars(args), "optimizer": optim_state,
-             "weights": {"size": st.st_size, "mtime_ns": st.st_mtime_ns}}
+    state = {"step": step, "args": vars(args), "optimizer": optim_state, "weights": fingerprint(plain)}
     torch.save(state, tmp / STATE)
     os.replace(tmp / STATE, out / STATE)
     tmp.rmdir()
+
+
+def fingerprint(model):
+    """One float64 that any change of any weight changes (each tensor's sum, weighted by its place)."""
+    with torch.no_grad():
+        return float(sum((i + 1) * p.detach().double().sum().item() for i, p in enumerate(model.parameters())))
 
 
 def load_optimizer_state(optimizer, wrapped, state, fsdp):
@@ -540,6 +546,11 @@ def _train(args, state, out, dist, interrupted):
     # Model first (its block_size bounds --seq-len), then the data (checked against its vocabulary).
     model = build_model(args, out if state else None)
     config = model.config
+    if state is not None and state["weights"] != fingerprint(model):
+        raise RuntimeError(
+            f"{out}/model.safetensors is not the one {STATE} was saved with (a checkpoint cut short, or "
+            f"files copied from two runs?); cannot resume exactly"
+        )
     args.seq_len = args.seq_len or config.block_size
     if args.seq_len > config.block_size:
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's block_size {config.block_size}")
@@ -583,12 +594,6 @@ def _train(args, state, out, dist, interrupted):
     )
     start = 0
     if state is not None:
-        st = (out / "model.safetensors").stat()
-        if state["weights"] != {"size": st.st_size, "mtime_ns": st.st_mtime_ns}:
-            raise RuntimeError(
-                f"{out}/model.safetensors is not the one {STATE} was saved with (a checkpoint cut short?); "
-                f"cannot resume exactly"
-            )
         load_optimizer_state(optimizer, wrapped, state, args.fsdp)
         start = state["step"]
     rows = read_log(out / LOG, start) if dist.main else []

@@ -15,6 +15,7 @@ Runs of one process go through ``main(argv)`` in this process (no interpreter st
 
 import csv
 import os
+import shutil
 import struct
 import subprocess
 import sys
@@ -209,3 +210,10 @@ def test_an_existing_run_is_neither_overwritten_nor_resumed_with_other_settings(
     assert "--lr 0.01 (saved: 0.003) differ" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "none"), "--resume"]) == 1
     assert "nothing to resume" in capsys.readouterr().err
+    # weights and optimizer state from different moments (a checkpoint cut short between the files)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(one_process, mixed)
+    state = torch.load(mixed / STATE, weights_only=True)
+    torch.save({**state, "weights": state["weights"] + 1e-3}, mixed / STATE)
+    assert main(["train", "--out", str(mixed), "--resume", "--steps", "6", "--data-cache", str(cache)]) == 1
+    assert "is not the one training_state.pt was saved with" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 """Command line: generate text, train, or look at a GPT-2 size's shapes and parameter counts.
 
-    python -m gpt2 train --data data/shakespeare --out out/tiny --n-layer 4 --n-head 4 --n-embd 128 ...
+    python -m gpt2 train --data data/shakespeare --out out/tiny --n-layer 2 --n-head 2 --n-embd 64 ...
     python -m gpt2 generate --checkpoint out/tiny --prompt "To be"
     python -m gpt2 generate --prompt "The meaning of life is" --checkpoint path/to/gpt2
     python -m gpt2 generate --prompt "Hi" --kernels triton --temperature 0      (greedy)

@@ -1,7 +1,7 @@
 """``python -m gpt2 train``: train GPT-2 on text, with the kernels, from one CPU to many GPUs.
 
     python -m gpt2 train --data data/shakespeare --out out/tiny \\
-        --n-layer 4 --n-head 4 --n-embd 128 --seq-len 64 --batch-size 16 --steps 300 --lr 2e-3
+        --n-layer 2 --n-head 2 --n-embd 64 --seq-len 64 --batch-size 8 --steps 200 --lr 3e-3
     torchrun --standalone --nproc_per_node 8 -m gpt2 train --data corpus/ --out out/gpt2 --model gpt2 \\
         --seq-len 1024 --batch-size 16 --grad-accum 4 --steps 5000 --compile
     python -m gpt2 train --out out/gpt2 --resume          # continue a run from its last checkpoint
@@ -25,7 +25,8 @@ from the seed alone and each process takes its slice of it, so N processes with
 ``--batch-size B/N`` compute the same mean loss and gradient as one with ``--batch-size B``,
 up to floating-point summation order.
 
-**The output folder** (``--out``), written by the first process only:
+**The output folder** (``--out``), written by the first process only (the token cache by the
+first process of each machine):
 
 - ``config.json`` and ``model.safetensors``: the latest weights, a Hugging Face GPT-2 checkpoint
   (``GPT2.from_pretrained(out)``, transformers' ``GPT2LMHeadModel.from_pretrained(out)``,
@@ -99,7 +100,7 @@ def add_parser(subparsers):
     p = subparsers.add_parser(
         "train", help="train on text (one process, or many through torchrun)", allow_abbrev=False,
         description="Train GPT-2 on text: a tiny model on a CPU, or GPT-2 itself on many GPUs through torchrun.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_Help,
     )
     pos, nonneg, frac = _int_at_least(1), _int_at_least(0), _float_in(0.0)
     g = p.add_argument_group("data and output")
@@ -134,8 +135,8 @@ def add_parser(subparsers):
     g.add_argument("--min-lr", type=frac, help="learning rate at the end of the cosine (default lr / 10)")
     g.add_argument("--warmup-steps", type=nonneg, help="linear warm-up (default 5%% of --steps)")
     g.add_argument("--weight-decay", type=frac, default=0.1, help="AdamW decay of the matrices")
-    g.add_argument("--beta1", type=_float_in(0.0, 1.0, hi_open=True), default=0.9)
-    g.add_argument("--beta2", type=_float_in(0.0, 1.0, hi_open=True), default=0.95)
+    g.add_argument("--beta1", type=_float_in(0.0, 1.0, hi_open=True), default=0.9, help="AdamW's beta1")
+    g.add_argument("--beta2", type=_float_in(0.0, 1.0, hi_open=True), default=0.95, help="AdamW's beta2")
     g.add_argument("--grad-clip", type=frac, default=1.0, help="clip the gradient's global norm (0: off)")
 
     g = p.add_argument_group("evaluation")
@@ -156,7 +157,19 @@ def add_parser(subparsers):
     g.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state (FSDP) instead of DDP")
     g.add_argument("--peak-flops", type=float, metavar="FLOPS",
                    help="the device's peak FLOP/s for MFU (default: bf16 data-sheet value of known GPUs)")
+    for a in p._actions:  # short metavars: N for counts, X for real numbers
+        if a.option_strings and a.metavar is None and a.type is not None and a.choices is None:
+            a.metavar = "N" if a.type in (pos, nonneg) else "X"
     return p
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one and the help does not already explain it."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 
 def given_options(parser, argv):
@@ -228,6 +241,7 @@ class Dist:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_main = local_rank == 0  # the first process of its machine
         want = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
         try:
             device = torch.device(want)
@@ -556,10 +570,11 @@ def _train(args, state, out, dist, interrupted):
         raise ValueError(f"--seq-len {args.seq_len} exceeds the model's block_size {config.block_size}")
     kernels = set_kernels(model, args, device)
 
-    if dist.main:  # the first process tokenizes (and writes the cache); the others then read it
+    # The first process of each machine tokenizes (and writes the cache); the others then read it.
+    if dist.local_main:
         data = D.load_tokens(args.data, args.data_cache, val_fraction=args.val_fraction)
     dist.barrier()
-    if not dist.main:
+    if not dist.local_main:
         data = D.load_tokens(args.data, args.data_cache, val_fraction=args.val_fraction, create=False)
     if data.max_id >= config.vocab_size:
         raise ValueError(f"the data holds token id {data.max_id}, beyond the model's vocab_size {config.vocab_size}")

@@ -322,6 +322,12 @@ def set_kernels(model, args, device):
     base, extra = (("torch", {"attention": "sdpa"}) if default == "sdpa" else (default, {}))
     per_op = {op: getattr(args, op, None) for op in KERNEL_CHOICES}
     model.set_kernels(base, **{**extra, **{k: v for k, v in per_op.items() if v is not None}})
+    triton_ops = [op for op, impl in model.kernels.items() if impl == "triton"]
+    if triton_ops and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(
+            f"Triton kernels ({', '.join(triton_ops)}) on a CPU need Triton's interpreter: set "
+            f"TRITON_INTERPRET=1 (slow, for testing) or use --kernels torch"
+        )
     return model.kernels
 
 

@@ -184,6 +184,15 @@ def test_bad_input_is_one_line_and_a_failure(tmp_path, text, cache, capsys, args
     assert message in err[-1] and err[-1].startswith("python -m gpt2: error:"), err
 
 
+def test_triton_on_a_cpu_without_the_interpreter_is_refused_before_training(tmp_path, text, cache, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    argv = ["train", "--data", str(text), "--out", str(tmp_path / "o"), "--data-cache", str(cache), *TINY,
+            "--device", "cpu", "--gelu", "triton"]
+    assert main(argv) == 1
+    assert "Triton kernels (gelu) on a CPU need Triton's interpreter" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_bad_flags_are_usage_errors(tmp_path, text, capsys):
     base = ["train", "--data", str(text), "--out", str(tmp_path / "o")]
     for extra, message in [

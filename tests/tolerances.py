@@ -69,12 +69,16 @@ TOL = {
         torch.float32: (1e-4, 1e-5),
     },
     # Convergence (Liger-Kernel's test): every Triton kernel on vs every eager op, 5 steps.
-    # Each step adds the kernels' own fp32 error (the rows above), which AdamW carries on.
+    # Each step adds the kernels' own fp32 error (the rows above), which AdamW carries on. On a
+    # GPU attention's products are tf32 (its row above allows 5e-3), so the losses get that
+    # much room and the weights Liger-Kernel's own fp32 bound (atol 5e-3). Not yet run on a GPU.
     "convergence": {
         torch.float32: (1e-5, 1e-5),
+        "tf32": (5e-3, 5e-3),
     },
     "convergence_weights": {
         torch.float32: (1e-4, 1e-5),
+        "tf32": (5e-3, 1e-5),
     },
 }
 

@@ -28,11 +28,13 @@ from safetensors.torch import load_file
 from gpt2 import GPT2
 from gpt2.__main__ import main
 from gpt2.train import COLUMNS, LOG, PLOT, STATE
+from tests.conftest import ON_GPU
 from tests.tolerances import tol
 
 REPO = Path(__file__).resolve().parents[2]
+# --device cpu even where a GPU is visible: these are the CPU checks (gloo, fp32, bit-exact resume).
 TINY = ["--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--seq-len", "16",
-        "--eval-iters", "2", "--eval-interval", "2", "--seed", "3"]
+        "--eval-iters", "2", "--eval-interval", "2", "--seed", "3", "--device", "cpu"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -121,15 +123,16 @@ def test_convergence_triton_kernels_match_torch(tmp_path, text, cache):
     """Liger-Kernel's convergence test: every kernel on vs every kernel off, same seed and data,
     5 optimizer steps; loss curves and final weights agree within TOL["convergence"]. (Short
     windows: Triton's interpreter runs every program of every kernel one after another.)"""
+    # On a GPU the kernels run for real, in fp32 (no autocast), where tl.dot is tf32.
+    where, dtype = (["--device", "cuda", "--precision", "fp32"], "tf32") if ON_GPU else ([], torch.float32)
     runs = {}
     for kernels in ("torch", "triton"):
         runs[kernels] = tmp_path / kernels
         train(runs[kernels], text, cache, "--kernels", kernels, "--batch-size", "2", "--seq-len", "8",
-              "--steps", "5", "--eval-interval", "5", "--eval-iters", "1", "--lr", "3e-3")
+              "--steps", "5", "--eval-interval", "5", "--eval-iters", "1", "--lr", "3e-3", *where)
     assert len(losses(runs["torch"], "train_loss")) == 5
     assert GPT2.from_pretrained(runs["triton"]).config.block_size == 8
-    assert_same_run(runs["torch"], runs["triton"], tol("convergence", torch.float32),
-                    tol("convergence_weights", torch.float32))
+    assert_same_run(runs["torch"], runs["triton"], tol("convergence", dtype), tol("convergence_weights", dtype))
 
 
 def test_log_plot_and_schedule(one_process):

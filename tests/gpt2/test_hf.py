@@ -110,9 +110,10 @@ def test_restore_state_dict_and_save_pretrained_untouched(device, tmp_path):
     assert torch.equal(model(x).logits, before)
 
 
-@pytest.mark.parametrize("padded", [False, True], ids=["batch1", "left-padded"])
-def test_greedy_generate_token_for_token(device, padded):
+@pytest.mark.parametrize("case", ["batch1", "left-padded", "static-cache"])
+def test_greedy_generate_token_for_token(device, case):
     model = hf_model(device)
+    padded = case == "left-padded"
     if padded:  # three prompts of 4, 7 and 9 tokens, padded on the left to 9
         x = ids(device, 3, 9)
         mask = torch.ones_like(x)
@@ -121,11 +122,16 @@ def test_greedy_generate_token_for_token(device, padded):
     else:
         x, mask = ids(device, 1, 6), None
     kw = dict(attention_mask=mask, max_new_tokens=5, do_sample=False)
+    if case == "static-cache":  # prefill sees all the cache's slots (the kernel takes the first Sq)
+        kw["cache_implementation"] = "static"
     ref = model.generate(x, **kw)
     got = hf.apply_kernels(model, "triton").generate(x, **kw)
     assert torch.equal(got, ref)
-    # Padding masks fall back to HF's sdpa in every layer at every step; without padding, none.
-    assert dict(hf.FALLBACKS) == ({"attention_mask": CFG["n_layer"] * 5} if padded else {})
+    # Padding masks fall back to HF's sdpa in every layer at every step; without padding, none;
+    # a static cache's decode steps come with a mask (its empty slots), its prefill without.
+    want = {"batch1": {}, "left-padded": {"attention_mask": CFG["n_layer"] * 5},
+            "static-cache": {"attention_mask": CFG["n_layer"] * 4}}[case]
+    assert dict(hf.FALLBACKS) == want
 
 
 def test_output_attentions_falls_back_to_eager_weights(device):

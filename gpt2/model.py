@@ -303,7 +303,8 @@ class GPT2(nn.Module):
         compile: run the decode step under ``torch.compile`` (mode "reduce-overhead" on CUDA:
             captured once as a CUDA graph and replayed; the default mode elsewhere). Works with
             every kernel choice. The compiled step and its cache are kept for the next call of
-            the same batch size and length.
+            the same batch size and length. A dict instead of True is passed on to
+            ``torch.compile`` over those defaults (e.g. ``{"backend": "aot_eager"}``).
         eos_token_id: stop early once every row has produced it. Checked every ``check_every``
             steps (the one host sync, amortised); a row that finished earlier is padded with
             eos_token_id, and the result is cut after the step where the last row finished,
@@ -365,17 +366,18 @@ class GPT2(nn.Module):
         compile the compiled step and the cache it was captured with, kept for the next call of
         the same shape (a new cache would mean new addresses, and so a new capture)."""
         p = self.transformer.wte.weight
-        key = (batch_size, max_len, p.device, p.dtype)
         if not compile:
             return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype), self._decode_step
+        options = {"fullgraph": True, "dynamic": False, **(compile if isinstance(compile, dict) else {})}
+        if "backend" not in options and p.device.type == "cuda":
+            options.setdefault("mode", "reduce-overhead")
+        key = (batch_size, max_len, p.device, p.dtype, repr(sorted(options.items())))
         kept = getattr(self, "_compiled_decode", None)
         if kept is None or kept[0] != key:
             cache = KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
             for t in (cache.k, cache.v, cache.length):
                 torch._dynamo.mark_static_address(t)  # updated in place inside the graph
-            mode = "reduce-overhead" if p.device.type == "cuda" else None
-            step = torch.compile(self._decode_step, mode=mode, fullgraph=True, dynamic=False)
-            kept = self._compiled_decode = (key, cache, step)
+            kept = self._compiled_decode = (key, cache, torch.compile(self._decode_step, **options))
         _, cache, step = kept
         cache.pos, cache.on_device = 0, False
         return cache, step

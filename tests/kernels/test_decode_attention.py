@@ -163,3 +163,27 @@ def test_compile_configs_registered():
             assert f"split D={D} {ty} causal {t['BLOCK_M']}x{t['BLOCK_N']}" in labels
     for c in cfgs:
         c.signature()  # every name it sets is an argument of its kernel
+
+
+def test_gpt2_decode_configs_compile_without_spills():
+    """GPT-2's decode configs (D=64, bf16) compile for sm_80 and sm_90 with no spills and run
+    their dots on tensor cores; ``python -m kernels.sass --op decode_attention`` checks all."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
+    proc = subprocess.run([sys.executable, "-m", "kernels.sass", "--arch", "all", "--json", "--op", "decode_attention",
+                           "--match", "split D=64 bf16 causal", "--match", "combine D=64 bf16 S<=16"],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    rows = json.loads(proc.stdout)["kernels"]
+    assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for k in ("_decode_split_kernel", "_decode_combine_kernel")
+                                                         for a in (80, 90)}
+    for r in rows:
+        assert "error" not in r and r["spills"] == 0 and r["local_loads"] == 0 and r["local_stores"] == 0, r
+        if r["kernel"] == "_decode_split_kernel":
+            assert r["hmma"] > 0, r  # 16-row tiles: mma.sync on both archs (wgmma needs 64 rows)

@@ -30,6 +30,7 @@ SIZES = tuple(_GPT2_SIZES)  # "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": gp
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192)
 DTYPES = ("bf16", "fp16", "fp32")
 FAMILIES = ("attention", "layer_norm", "gelu", "model", "hf")
+OPT_IN_FAMILIES = ("generation",)  # run only when --only names them
 
 # Batch-size rules (see the module docstring).
 ROWS_TARGET = 65536

@@ -27,16 +27,18 @@ from dataclasses import dataclass, field
 from importlib import import_module
 
 from .points import (
-    DTYPES, FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, Point,
+    DTYPES, FAMILIES, OPT_IN_FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, Point,
 )
 
-FAMILY_MODULES = {f: f"bench.{f}" for f in FAMILIES}
+ALL_FAMILIES = FAMILIES + OPT_IN_FAMILIES
+FAMILY_MODULES = {f: f"bench.{f}" for f in ALL_FAMILIES}
 FAMILY_ALIASES = {
     "attention": "attention", "attn": "attention",
     "layer_norm": "layer_norm", "layernorm": "layer_norm", "ln": "layer_norm",
     "gelu": "gelu",
     "model": "model", "e2e": "model", "end-to-end": "model", "gpt2": "model",
     "hf": "hf", "transformers": "hf",
+    "generation": "generation", "generate": "generation", "decode": "generation",
 }
 PASS_ORDER = {"fwd": 0, "fwd+bwd": 1, "bwd": 2, "train": 0, "generate": 2}
 SIZE_RANK = {"gpt2": 0, "gpt2-xl": 1, "gpt2-medium": 2, "gpt2-large": 3, SMOKE_SIZE: 0}
@@ -72,10 +74,10 @@ def make_sweep(only=None, sizes=None, seq_lens=None, dtype="bf16", quick=False, 
     for name in _split(only):
         fam = FAMILY_ALIASES.get(name.lower())
         if fam is None:
-            raise ValueError(f"--only: unknown benchmark {name!r}; choose from {', '.join(FAMILIES)}")
+            raise ValueError(f"--only: unknown benchmark {name!r}; choose from {', '.join(ALL_FAMILIES)}")
         if fam not in families:
             families.append(fam)
-    families = tuple(sorted(families, key=FAMILIES.index)) or FAMILIES
+    families = tuple(sorted(families, key=ALL_FAMILIES.index)) or FAMILIES
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     size_list = _split(sizes)
@@ -141,7 +143,7 @@ def tier(point, impl):
         t = 0 if size in ("gpt2", SMOKE_SIZE) and S == 1024 else 1 if size in ("gpt2", SMOKE_SIZE) else 2
     elif p == "generate":
         if size in ("gpt2", SMOKE_SIZE):
-            t = 0 if impl in ("triton", "hf", "eager+sdpa") else 1
+            t = 0 if impl in ("triton", "hf", "eager+sdpa", "triton+cudagraphs", "hf-static-compile") else 1
         else:
             t = 1 if size == "gpt2-xl" else 3
     elif p == "train" and S == 1024 and size in ("gpt2", SMOKE_SIZE) and impl in (
@@ -171,7 +173,7 @@ def importance(point, impl, impl_rank=0):
     return (
         tier(point, impl),
         1 if impl == "compile" else 0,
-        FAMILIES.index(point.family),
+        ALL_FAMILIES.index(point.family),
         PASS_ORDER.get(point.pass_, 3),
         SIZE_RANK.get(point.size, 9),
         seq_rank(point.seq_len),
@@ -220,7 +222,7 @@ def estimate(task, observed):
     if cls in observed:
         return observed[cls]
     p = task.point
-    if p.family in ("model", "hf"):
+    if p.family in ("model", "hf") or p.pass_ == "generate":
         base = _EST.get((p.pass_, task.impl == "compile"), 10.0) * _SIZE_FACTOR.get(p.size, 1.0)
         if task.impl == "hf":
             base *= 1.5

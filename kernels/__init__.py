@@ -3,6 +3,11 @@
     kernels.layer_norm(x, weight, bias, eps=1e-5)         LayerNorm over the last dim
     kernels.gelu(x, bias=None)                            GPT-2's tanh GELU of x + bias
     kernels.attention(q, k, v, causal=True, scale=None)   FlashAttention-2 style attention
+    kernels.add_layer_norm(x, residual, weight, bias, eps=1e-5) -> (y, h)
+                                                          h = x + residual, y = LayerNorm(h)
+    kernels.linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reduction="mean")
+                                                          cross-entropy of x weightᵀ (+ bias),
+                                                          chunked: no (N, V) logits
 
 On a machine without a GPU the kernels run through Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set *before* this package is imported (Triton reads it when
@@ -18,6 +23,7 @@ imported it. Reach a module's internals with ``from kernels.layer_norm import ..
 from .attention import attention
 from .gelu import gelu
 from .layer_norm import layer_norm
+from .linear_cross_entropy import linear_cross_entropy
 
-__all__ = ["attention", "gelu", "layer_norm"]
+__all__ = ["attention", "gelu", "layer_norm", "linear_cross_entropy"]
 

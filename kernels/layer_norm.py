@@ -86,20 +86,23 @@ def _layer_norm_fwd_kernel(
 # With g = dy * w and xhat = (x - mean) * rstd, y = xhat * w + b gives
 #   dL/dx_i = rstd * (g_i - (1/N) sum_j g_j - xhat_i * (1/N) sum_j g_j xhat_j)
 # (the two sums are the derivatives of mean and of rstd), and dL/dw = sum_rows dy * xhat,
-# dL/db = sum_rows dy.
+# dL/db = sum_rows dy. With HAS_DH, x is h = a + residual (kernels.add_layer_norm) and DH
+# holds the gradient h also receives from the residual stream, added to dx.
 @triton.jit
 def _layer_norm_bwd_kernel(
-    DY, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL,
-    stride_dy_row, stride_x_row, stride_dx_row, n_rows, n_cols, tiles_per_program,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DY, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL, DH,
+    stride_dy_row, stride_x_row, stride_dx_row, stride_dh_row, n_rows, n_cols, tiles_per_program,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
     w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-    # This program's share of dw and db: per-column running sums over its rows.
-    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # This program's share of dw and db, kept in the tile's own layout: summing over the rows
+    # inside the loop would convert layouts through shared memory (barriers) every iteration;
+    # here the rows are summed once, after the loop.
+    dw_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     first_tile = pid.to(tl.int64) * tiles_per_program
     for t in range(0, tiles_per_program):
         rows = (first_tile + t) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -115,11 +118,13 @@ def _layer_norm_bwd_kernel(
         mean_g = tl.sum(g, axis=1) / n_cols
         mean_gx = tl.sum(g * xhat, axis=1) / n_cols
         dx = (g - mean_g[:, None] - xhat * mean_gx[:, None]) * rstd[:, None]
+        if HAS_DH:
+            dx += tl.load(DH + rows[:, None] * stride_dh_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + rows[:, None] * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-        dw_acc += tl.sum(dy * xhat, axis=0)
-        db_acc += tl.sum(dy, axis=0)
-    tl.store(DW_PARTIAL + pid * n_cols + cols, dw_acc, mask=col_mask)
-    tl.store(DB_PARTIAL + pid * n_cols + cols, db_acc, mask=col_mask)
+        dw_acc += dy * xhat
+        db_acc += dy
+    tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
+    tl.store(DB_PARTIAL + pid * n_cols + cols, tl.sum(db_acc, axis=0), mask=col_mask)
 
 
 # ----------------------------------------------------------------------------- launch heuristics
@@ -127,9 +132,12 @@ def _layer_norm_bwd_kernel(
 # Backward row tiles hold at least this many elements, so that narrow rows still give each
 # loop iteration a few KB of loads in flight.
 _BWD_TILE_ELEMENTS = 2048
-# The backward uses at most 128 registers a thread, so this many of its warps fit in an SM's
-# 64K registers: that sets how many backward programs share an SM.
-_BWD_WARPS_PER_SM = 16
+# An SM's register file and thread slots (sm_80 and sm_90 alike); a warp's registers are
+# allocated in blocks of 256.
+_REGISTERS_PER_SM, _THREADS_PER_SM = 65536, 2048
+# Before the first backward of a shape has been compiled: what `python -m kernels.sass`
+# reports for the GPT-2 widths (80 registers at 8 warps).
+_BWD_REGISTERS_GUESS = 80
 
 
 def _launch_config(kernel, N):
@@ -144,17 +152,67 @@ def _launch_config(kernel, N):
     if kernel is _layer_norm_fwd_kernel:
         return Launch({"BLOCK_N": BLOCK_N}, num_warps=min(32, max(1, BLOCK_N // 256)), num_stages=1)
     BLOCK_M = max(1, _BWD_TILE_ELEMENTS // BLOCK_N)
-    return Launch({"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, num_warps=min(16, max(1, BLOCK_M * BLOCK_N // 256)),
-                  num_stages=1)
+    return Launch({"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "HAS_DH": False},
+                  num_warps=min(16, max(1, BLOCK_M * BLOCK_N // 256)), num_stages=1)
 
 
-def _bwd_grid(M, launch, device):
-    """(P, tiles per program) for the backward: at most a few programs per SM, each owning
-    a contiguous run of row tiles, and no program left without work."""
+def _programs_per_sm(registers, num_warps):
+    """How many programs of num_warps warps, at `registers` a thread, one SM holds at once.
+
+    The backward is a stream of loads with little arithmetic between them, so what hides
+    memory latency is how many bytes are in flight per SM: each program has one tile of x and
+    dy loading per iteration (8 KB in bf16 at 2048 elements), so 80 registers at 8 warps give
+    3 programs, 24 KB in flight, where a fixed 2 gave 16 KB."""
+    per_warp = triton.cdiv(registers * 32, 256) * 256
+    return max(1, min(_REGISTERS_PER_SM // (per_warp * num_warps), _THREADS_PER_SM // (32 * num_warps)))
+
+
+_BWD_REGISTERS = {}  # (device, kernel cache key) -> registers a thread, read once per compiled shape
+
+
+def _bwd_registers(args, launch, device):
+    """The compiled backward's registers a thread: Triton compiles (or finds in its cache) the
+    kernel for these arguments without launching it, and the loaded binary reports it."""
+    if device.type != "cuda":
+        return _BWD_REGISTERS_GUESS  # the interpreter has no registers; the grid only needs a size
+    key = (device, launch, tuple(a.dtype if isinstance(a, torch.Tensor) else a % 16 == 0 for a in args))
+    if key not in _BWD_REGISTERS:
+        compiled = _layer_norm_bwd_kernel.warmup(*args, grid=(1,), **launch.constexprs, num_warps=launch.num_warps,
+                                                 num_stages=launch.num_stages)
+        compiled._init_handles()  # loads the binary, which sets n_regs
+        _BWD_REGISTERS[key] = compiled.n_regs
+    return _BWD_REGISTERS[key]
+
+
+def _bwd_grid(M, launch, device, registers):
+    """(P, tiles per program) for the backward: as many programs as fit on the SMs at once
+    (`_programs_per_sm`), each owning a contiguous run of row tiles, none without work."""
     tiles = triton.cdiv(M, launch.constexprs["BLOCK_M"])
-    programs = max(1, min(tiles, num_sms(device) * max(1, _BWD_WARPS_PER_SM // launch.num_warps)))
+    programs = max(1, min(tiles, num_sms(device) * _programs_per_sm(registers, launch.num_warps)))
     tiles_per_program = triton.cdiv(tiles, programs)
     return triton.cdiv(tiles, tiles_per_program), tiles_per_program
+
+
+def _layer_norm_bwd_rows(dy2, x2, weight, mean, rstd, dx, dh2=None):
+    """Launch the backward on (M, N) rows (dx: a contiguous tensor of M * N elements; dh2, for
+    add_layer_norm, the gradient h receives besides LayerNorm's) and return (dw, db)."""
+    M, N = x2.shape
+    launch = _launch_config(_layer_norm_bwd_kernel, N)
+    launch = launch._replace(constexprs={**launch.constexprs, "HAS_DH": dh2 is not None})
+    # The launch's arguments, with mean (fp32) standing in for the partial sums, which need P
+    # first, and 2 tiles a program (Triton specializes an argument equal to 1).
+    registers = _bwd_registers((dy2, x2, weight, mean, rstd, dx, mean, mean, dx, dy2.stride(0), x2.stride(0), N,
+                                0 if dh2 is None else dh2.stride(0), M, N, 2), launch, x2.device)
+    P, tiles_per_program = _bwd_grid(M, launch, x2.device, registers)
+    partial = torch.empty((2, P, N), dtype=torch.float32, device=x2.device)  # dw's and db's rows
+    with device_guard(x2):
+        _layer_norm_bwd_kernel[(P,)](
+            dy2, x2, weight, mean, rstd, dx, partial[0], partial[1], dx if dh2 is None else dh2,
+            dy2.stride(0), x2.stride(0), N, 0 if dh2 is None else dh2.stride(0), M, N, tiles_per_program,
+            **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    # torch's sum uses no atomics: for a given shape on a given GPU it adds the P rows in one
+    # fixed order, so dw and db are the same bits run to run (as a Triton reduce would be).
+    return (p.sum(0).to(weight.dtype) for p in partial)
 
 
 @registry.configs_of("layer_norm")
@@ -218,17 +276,7 @@ def _layer_norm_bwd(
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if M == 0:
         return dx, weight.new_zeros((N,)), weight.new_zeros((N,))
-    launch = _launch_config(_layer_norm_bwd_kernel, N)
-    P, tiles_per_program = _bwd_grid(M, launch, x.device)
-    partial = torch.empty((2, P, N), dtype=torch.float32, device=x.device)  # dw's and db's rows
-    with device_guard(x):
-        _layer_norm_bwd_kernel[(P,)](
-            dy2, x2, weight, mean, rstd, dx, partial[0], partial[1],
-            dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
-            **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
-    # torch's sum uses no atomics: for a given shape on a given GPU it adds the P rows in one
-    # fixed order, so dw and db are the same bits run to run (as a Triton reduce would be).
-    dw, db = (p.sum(0).to(weight.dtype) for p in partial)
+    dw, db = _layer_norm_bwd_rows(dy2, x2, weight, mean, rstd, dx)
     return dx, dw, db
 
 

@@ -20,10 +20,11 @@ is always the function: a lazy lookup would be shadowed by the submodule as soon
 imported it. Reach a module's internals with ``from kernels.layer_norm import ...``.
 """
 
+from .add_layer_norm import add_layer_norm
 from .attention import attention
 from .gelu import gelu
 from .layer_norm import layer_norm
 from .linear_cross_entropy import linear_cross_entropy
 
-__all__ = ["attention", "gelu", "layer_norm", "linear_cross_entropy"]
+__all__ = ["add_layer_norm", "attention", "gelu", "layer_norm", "linear_cross_entropy"]
 

@@ -35,9 +35,9 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
-    TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard,
+    as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard,
 )
-from kernels.layer_norm import MAX_N, _launch_config as _layer_norm_launch_config
+from kernels.layer_norm import MAX_N, _launch_config as _layer_norm_launch_config, compile_configs
 from kernels.layer_norm import _layer_norm_bwd_kernel, _layer_norm_bwd_rows, _layer_norm_fwd_kernel, layer_norm_reference
 
 
@@ -85,16 +85,8 @@ def _configs():
     with HAS_DH (the backward without it is registered by layer_norm)."""
     cases = [(torch.bfloat16, n) for n in (768, 1024, 1280, 1600)]
     cases += [(torch.float16, 1600), (torch.float32, 1600)]
-    fp32 = {"MEAN": "*fp32", "RSTD": "*fp32", "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "eps": "fp32"}
-    for dtype, N in cases:
-        for kernel, name in ((_add_layer_norm_fwd_kernel, "fwd"), (_layer_norm_bwd_kernel, "bwd")):
-            launch = _launch_config(kernel, N)
-            blocks = " ".join(f"{k}={v}" for k, v in launch.constexprs.items())
-            yield registry.CompileConfig(
-                kernel, "add_layer_norm", f"{name} {TRITON_TYPE[dtype]} {blocks} warps={launch.num_warps}",
-                TRITON_TYPE[dtype], launch.constexprs, launch.num_warps, launch.num_stages,
-                types={k: v for k, v in fp32.items() if k in kernel.arg_names},
-                divisible_by_16=tuple(a for a in kernel.arg_names if a.startswith("stride_") or a == "n_cols"))
+    kernels = ((_add_layer_norm_fwd_kernel, "fwd"), (_layer_norm_bwd_kernel, "bwd"))
+    yield from compile_configs("add_layer_norm", cases, kernels, _launch_config)
 
 
 # ----------------------------------------------------------------------------- registered ops

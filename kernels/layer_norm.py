@@ -215,25 +215,33 @@ def _layer_norm_bwd_rows(dy2, x2, weight, mean, rstd, dx, dh2=None):
     return (p.sum(0).to(weight.dtype) for p in partial)
 
 
+def compile_configs(op, cases, kernels, launch_config):
+    """CompileConfigs of `op` for each (dtype, N) in cases and each (kernel, name) in kernels,
+    launched as launch_config(kernel, N) says: statistics and partial sums fp32, the rest the
+    dtype. Shared with kernels.add_layer_norm, whose backward is this module's kernel."""
+    # Triton specializes an int argument that is a multiple of 16 at launch, and GPT-2's widths
+    # all are: the hints make the compiled code the code that runs (without them ptxas sees
+    # scalar addressing and the N=8192 backward spills on Triton 3.6).
+    fp32 = {"MEAN": "*fp32", "RSTD": "*fp32", "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "eps": "fp32"}
+    for dtype, N in cases:
+        for kernel, name in kernels:
+            launch = launch_config(kernel, N)
+            blocks = " ".join(f"{k}={v}" for k, v in launch.constexprs.items())
+            yield registry.CompileConfig(
+                kernel, op, f"{name} {TRITON_TYPE[dtype]} {blocks} warps={launch.num_warps}",
+                TRITON_TYPE[dtype], launch.constexprs, launch.num_warps, launch.num_stages,
+                types={k: v for k, v in fp32.items() if k in kernel.arg_names},
+                divisible_by_16=tuple(a for a in kernel.arg_names if a.startswith("stride_") or a == "n_cols"))
+
+
 @registry.configs_of("layer_norm")
 def _configs():
     """Every config the launchers pick for GPT-2's widths (768..1600) and 4096, 8192: all in
     bf16, the float16/float32 ones at N=1600 and the widest float32 one."""
-    # Triton specializes an int argument that is a multiple of 16 at launch, and these widths
-    # all are: the hints make the compiled code the code that runs (without them ptxas sees
-    # scalar addressing and the N=8192 backward spills on Triton 3.6).
     cases = [(torch.bfloat16, n) for n in (768, 1024, 1280, 1600, 4096, 8192)]
     cases += [(torch.float16, 1600), (torch.float32, 1600), (torch.float32, 8192)]
-    fp32 = {"MEAN": "*fp32", "RSTD": "*fp32", "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "eps": "fp32"}
-    for dtype, N in cases:
-        for kernel, name in ((_layer_norm_fwd_kernel, "fwd"), (_layer_norm_bwd_kernel, "bwd")):
-            launch = _launch_config(kernel, N)
-            blocks = " ".join(f"{k}={v}" for k, v in launch.constexprs.items())
-            yield registry.CompileConfig(
-                kernel, "layer_norm", f"{name} {TRITON_TYPE[dtype]} {blocks} warps={launch.num_warps}",
-                TRITON_TYPE[dtype], launch.constexprs, launch.num_warps, launch.num_stages,
-                types={k: v for k, v in fp32.items() if k in kernel.arg_names},
-                divisible_by_16=tuple(a for a in kernel.arg_names if a.startswith("stride_") or a == "n_cols"))
+    kernels = ((_layer_norm_fwd_kernel, "fwd"), (_layer_norm_bwd_kernel, "bwd"))
+    yield from compile_configs("layer_norm", cases, kernels, _launch_config)
 
 
 # ----------------------------------------------------------------------------- registered ops

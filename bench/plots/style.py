@@ -12,7 +12,7 @@ IMPL_COLORS = {
     "triton": "#d62728", "eager": "#7f7f7f", "compile": "#1f77b4", "liger": "#8c564b", "flash_attn": "#e377c2",
     "sdpa-flash": "#2ca02c", "sdpa-efficient": "#17becf", "sdpa-cudnn": "#bcbd22", "sdpa-math": "#9467bd",
     "eager+sdpa": "#000000", "triton-attention": "#ff9896", "triton-layernorm": "#ffbb78",
-    "triton-gelu": "#c5b0d5", "hf": "#8c564b",
+    "triton-gelu": "#c5b0d5", "triton-loss": "#f7b6d2", "hf": "#8c564b",
 }
 # Lines that can coincide (memory of several implementations) differ in marker and dash too.
 MARKERS = "osD^vP*Xh<>"

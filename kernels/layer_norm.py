@@ -180,11 +180,13 @@ def _bwd_registers(args, launch, device):
     kernel for these arguments without launching it, and the loaded binary reports it."""
     if device.type != "cuda":
         return _BWD_REGISTERS_GUESS  # the interpreter has no registers; the grid only needs a size
-    key = (device, launch, tuple(a.dtype if isinstance(a, torch.Tensor) else a % 16 == 0 for a in args))
+    key = (device, tuple(launch.constexprs.items()), launch.num_warps,
+           tuple(a.dtype if isinstance(a, torch.Tensor) else a % 16 == 0 for a in args))
     if key not in _BWD_REGISTERS:
-        compiled = _layer_norm_bwd_kernel.warmup(*args, grid=(1,), **launch.constexprs, num_warps=launch.num_warps,
-                                                 num_stages=launch.num_stages)
-        compiled._init_handles()  # loads the binary, which sets n_regs
+        with device_guard(args[0]):  # compiled for, and loaded on, the tensors' GPU
+            compiled = _layer_norm_bwd_kernel.warmup(*args, grid=(1,), **launch.constexprs, num_warps=launch.num_warps,
+                                                     num_stages=launch.num_stages)
+            compiled._init_handles()  # loads the binary, which sets n_regs
         _BWD_REGISTERS[key] = compiled.n_regs
     return _BWD_REGISTERS[key]
 

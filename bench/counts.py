@@ -11,6 +11,11 @@ written once); GB/s from them is an *effective* bandwidth, comparable across imp
          (write dweight, dbias); a kernel's per-block partial sums are not counted.
 - GELU with bias, rows R, width N: fwd = 2*R*N*e + N*e; bwd = 2*R*N*e (read x, dy) + N*e
   (bias) + R*N*e (dx) + N*e (dbias).
+- add + LayerNorm: LayerNorm's bytes plus reading the residual and writing h once each:
+  fwd = LayerNorm fwd + 2*R*N*e; bwd = LayerNorm bwd + 2*R*N*e (read dh, write the second
+  input's gradient, which is the same tensor here but a separate write for an eager add).
+- Linear cross-entropy, rows R, width d, vocabulary V: 2*R*V*d FLOPs per matmul, one forward
+  (logits), three fwd+bwd (logits, dx, dweight); bytes are not counted (matmul-bound).
 - Attention, causal, q (B,H,S,D): fwd FLOPs = 4*B*H*S*S*D / 2 (two matmuls, QK^T and PV, of
   2*S*S*D each per head, half of them masked); backward = 2.5 x forward (FlashAttention's
   convention: five matmuls of which one recomputes QK^T), so fwd+bwd = 3.5 x forward.
@@ -29,6 +34,11 @@ def layer_norm_bytes(rows, width, elem, pass_):
     fwd = 2 * rows * width * elem + 2 * width * elem + 8 * rows
     bwd = 3 * rows * width * elem + 3 * width * elem + 8 * rows
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[pass_]
+
+
+def add_layer_norm_bytes(rows, width, elem, pass_):
+    extra = {"fwd": 2, "bwd": 2, "fwd+bwd": 4}[pass_] * rows * width * elem
+    return layer_norm_bytes(rows, width, elem, pass_) + extra
 
 
 def gelu_bytes(rows, width, elem, pass_):
@@ -81,6 +91,11 @@ def counts(point):
         return None, layer_norm_bytes(point.rows, point.width, elem, point.pass_)
     if point.family == "gelu":
         return None, gelu_bytes(point.rows, point.width, elem, point.pass_)
+    if point.family == "add_layer_norm":
+        return None, add_layer_norm_bytes(point.rows, point.width, elem, point.pass_)
+    if point.family == "loss":
+        V = model_config(point.size).vocab_size
+        return {"fwd": 1, "fwd+bwd": 3}[point.pass_] * 2 * point.rows * V * point.width, None
     if point.family == "attention":
         args = (point.batch, point.heads, point.seq_len, point.seq_len, point.width)
         return attention_flops(*args, point.pass_), attention_bytes(*args, elem, point.pass_)

@@ -14,7 +14,9 @@ Configurations (``model.set_kernels``):
     triton-attention   one Triton kernel at a time, the rest as eager+sdpa
     triton-layernorm
     triton-gelu
-    triton             all three Triton kernels (ours)
+    triton-loss        eager+sdpa with the fused loss (kernels.linear_cross_entropy): the
+                       training step with the fused loss on, against eager+sdpa with it off
+    triton             every Triton kernel (ours), the fused loss and residual adds included
     compile            ``torch.compile`` of the eager+sdpa model, compiled per shape
     hf                 (generation only) Hugging Face ``transformers``' GPT2LMHeadModel with the
                        same shape and random weights, when installed
@@ -33,18 +35,20 @@ from .timing import free_memory, peak_memory, synchronize
 FAMILY = "model"
 PASSES = ("fwd", "train")
 OPS = {"fwd": "gpt2_forward", "train": "gpt2_train_step", "generate": "gpt2_generate"}
-CONFIGS = {  # impl -> set_kernels arguments
-    "eager": dict(attention="torch", layernorm="torch", gelu="torch"),
-    "eager+sdpa": dict(attention="sdpa", layernorm="torch", gelu="torch"),
-    "triton-attention": dict(attention="triton", layernorm="torch", gelu="torch"),
-    "triton-layernorm": dict(attention="sdpa", layernorm="triton", gelu="torch"),
-    "triton-gelu": dict(attention="sdpa", layernorm="torch", gelu="triton"),
-    "triton": dict(attention="triton", layernorm="triton", gelu="triton"),
-    "compile": dict(attention="sdpa", layernorm="torch", gelu="torch"),
+CONFIGS = {  # impl -> set_kernels arguments (every op named: one model serves every impl)
+    "eager": dict(attention="torch", layernorm="torch", gelu="torch", loss="torch"),
+    "eager+sdpa": dict(attention="sdpa", layernorm="torch", gelu="torch", loss="torch"),
+    "triton-attention": dict(attention="triton", layernorm="torch", gelu="torch", loss="torch"),
+    "triton-layernorm": dict(attention="sdpa", layernorm="triton", gelu="torch", loss="torch"),
+    "triton-gelu": dict(attention="sdpa", layernorm="torch", gelu="triton", loss="torch"),
+    "triton-loss": dict(attention="sdpa", layernorm="torch", gelu="torch", loss="triton"),
+    "triton": dict(attention="triton", layernorm="triton", gelu="triton", loss="triton"),
+    "compile": dict(attention="sdpa", layernorm="torch", gelu="torch", loss="torch"),
 }
 IMPLS = (
     ("triton", "ours"), ("eager", "baseline"), ("eager+sdpa", "baseline"), ("compile", "baseline"),
     ("triton-attention", "variant"), ("triton-layernorm", "variant"), ("triton-gelu", "variant"),
+    ("triton-loss", "variant"),
 )
 GEN_IMPLS = (("triton", "ours"), ("eager", "baseline"), ("eager+sdpa", "baseline"), ("hf", "peer"))
 

@@ -29,8 +29,9 @@ from gpt2.config import SIZES as _GPT2_SIZES
 SIZES = tuple(_GPT2_SIZES)  # "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": gpt2.config's table
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192)
 DTYPES = ("bf16", "fp16", "fp32")
-FAMILIES = ("attention", "layer_norm", "gelu", "model", "hf")
+FAMILIES = ("attention", "layer_norm", "gelu", "model", "hf", "add_layer_norm", "loss")
 OPT_IN_FAMILIES = ("generation",)  # run only when --only names them
+ROW_WISE = ("layer_norm", "gelu", "add_layer_norm")  # ops that see only rows x width
 
 # Batch-size rules (see the module docstring).
 ROWS_TARGET = 65536
@@ -80,7 +81,7 @@ def model_config(size, **overrides):
 class Point:
     """One shape of one benchmark; every implementation is measured on it."""
 
-    family: str  # "layer_norm" | "gelu" | "attention" | "model"
+    family: str  # one of FAMILIES
     op: str  # "layer_norm", "gelu_bias", "attention_causal", "gpt2_forward", ...
     pass_: str  # "fwd" | "bwd" | "fwd+bwd" | "train" | "generate"
     size: str  # a GPT-2 size name
@@ -105,7 +106,7 @@ class Point:
 
     def shape_key(self):
         """What the measured kernel actually sees; row-wise ops at different S can share it."""
-        if self.family in ("layer_norm", "gelu"):
+        if self.family in ROW_WISE or self.family == "loss":  # the loss sees (rows, d) and (V, d)
             return (self.family, self.op, self.pass_, self.width, self.rows, self.dtype)
         return self.key()
 
@@ -136,7 +137,7 @@ def family_points(family, ops, sizes, seq_lens, dtype, info, smoke=False, width=
 def batch_for(family, seq_len, *, width, heads, dtype, device, smoke=False):
     """The batch B for a point (module docstring: "Batch sizes"); at least 1."""
     elem = dtype_bytes(dtype)
-    if family in ("layer_norm", "gelu"):
+    if family in ROW_WISE:
         target = SMOKE_TARGETS["rows"] if smoke else ROWS_TARGET
         b = max(1, math.ceil(target / seq_len))
         working = lambda b: 4 * b * seq_len * width * elem  # noqa: E731 (x, y, dy, dx)
@@ -148,7 +149,7 @@ def batch_for(family, seq_len, *, width, heads, dtype, device, smoke=False):
         while b * heads * tiles < min_programs:
             b += 1
         working = lambda b: 8 * b * heads * seq_len * width * elem  # noqa: E731 (q,k,v,o + grads)
-    elif family in ("model", "hf"):
+    elif family in ("model", "hf", "loss"):  # the loss: the LM head of a training step's tokens
         target = SMOKE_TARGETS["model_tokens"] if smoke else MODEL_TOKENS_TARGET
         return max(1, math.ceil(target / seq_len))
     else:

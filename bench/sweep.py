@@ -36,6 +36,8 @@ FAMILY_ALIASES = {
     "attention": "attention", "attn": "attention",
     "layer_norm": "layer_norm", "layernorm": "layer_norm", "ln": "layer_norm",
     "gelu": "gelu",
+    "add_layer_norm": "add_layer_norm", "add_ln": "add_layer_norm",
+    "loss": "loss", "linear_cross_entropy": "loss", "lce": "loss",
     "model": "model", "e2e": "model", "end-to-end": "model", "gpt2": "model",
     "hf": "hf", "transformers": "hf",
     "generation": "generation", "generate": "generation", "decode": "generation",
@@ -135,7 +137,7 @@ def seq_rank(S):
 def tier(point, impl):
     f, p, size, S = point.family, point.pass_, point.size, point.seq_len
     big2 = size in ("gpt2", "gpt2-xl", SMOKE_SIZE)
-    if f in ("layer_norm", "gelu"):
+    if f in ("layer_norm", "gelu", "add_layer_norm", "loss"):
         t = 0 if big2 else 2
     elif f == "hf":
         t = 1  # no target is stated on Hugging Face's model patched
@@ -147,7 +149,7 @@ def tier(point, impl):
         else:
             t = 1 if size == "gpt2-xl" else 3
     elif p == "train" and S == 1024 and size in ("gpt2", SMOKE_SIZE) and impl in (
-            "triton", "eager", "eager+sdpa", "compile"):
+            "triton", "eager", "eager+sdpa", "compile", "triton-loss"):
         t = 0  # targets train_eager, train_eager_sdpa, train_compile (bench/targets.py)
     elif p == "train" and S == 1024 and size == "gpt2-xl" and impl in ("triton", "eager+sdpa"):
         t = 0  # targets train_mfu_xl, train_memory

@@ -7,17 +7,19 @@ Parameter names follow Hugging Face's ``GPT2LMHeadModel`` (``transformer.h.0.att
 ...), so a checkpoint loads by copying tensors (``gpt2.checkpoint``); HF stores the four linear
 layers of a block as ``Conv1D`` with the weight transposed, which the loader undoes.
 
-The kernels are one switch: ``model.set_kernels(attention=..., layernorm=..., gelu=...)`` with
-"torch" (eager PyTorch, the reference), "triton" (this project's kernels) or, for attention,
-"sdpa" (PyTorch's fused attention). ``model.set_kernels("triton")`` sets all three. Each
-LayerNorm, MLP and attention module calls its ``kernel``, a function the switch binds once from
-the table in ``gpt2.switch``.
+The kernels are one switch: ``model.set_kernels(attention=..., layernorm=..., gelu=..., loss=...)``
+with "torch" (eager PyTorch, the reference), "triton" (this project's kernels) or, for attention,
+"sdpa" (PyTorch's fused attention). ``model.set_kernels("triton")`` sets all four. Each
+LayerNorm, MLP and attention module, and the model for its loss, calls its ``kernel``, a
+function the switch binds once from the table in ``gpt2.switch``. Two fusions come with the
+Triton choices: layernorm="triton" also fuses each residual add into the LayerNorm after it
+(``kernels.add_layer_norm``), and loss="triton" computes the loss without building the logits
+(``kernels.linear_cross_entropy``), so ``model(idx, targets)`` then returns ``(None, loss)``.
 """
 
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
@@ -25,13 +27,14 @@ from . import checkpoint
 from .attention import CausalSelfAttention
 from .config import GPT2Config
 from .positional import LearnedPositionalEncoding
-from .switch import DEFAULT, bind, layer_norm, linear_gelu, resolve_kernels
+from .switch import DEFAULT, add_layer_norm, bind, layer_norm, linear_gelu, lm_loss, resolve_kernels
 
 
 class LayerNorm(nn.Module):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dimension."""
 
     op = "layernorm"  # this module's row of the kernel table (gpt2.switch.KERNELS)
+    fused_op = "add_layernorm"  # the residual add fused in front of it (gpt2.switch.FUSED)
 
     def __init__(self, n_embd, eps=1e-5):
         super().__init__()
@@ -39,9 +42,16 @@ class LayerNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(n_embd))
         self.eps = eps
         self.kernel = layer_norm  # f(x, weight, bias, eps), set by the switch
+        self.fused_kernel = add_layer_norm  # f(x, residual, ...) -> (LN(x + residual), x + residual), likewise
 
     def forward(self, x):
         return self.kernel(x, self.weight, self.bias, self.eps)
+
+    def add_and_norm(self, branch, x):
+        """(LayerNorm(x + branch), x + branch) in one pass; just (LayerNorm(x), x) when branch is None."""
+        if branch is None:
+            return self(x), x
+        return self.fused_kernel(branch, x, self.weight, self.bias, self.eps)
 
 
 class MLP(nn.Module):
@@ -74,6 +84,15 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), cache=cache)
         x = x + self.mlp(self.ln_2(x))
         return x
+
+    def forward_fused(self, x, branch, cache=None):
+        """The same block with each residual add done by the LayerNorm that follows it (one
+        pass over the stream instead of two). The stream travels as (x, branch), its value
+        x + branch: this block adds the previous block's MLP output, and leaves its own for
+        the next block's ln_1 (or the final ln_f) to add. branch is None for the first block."""
+        h, x = self.ln_1.add_and_norm(branch, x)  # x = x + branch; h = ln_1(x)
+        h, x = self.ln_2.add_and_norm(self.attn(h, cache=cache), x)  # x = x + attn(...); h = ln_2(x)
+        return x, self.mlp(h)
 
 
 class KVCache:
@@ -130,6 +149,8 @@ class KVCache:
 
 
 class GPT2(nn.Module):
+    op = "loss"  # the model's own row of the kernel table: the LM head and its loss
+
     def __init__(self, config):
         super().__init__()
         self.config = config
@@ -147,6 +168,8 @@ class GPT2(nn.Module):
         # logits, which saves vocab_size x n_embd parameters (38.6M in gpt2) and is what GPT-2 did.
         self.lm_head.weight = self.transformer.wte.weight
         self._kernels = dict(DEFAULT)  # what set_kernels chose; every module starts on torch
+        self._fused_residual = False  # True with the Triton LayerNorm: blocks run forward_fused
+        self.kernel = lm_loss  # f(x, weight, targets) -> (logits or None, loss), set by the switch
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 n_layer),
         # so the stream's variance does not grow with depth (two such writes per block).
@@ -164,26 +187,29 @@ class GPT2(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     # ---- kernels -------------------------------------------------------------------------
-    def set_kernels(self, all=None, *, attention=None, layernorm=None, gelu=None):
+    def set_kernels(self, all=None, *, attention=None, layernorm=None, gelu=None, loss=None):
         """Choose where each op runs: "torch", "triton" or (attention only) "sdpa".
 
-        ``model.set_kernels("triton")`` sets all three; keywords set one each and override it.
+        ``model.set_kernels("triton")`` sets all four; keywords set one each and override it.
+        layernorm="triton" also fuses every residual add into the LayerNorm after it, and
+        loss="triton" makes ``model(idx, targets)`` return ``(None, loss)`` (see ``forward``).
         Returns the model, so ``GPT2(cfg).set_kernels("triton")`` works. A refused request
         (``gpt2.switch.resolve_kernels`` names what is allowed) changes nothing.
         """
         choice = resolve_kernels(
             self._kernels, all, head_size=self.config.head_size,
-            attention=attention, layernorm=layernorm, gelu=gelu,
+            attention=attention, layernorm=layernorm, gelu=gelu, loss=loss,
         )
         for m in self.modules():
             if getattr(m, "op", None) in choice:
                 bind(m, choice[m.op])
         self._kernels = choice
+        self._fused_residual = choice["layernorm"] == "triton"
         return self
 
     @property
     def kernels(self):
-        """The current choice, e.g. {"attention": "sdpa", "layernorm": "triton", "gelu": "torch"}."""
+        """The current choice, e.g. {"attention": "sdpa", "layernorm": "triton", "gelu": "torch", "loss": "torch"}."""
         return dict(self._kernels)
 
     # ---- forward -------------------------------------------------------------------------
@@ -191,24 +217,32 @@ class GPT2(nn.Module):
         """idx: (B, T) integer token ids. Returns logits (B, T, vocab_size) float.
 
         With ``targets`` (B, T) ids, returns ``(logits, loss)``, the mean cross-entropy of
-        predicting targets[b, t] from idx[b, :t+1]; targets of -1 are ignored. With a
-        ``KVCache``, idx holds only the new tokens and the cache supplies the ones before.
-        (The attention weights, for heatmaps: ``gpt2.attention.record_attention``.)
+        predicting targets[b, t] from idx[b, :t+1]; targets of -1 are ignored (a batch with
+        every target ignored has loss NaN in eager PyTorch, 0 with loss="triton"). With
+        ``set_kernels(loss="triton")`` it returns ``(None, loss)``: the fused loss never builds
+        the (B, T, vocab_size) logits, the largest tensors of a training step. Without targets
+        the logits are always returned. With a ``KVCache``, idx holds only the new tokens and
+        the cache supplies the ones before. (The attention weights, for heatmaps:
+        ``gpt2.attention.record_attention``.)
         """
         offset = cache.pos if cache is not None else 0
         self._check_ids(idx, cache)
         x = self.transformer.wpe(self.transformer.wte(idx), offset)  # (B, T, d)
         x = self.transformer.drop(x)
-        for block in self.transformer.h:
-            x = block(x, cache=cache)
+        if not self._fused_residual:
+            for block in self.transformer.h:
+                x = block(x, cache=cache)
+            x = self.transformer.ln_f(x)
+        else:  # the same sum, each residual add fused into the LayerNorm after it (Block.forward_fused)
+            branch = None
+            for block in self.transformer.h:
+                x, branch = block.forward_fused(x, branch, cache=cache)
+            x, _ = self.transformer.ln_f.add_and_norm(branch, x)
         if cache is not None:
             cache.pos += idx.size(1)
-        x = self.transformer.ln_f(x)
-        logits = self.lm_head(x)  # (B, T, vocab_size)
         if targets is None:
-            return logits
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
-        return logits, loss
+            return self.lm_head(x)  # (B, T, vocab_size)
+        return self.kernel(x, self.lm_head.weight, targets)  # (logits or None, loss)
 
     ID_DTYPES = (torch.int64, torch.int32)  # what nn.Embedding takes; narrower ints would wrap vocab ids
 

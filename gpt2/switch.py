@@ -31,17 +31,41 @@ def linear_gelu(x, weight, bias):
     return F.gelu(F.linear(x, weight, bias), approximate="tanh")
 
 
+def add_layer_norm(x, residual, weight, bias, eps):
+    """h = x + residual, then LayerNorm(h): a residual add and the LayerNorm after it. Returns (y, h)."""
+    h = x + residual
+    return layer_norm(h, weight, bias, eps), h
+
+
+def lm_loss(x, weight, targets):
+    """The LM head and its loss: logits = x weightᵀ, and their mean cross-entropy against
+    targets (-1 ignored), computed in float32. Returns (logits, loss)."""
+    logits = F.linear(x, weight)  # (B, T, vocab_size)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+    return logits, loss
+
+
 # op -> {choice: function, or the name of a function in gpt2/triton_ops.py}. Signatures:
 #   attention  f(q, k, v, *, causal, dropout_p[, kv_len]) -> y   q, k, v, y: (B, nh, S, hs); kv_len: the
 #              valid keys of a static KV cache, a tensor on the device (passed only when there is one)
 #   layernorm  f(x, weight, bias, eps) -> y                      x, y: (..., d)
 #   gelu       f(x, weight, bias) -> gelu(x weightᵀ + bias)      x: (..., d) -> (..., 4d)
+#   loss       f(x, weight, targets) -> (logits, loss)           x: (B, T, d), targets: (B, T);
+#              the Triton form returns (None, loss): it never builds the logits
 KERNELS = {
     "attention": {"torch": attend, "sdpa": attend_sdpa, "triton": "attention"},
     "layernorm": {"torch": layer_norm, "triton": "layer_norm"},
     "gelu": {"torch": linear_gelu, "triton": "linear_gelu"},
+    "loss": {"torch": lm_loss, "triton": "lm_loss"},
 }
 DEFAULT = {op: "torch" for op in KERNELS}
+
+# Fusions that follow an op's choice instead of having a keyword of their own: a module that
+# runs `op` and names a fused op in `fused_op` gets that function too, as `fused_kernel`.
+#   add_layernorm  f(x, residual, weight, bias, eps) -> (LayerNorm(h), h), h = x + residual
+FUSED = {
+    "add_layernorm": {"torch": add_layer_norm, "triton": "add_layer_norm"},
+}
 
 
 def _triton_ops(op):
@@ -55,11 +79,12 @@ def _triton_ops(op):
 
 def kernel(op, choice):
     """The function for ``op`` under ``choice`` (e.g. ``kernel("layernorm", "triton")``)."""
-    if op not in KERNELS:
+    table = FUSED if op in FUSED else KERNELS
+    if op not in table:
         raise ValueError(f"unknown op {op!r}; the ops are {', '.join(KERNELS)}")
-    if choice not in KERNELS[op]:
-        raise ValueError(f"unknown {op} kernel {choice!r}; choose one of {', '.join(KERNELS[op])}")
-    f = KERNELS[op][choice]
+    if choice not in table[op]:
+        raise ValueError(f"unknown {op} kernel {choice!r}; choose one of {', '.join(table[op])}")
+    f = table[op][choice]
     return getattr(_triton_ops(op), f) if isinstance(f, str) else f
 
 
@@ -92,6 +117,9 @@ def resolve_kernels(current=None, all=None, *, head_size=None, **choices):
 
 
 def bind(module, choice):
-    """Point ``module``'s ``kernel`` at ``choice``'s function for the op it runs (``module.op``)."""
+    """Point ``module``'s ``kernel`` at ``choice``'s function for the op it runs (``module.op``),
+    and its ``fused_kernel``, if it names a ``fused_op``, at that fusion's function."""
     module.kernel = kernel(module.op, choice)
+    if getattr(module, "fused_op", None):
+        module.fused_kernel = kernel(module.fused_op, choice)
     return module

@@ -9,6 +9,7 @@ import kernels
 from kernels.attention import HEAD_DIMS as ATTENTION_HEAD_SIZES  # noqa: F401  (checked by the switch)
 
 layer_norm = kernels.layer_norm  # already f(x, weight, bias, eps)
+add_layer_norm = kernels.add_layer_norm  # already f(x, residual, weight, bias, eps) -> (y, h)
 
 
 def attention(q, k, v, *, causal, dropout_p=0.0, kv_len=None):
@@ -22,3 +23,9 @@ def attention(q, k, v, *, causal, dropout_p=0.0, kv_len=None):
 def linear_gelu(x, weight, bias):
     # The matmul without its bias: the GELU kernel adds it in the same pass over (..., 4d).
     return kernels.gelu(F.linear(x, weight), bias)
+
+
+def lm_loss(x, weight, targets):
+    # No logits: the fused op computes the loss, and while training its gradients, a chunk of
+    # rows at a time (kernels/linear_cross_entropy.py), so there are none to return.
+    return None, kernels.linear_cross_entropy(x.flatten(0, 1), weight, targets.flatten(), ignore_index=-1)

@@ -5,6 +5,11 @@
     kernels.attention(q, k, v, causal=True, scale=None)   FlashAttention-2 style attention
     kernels.decode_attention(q, k, v, kv_len=None, ...)   split-KV attention of <= 16 queries
                                                           (kernels.attention sends decode there)
+    kernels.add_layer_norm(x, residual, weight, bias, eps=1e-5) -> (y, h)
+                                                          h = x + residual, y = LayerNorm(h)
+    kernels.linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reduction="mean")
+                                                          cross-entropy of x weightᵀ (+ bias),
+                                                          chunked: no (N, V) logits
 
 On a machine without a GPU the kernels run through Triton's interpreter when
 ``TRITON_INTERPRET=1`` is set *before* this package is imported (Triton reads it when
@@ -17,10 +22,12 @@ is always the function: a lazy lookup would be shadowed by the submodule as soon
 imported it. Reach a module's internals with ``from kernels.layer_norm import ...``.
 """
 
+from .add_layer_norm import add_layer_norm
 from .attention import attention
 from .decode_attention import decode_attention
 from .gelu import gelu
 from .layer_norm import layer_norm
+from .linear_cross_entropy import linear_cross_entropy
 
-__all__ = ["attention", "decode_attention", "gelu", "layer_norm"]
+__all__ = ["add_layer_norm", "attention", "decode_attention", "gelu", "layer_norm", "linear_cross_entropy"]
 

@@ -22,11 +22,15 @@ Kernels:
   forward   one program per row; the row lives in registers (BLOCK_N = next_pow2(N),
             masked), so x is read once and y written once; mean and rstd are saved
             (fp32, one each per row) for the backward.
-  backward  a fixed grid of P programs (a few per SM), each looping over its own
-            contiguous run of row tiles: it writes dx for every row and keeps running
-            dw/db sums in registers, written once at the end as row `pid` of an fp32
-            (2, P, N) buffer; torch's sum over P then finishes dw and db. Neither step
-            uses atomics, so dw and db are bitwise identical run to run on the same GPU.
+  backward  a fixed grid of P programs (as many as fit on the SMs at once, from the compiled
+            kernel's register count), each looping over its own contiguous run of row
+            tiles: it writes dx for every row and keeps running dw/db sums in registers,
+            in the tile's own (BLOCK_M, BLOCK_N) layout so that the loop has no layout
+            conversions (at N = 768 that took the loop from 274 SASS instructions and 20
+            barriers to 208 and 4 on sm_90); the rows are summed once after the loop and
+            written as row `pid` of an fp32 (2, P, N) buffer; torch's sum over P then
+            finishes dw and db. Neither step uses atomics, so dw and db are bitwise
+            identical run to run on the same GPU.
 
 Bytes moved (global memory; M rows, N columns, s bytes per element of x's dtype, P backward
 programs):
@@ -36,9 +40,10 @@ programs):
             + partial dw, db (8*P*N);  sum: read 8*P*N, write dw, db (2*N*s, and for
             16-bit weights 8*N more through an fp32 sum that is then cast)
             = 3*M*N*s + 3*N*s + 8*M + 16*P*N
-The partial buffers are the only traffic beyond the minimum, 16*P / (3*M*s) of it: P is at
-most 2 programs per SM (1 for N > 2048), e.g. P = 264 on a 132-SM H100, so for M = 8192 rows
-of bf16 they add 8.6% (4.3% in fp32 or at M = 16384), and less for wider rows.
+The partial buffers are the only traffic beyond the minimum, 16*P / (3*M*s) of it: P is the
+programs that fit on the SMs at once, e.g. 3 per SM at 80 registers and 8 warps (N <= 1024),
+4 at 64 (N = 1280..2048), so P = 396 on a 132-SM H100 at N = 768, and for M = 8192 rows of
+bf16 they add 13% (6.5% in fp32 or at M = 16384), and less for wider rows.
 
 Limits: 1 <= N <= 8192 (a row must fit in one program's registers without spilling); any
 leading shape. Inputs whose last dimension is not contiguous are copied to a contiguous
@@ -86,20 +91,23 @@ def _layer_norm_fwd_kernel(
 # With g = dy * w and xhat = (x - mean) * rstd, y = xhat * w + b gives
 #   dL/dx_i = rstd * (g_i - (1/N) sum_j g_j - xhat_i * (1/N) sum_j g_j xhat_j)
 # (the two sums are the derivatives of mean and of rstd), and dL/dw = sum_rows dy * xhat,
-# dL/db = sum_rows dy.
+# dL/db = sum_rows dy. With HAS_DH, x is h = a + residual (kernels.add_layer_norm) and DH
+# holds the gradient h also receives from the residual stream, added to dx.
 @triton.jit
 def _layer_norm_bwd_kernel(
-    DY, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL,
-    stride_dy_row, stride_x_row, stride_dx_row, n_rows, n_cols, tiles_per_program,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    DY, X, W, MEAN, RSTD, DX, DW_PARTIAL, DB_PARTIAL, DH,
+    stride_dy_row, stride_x_row, stride_dx_row, stride_dh_row, n_rows, n_cols, tiles_per_program,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DH: tl.constexpr,
 ):
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_N)
     col_mask = cols < n_cols
     w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32)
-    # This program's share of dw and db: per-column running sums over its rows.
-    dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    # This program's share of dw and db, kept in the tile's own layout: summing over the rows
+    # inside the loop would convert layouts through shared memory (barriers) every iteration;
+    # here the rows are summed once, after the loop.
+    dw_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    db_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     first_tile = pid.to(tl.int64) * tiles_per_program
     for t in range(0, tiles_per_program):
         rows = (first_tile + t) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -115,11 +123,13 @@ def _layer_norm_bwd_kernel(
         mean_g = tl.sum(g, axis=1) / n_cols
         mean_gx = tl.sum(g * xhat, axis=1) / n_cols
         dx = (g - mean_g[:, None] - xhat * mean_gx[:, None]) * rstd[:, None]
+        if HAS_DH:
+            dx += tl.load(DH + rows[:, None] * stride_dh_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(DX + rows[:, None] * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
-        dw_acc += tl.sum(dy * xhat, axis=0)
-        db_acc += tl.sum(dy, axis=0)
-    tl.store(DW_PARTIAL + pid * n_cols + cols, dw_acc, mask=col_mask)
-    tl.store(DB_PARTIAL + pid * n_cols + cols, db_acc, mask=col_mask)
+        dw_acc += dy * xhat
+        db_acc += dy
+    tl.store(DW_PARTIAL + pid * n_cols + cols, tl.sum(dw_acc, axis=0), mask=col_mask)
+    tl.store(DB_PARTIAL + pid * n_cols + cols, tl.sum(db_acc, axis=0), mask=col_mask)
 
 
 # ----------------------------------------------------------------------------- launch heuristics
@@ -127,9 +137,12 @@ def _layer_norm_bwd_kernel(
 # Backward row tiles hold at least this many elements, so that narrow rows still give each
 # loop iteration a few KB of loads in flight.
 _BWD_TILE_ELEMENTS = 2048
-# The backward uses at most 128 registers a thread, so this many of its warps fit in an SM's
-# 64K registers: that sets how many backward programs share an SM.
-_BWD_WARPS_PER_SM = 16
+# An SM's register file and thread slots (sm_80 and sm_90 alike); a warp's registers are
+# allocated in blocks of 256.
+_REGISTERS_PER_SM, _THREADS_PER_SM = 65536, 2048
+# Before the first backward of a shape has been compiled: what `python -m kernels.sass`
+# reports for the GPT-2 widths (80 registers at 8 warps).
+_BWD_REGISTERS_GUESS = 80
 
 
 def _launch_config(kernel, N):
@@ -144,38 +157,98 @@ def _launch_config(kernel, N):
     if kernel is _layer_norm_fwd_kernel:
         return Launch({"BLOCK_N": BLOCK_N}, num_warps=min(32, max(1, BLOCK_N // 256)), num_stages=1)
     BLOCK_M = max(1, _BWD_TILE_ELEMENTS // BLOCK_N)
-    return Launch({"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, num_warps=min(16, max(1, BLOCK_M * BLOCK_N // 256)),
-                  num_stages=1)
+    return Launch({"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N, "HAS_DH": False},
+                  num_warps=min(16, max(1, BLOCK_M * BLOCK_N // 256)), num_stages=1)
 
 
-def _bwd_grid(M, launch, device):
-    """(P, tiles per program) for the backward: at most a few programs per SM, each owning
-    a contiguous run of row tiles, and no program left without work."""
+def _programs_per_sm(registers, num_warps):
+    """How many programs of num_warps warps, at `registers` a thread, one SM holds at once.
+
+    The backward is a stream of loads with little arithmetic between them, so what hides
+    memory latency is how many bytes are in flight per SM: each program has one tile of x and
+    dy loading per iteration (8 KB in bf16 at 2048 elements), so 80 registers at 8 warps give
+    3 programs, 24 KB in flight, where a fixed 2 gave 16 KB."""
+    per_warp = triton.cdiv(registers * 32, 256) * 256
+    return max(1, min(_REGISTERS_PER_SM // (per_warp * num_warps), _THREADS_PER_SM // (32 * num_warps)))
+
+
+_BWD_REGISTERS = {}  # (device, kernel cache key) -> registers a thread, read once per compiled shape
+
+
+def _bwd_registers(args, launch, device):
+    """The compiled backward's registers a thread: Triton compiles (or finds in its cache) the
+    kernel for these arguments without launching it, and the loaded binary reports it."""
+    if device.type != "cuda":
+        return _BWD_REGISTERS_GUESS  # the interpreter has no registers; the grid only needs a size
+    key = (device, tuple(launch.constexprs.items()), launch.num_warps,
+           tuple(a.dtype if isinstance(a, torch.Tensor) else a % 16 == 0 for a in args))
+    if key not in _BWD_REGISTERS:
+        with device_guard(args[0]):  # compiled for, and loaded on, the tensors' GPU
+            compiled = _layer_norm_bwd_kernel.warmup(*args, grid=(1,), **launch.constexprs, num_warps=launch.num_warps,
+                                                     num_stages=launch.num_stages)
+            compiled._init_handles()  # loads the binary, which sets n_regs
+        _BWD_REGISTERS[key] = compiled.n_regs
+    return _BWD_REGISTERS[key]
+
+
+def _bwd_grid(M, launch, device, registers):
+    """(P, tiles per program) for the backward: as many programs as fit on the SMs at once
+    (`_programs_per_sm`), each owning a contiguous run of row tiles, none without work."""
     tiles = triton.cdiv(M, launch.constexprs["BLOCK_M"])
-    programs = max(1, min(tiles, num_sms(device) * max(1, _BWD_WARPS_PER_SM // launch.num_warps)))
+    programs = max(1, min(tiles, num_sms(device) * _programs_per_sm(registers, launch.num_warps)))
     tiles_per_program = triton.cdiv(tiles, programs)
     return triton.cdiv(tiles, tiles_per_program), tiles_per_program
+
+
+def _layer_norm_bwd_rows(dy2, x2, weight, mean, rstd, dx, dh2=None):
+    """Launch the backward on (M, N) rows (dx: a contiguous tensor of M * N elements; dh2, for
+    add_layer_norm, the gradient h receives besides LayerNorm's) and return (dw, db)."""
+    M, N = x2.shape
+    launch = _launch_config(_layer_norm_bwd_kernel, N)
+    launch = launch._replace(constexprs={**launch.constexprs, "HAS_DH": dh2 is not None})
+    # The launch's arguments, with mean (fp32) standing in for the partial sums, which need P
+    # first, and 2 tiles a program (Triton specializes an argument equal to 1).
+    registers = _bwd_registers((dy2, x2, weight, mean, rstd, dx, mean, mean, dx, dy2.stride(0), x2.stride(0), N,
+                                0 if dh2 is None else dh2.stride(0), M, N, 2), launch, x2.device)
+    P, tiles_per_program = _bwd_grid(M, launch, x2.device, registers)
+    partial = torch.empty((2, P, N), dtype=torch.float32, device=x2.device)  # dw's and db's rows
+    with device_guard(x2):
+        _layer_norm_bwd_kernel[(P,)](
+            dy2, x2, weight, mean, rstd, dx, partial[0], partial[1], dx if dh2 is None else dh2,
+            dy2.stride(0), x2.stride(0), N, 0 if dh2 is None else dh2.stride(0), M, N, tiles_per_program,
+            **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    # torch's sum uses no atomics: for a given shape on a given GPU it adds the P rows in one
+    # fixed order, so dw and db are the same bits run to run (as a Triton reduce would be).
+    return (p.sum(0).to(weight.dtype) for p in partial)
+
+
+def compile_configs(op, cases, kernels, launch_config):
+    """CompileConfigs of `op` for each (dtype, N) in cases and each (kernel, name) in kernels,
+    launched as launch_config(kernel, N) says: statistics and partial sums fp32, the rest the
+    dtype. Shared with kernels.add_layer_norm, whose backward is this module's kernel."""
+    # Triton specializes an int argument that is a multiple of 16 at launch, and GPT-2's widths
+    # all are: the hints make the compiled code the code that runs (without them ptxas sees
+    # scalar addressing and the N=8192 backward spills on Triton 3.6).
+    fp32 = {"MEAN": "*fp32", "RSTD": "*fp32", "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "eps": "fp32"}
+    for dtype, N in cases:
+        for kernel, name in kernels:
+            launch = launch_config(kernel, N)
+            blocks = " ".join(f"{k}={v}" for k, v in launch.constexprs.items())
+            yield registry.CompileConfig(
+                kernel, op, f"{name} {TRITON_TYPE[dtype]} {blocks} warps={launch.num_warps}",
+                TRITON_TYPE[dtype], launch.constexprs, launch.num_warps, launch.num_stages,
+                types={k: v for k, v in fp32.items() if k in kernel.arg_names},
+                divisible_by_16=tuple(a for a in kernel.arg_names if a.startswith("stride_") or a == "n_cols"))
 
 
 @registry.configs_of("layer_norm")
 def _configs():
     """Every config the launchers pick for GPT-2's widths (768..1600) and 4096, 8192: all in
     bf16, the float16/float32 ones at N=1600 and the widest float32 one."""
-    # Triton specializes an int argument that is a multiple of 16 at launch, and these widths
-    # all are: the hints make the compiled code the code that runs (without them ptxas sees
-    # scalar addressing and the N=8192 backward spills on Triton 3.6).
     cases = [(torch.bfloat16, n) for n in (768, 1024, 1280, 1600, 4096, 8192)]
     cases += [(torch.float16, 1600), (torch.float32, 1600), (torch.float32, 8192)]
-    fp32 = {"MEAN": "*fp32", "RSTD": "*fp32", "DW_PARTIAL": "*fp32", "DB_PARTIAL": "*fp32", "eps": "fp32"}
-    for dtype, N in cases:
-        for kernel, name in ((_layer_norm_fwd_kernel, "fwd"), (_layer_norm_bwd_kernel, "bwd")):
-            launch = _launch_config(kernel, N)
-            blocks = " ".join(f"{k}={v}" for k, v in launch.constexprs.items())
-            yield registry.CompileConfig(
-                kernel, "layer_norm", f"{name} {TRITON_TYPE[dtype]} {blocks} warps={launch.num_warps}",
-                TRITON_TYPE[dtype], launch.constexprs, launch.num_warps, launch.num_stages,
-                types={k: v for k, v in fp32.items() if k in kernel.arg_names},
-                divisible_by_16=tuple(a for a in kernel.arg_names if a.startswith("stride_") or a == "n_cols"))
+    kernels = ((_layer_norm_fwd_kernel, "fwd"), (_layer_norm_bwd_kernel, "bwd"))
+    yield from compile_configs("layer_norm", cases, kernels, _launch_config)
 
 
 # ----------------------------------------------------------------------------- registered ops
@@ -218,17 +291,7 @@ def _layer_norm_bwd(
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if M == 0:
         return dx, weight.new_zeros((N,)), weight.new_zeros((N,))
-    launch = _launch_config(_layer_norm_bwd_kernel, N)
-    P, tiles_per_program = _bwd_grid(M, launch, x.device)
-    partial = torch.empty((2, P, N), dtype=torch.float32, device=x.device)  # dw's and db's rows
-    with device_guard(x):
-        _layer_norm_bwd_kernel[(P,)](
-            dy2, x2, weight, mean, rstd, dx, partial[0], partial[1],
-            dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
-            **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
-    # torch's sum uses no atomics: for a given shape on a given GPU it adds the P rows in one
-    # fixed order, so dw and db are the same bits run to run (as a Triton reduce would be).
-    dw, db = (p.sum(0).to(weight.dtype) for p in partial)
+    dw, db = _layer_norm_bwd_rows(dy2, x2, weight, mean, rstd, dx)
     return dx, dw, db
 
 

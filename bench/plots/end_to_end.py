@@ -6,7 +6,7 @@ from . import style as st
 from .style import GiB, IMPL_COLORS, SIZE_COLORS, TARGET_STYLE
 
 # Each Triton kernel alone in an otherwise eager+SDPA model, then all three.
-CONFIGS = ["eager+sdpa", "compile", "triton-attention", "triton-layernorm", "triton-gelu", "triton"]
+CONFIGS = ["eager+sdpa", "compile", "triton-attention", "triton-layernorm", "triton-gelu", "triton-loss", "triton"]
 
 
 def _nearest(seqs, s=1024):

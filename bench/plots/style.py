@@ -12,7 +12,7 @@ IMPL_COLORS = {
     "triton": "#d62728", "eager": "#7f7f7f", "compile": "#1f77b4", "liger": "#8c564b", "flash_attn": "#e377c2",
     "sdpa-flash": "#2ca02c", "sdpa-efficient": "#17becf", "sdpa-cudnn": "#bcbd22", "sdpa-math": "#9467bd",
     "eager+sdpa": "#000000", "triton-attention": "#ff9896", "triton-layernorm": "#ffbb78",
-    "triton-gelu": "#c5b0d5", "hf": "#8c564b",
+    "triton-gelu": "#c5b0d5", "triton-loss": "#f7b6d2", "hf": "#8c564b",
 }
 # Lines that can coincide (memory of several implementations) differ in marker and dash too.
 MARKERS = "osD^vP*Xh<>"
@@ -129,7 +129,7 @@ def draw_series(ax, series, color, label=None, **style):
             ax.fill_between(xs, [p[2] for p in pts], [p[3] for p in pts], color=color, alpha=0.18, lw=0)
         else:
             x, y, lo, hi = pts[0]
-            ax.errorbar([x], [y], yerr=[[y - lo], [hi - y]], color=color, capsize=3, lw=1)
+            ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], color=color, capsize=3, lw=1)
     return mark_status(ax, [(p[0], p[2]) for p in series if p[1] is None], color)
 
 
@@ -259,7 +259,8 @@ def bars(ax, groups, impls, value, label=str, ticklabels=None, base=0.0):
             elif v is not None:
                 xs.append(bar_x(gi, k, len(impls)))
                 ys.append(v[0])
-                errs.append((v[0] - v[1], v[2] - v[0]))
+                # max(0, ...): a spread of one run gives low == y == high up to rounding
+                errs.append((max(0.0, v[0] - v[1]), max(0.0, v[2] - v[0])))
         if xs:
             ax.bar(xs, [y - base for y in ys], 0.8 / len(impls), bottom=base, color=IMPL_COLORS.get(impl),
                    label=label(impl))

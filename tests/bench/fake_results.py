@@ -23,7 +23,7 @@ _BW = {"triton": 0.91, "eager": 0.62, "compile": 0.86, "liger": 0.80}
 _ATTN = {"triton": 0.52, "sdpa-flash": 0.45, "sdpa-cudnn": 0.47, "sdpa-efficient": 0.33, "sdpa-math": 0.05,
          "eager": 0.06, "compile": 0.2}
 _MFU = {"triton": 0.50, "eager": 0.22, "eager+sdpa": 0.36, "compile": 0.46, "triton-attention": 0.40,
-        "triton-layernorm": 0.38, "triton-gelu": 0.38}
+        "triton-layernorm": 0.38, "triton-gelu": 0.38, "triton-loss": 0.38}
 _TOKENS_PER_S = {"triton": 420.0, "eager": 150.0, "eager+sdpa": 190.0, "hf": 170.0}
 
 
@@ -49,7 +49,13 @@ def fake_rows(seed=0, sizes=None, seq_lens=None, smoke=False, slower=None):
         flops, nbytes = counts(p)
         status, note, ms, extra = "ok", "fake", None, {}
         jitter = 1 + 0.04 * (rng.random() - 0.5)
-        if p.family in ("layer_norm", "gelu"):
+        if p.family == "loss":  # matmul-bound; liger not installed
+            status = "unavailable" if impl == "liger" else "ok"
+            if status == "ok":
+                ms = flops / (LIMITS["matmul_tflops"] * 1e12 * (0.6 if impl == "triton" else 0.5)) * 1e3 * jitter
+                extra["peak_mem_bytes"] = int(p.rows * model_config(p.size).vocab_size * (2 if impl == "triton" else 12)
+                                              / (64 if impl == "triton" else 1))
+        elif p.family in ("layer_norm", "gelu", "add_layer_norm"):
             eff = _BW.get(impl)
             if eff is None or (p.family == "gelu" and impl == "liger"):
                 status = "unavailable"

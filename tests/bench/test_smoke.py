@@ -46,7 +46,7 @@ def test_smoke_run_writes_labelled_results_and_plots(tmp_path):
     assert meta["status"] == "complete"
     assert meta["limits"]["copy_gbps"] > 0 and meta["limits"]["matmul_tflops"] > 0
     assert load_csv(tmp_path / "results.csv") == rows
-    assert {r["family"] for r in rows} == {"attention", "layer_norm", "gelu", "model", "hf"}
+    assert {r["family"] for r in rows} == {"attention", "layer_norm", "gelu", "model", "hf", "add_layer_norm", "loss"}
     assert all(r["status"] in STATUSES for r in rows)
     # every timing keeps its spread (the 20th and 80th percentile of the timed runs)
     for r in rows:

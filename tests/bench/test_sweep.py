@@ -28,8 +28,12 @@ def test_full_sweep_covers_every_family_size_length_pass_and_impl():
                     assert ("layer_norm", p, size, S, impl) in seen
             for p in ("fwd", "train"):
                 for impl in ("eager", "eager+sdpa", "triton-attention", "triton-layernorm", "triton-gelu",
-                             "triton", "compile"):
+                             "triton-loss", "triton", "compile"):
                     assert ("model", p, size, S, impl) in seen
+            for p in ("fwd", "fwd+bwd"):
+                for impl in ("triton", "eager", "compile", "liger"):
+                    assert ("loss", p, size, S, impl) in seen
+                    assert ("add_layer_norm", p, size, S, impl) in seen
         for impl in ("triton", "eager", "eager+sdpa", "hf"):
             assert any(k[0] == "model" and k[1] == "generate" and k[2] == size and k[4] == impl for k in seen)
     # Hugging Face's GPT-2, as shipped and patched: gpt2 and gpt2-xl at S = 1024 only
@@ -40,7 +44,7 @@ def test_full_sweep_covers_every_family_size_length_pass_and_impl():
     for t in tasks:
         cfg = model_config(t.point.size)
         want = {"layer_norm": cfg.n_embd, "gelu": 4 * cfg.n_embd, "attention": cfg.head_size,
-                "model": cfg.n_embd, "hf": cfg.n_embd}[t.point.family]
+                "model": cfg.n_embd, "hf": cfg.n_embd, "add_layer_norm": cfg.n_embd, "loss": cfg.n_embd}[t.point.family]
         assert t.point.width == want and t.point.heads == cfg.n_head
 
 
@@ -79,7 +83,7 @@ def test_smoke_sweep_is_tiny():
     sweep = make_sweep(smoke=True)
     assert sweep.sizes == ("tiny",) and max(sweep.seq_lens) <= 64
     tasks = plan(sweep, DeviceInfo("cpu", 1, 8 * 2**30))
-    assert {t.point.family for t in tasks} == {"attention", "layer_norm", "gelu", "model", "hf"}
+    assert {t.point.family for t in tasks} == {"attention", "layer_norm", "gelu", "model", "hf", "add_layer_norm", "loss"}
     assert all(t.point.batch * t.point.seq_len <= 64 for t in tasks)
 
 

@@ -95,12 +95,12 @@ def test_bad_input(bad, match):
 
 def test_set_kernels_choices_and_errors():
     model = tiny()
-    assert model.kernels == {"attention": "torch", "layernorm": "torch", "gelu": "torch"}
+    assert model.kernels == {"attention": "torch", "layernorm": "torch", "gelu": "torch", "loss": "torch"}
     assert model.set_kernels(attention="sdpa") is model
-    assert model.kernels == {"attention": "sdpa", "layernorm": "torch", "gelu": "torch"}
+    assert model.kernels == {"attention": "sdpa", "layernorm": "torch", "gelu": "torch", "loss": "torch"}
     assert all(b.attn.kernel is attend_sdpa for b in model.transformer.h)
     model.set_kernels("torch")
-    assert model.kernels == {"attention": "torch", "layernorm": "torch", "gelu": "torch"}
+    assert model.kernels == {"attention": "torch", "layernorm": "torch", "gelu": "torch", "loss": "torch"}
     with pytest.raises(ValueError, match="torch, sdpa, triton"):
         model.set_kernels(attention="flash")
     with pytest.raises(ValueError, match="layernorm kernel 'sdpa'.*torch, triton"):
@@ -149,12 +149,13 @@ def test_cache_prefill_and_decode_match_full_forward(impl):
 def test_switch_table_and_its_checks():
     """The table's choices are what set_kernels and resolve_kernels accept; resolve_kernels is the
     one check (others, e.g. a Hugging Face patcher, call it too)."""
-    assert list(KERNELS) == ["attention", "layernorm", "gelu"]
-    assert resolve_kernels(None) == {"attention": "torch", "layernorm": "torch", "gelu": "torch"}
-    assert resolve_kernels({"attention": "sdpa"}, gelu="triton") == {"attention": "sdpa", "layernorm": "torch", "gelu": "triton"}
+    assert list(KERNELS) == ["attention", "layernorm", "gelu", "loss"]
+    assert resolve_kernels(None) == {"attention": "torch", "layernorm": "torch", "gelu": "torch", "loss": "torch"}
+    assert resolve_kernels({"attention": "sdpa"}, gelu="triton") == {"attention": "sdpa", "layernorm": "torch",
+                                                                     "gelu": "triton", "loss": "torch"}
     assert resolve_kernels({"gelu": "triton"}, "torch", attention="sdpa")["gelu"] == "torch"
-    with pytest.raises(ValueError, match="unknown op.*'loss'.*attention, layernorm, gelu"):
-        resolve_kernels(None, loss="triton")
+    with pytest.raises(ValueError, match="unknown op.*'logits'.*attention, layernorm, gelu, loss"):
+        resolve_kernels(None, logits="triton")
     with pytest.raises(ValueError, match="head size 8"):
         resolve_kernels(None, "triton", head_size=8)
     model = tiny().set_kernels(layernorm="triton", gelu="triton")
@@ -164,7 +165,7 @@ def test_switch_table_and_its_checks():
         if isinstance(m, MultiHeadAttention):
             assert m.kernel is attend
         elif getattr(m, "op", None) == "layernorm":
-            assert m.kernel is kernels.layer_norm
+            assert m.kernel is kernels.layer_norm and m.fused_kernel is kernels.add_layer_norm
         elif getattr(m, "op", None) == "gelu":
             assert m.kernel.__module__ == "gpt2.triton_ops"
 

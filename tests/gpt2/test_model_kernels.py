@@ -1,5 +1,7 @@
 """The Triton kernels swapped into the whole model: the same logits, loss, gradients, training
-losses and generated tokens as eager PyTorch (float32; under Triton's interpreter on a CPU)."""
+losses and generated tokens as eager PyTorch (float32; under Triton's interpreter on a CPU).
+layernorm="triton" also runs the fused residual adds (kernels.add_layer_norm) and loss="triton"
+the fused loss (kernels.linear_cross_entropy), which returns no logits."""
 
 import pytest
 import torch
@@ -15,15 +17,18 @@ SETTINGS = [
     dict(layernorm="triton"),
     dict(gelu="triton"),
     dict(attention="triton"),
-    dict(attention="triton", layernorm="triton", gelu="triton"),
+    dict(loss="triton"),
+    dict(attention="triton", layernorm="triton", gelu="triton", loss="triton"),
 ]
+EAGER = {"attention": "torch", "layernorm": "torch", "gelu": "torch", "loss": "torch"}
 
 
 def run(model, idx, targets):
     model.zero_grad(set_to_none=True)
     logits, loss = model(idx, targets)
     loss.backward()
-    return logits.detach(), loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+    logits = model(idx).detach() if logits is None else logits.detach()  # the fused loss returns none
+    return logits, loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 @pytest.fixture
@@ -40,7 +45,8 @@ def test_logits_loss_and_gradients_match_eager(model_and_data, setting):
     model, idx, targets = model_and_data
     ref = run(model.set_kernels("torch"), idx, targets)
     got = run(model.set_kernels(**setting), idx, targets)
-    assert model.kernels == {**{"attention": "torch", "layernorm": "torch", "gelu": "torch"}, **setting}
+    assert model.kernels == {**EAGER, **setting}
+    assert (model(idx, targets)[0] is None) == (setting.get("loss") == "triton")
     t = tol("model", torch.float32) if not ON_GPU else {"atol": 5e-3, "rtol": 5e-3}  # tf32 on GPU
     torch.testing.assert_close(got[0], ref[0], **t)
     torch.testing.assert_close(got[1], ref[1], **t)
@@ -49,9 +55,11 @@ def test_logits_loss_and_gradients_match_eager(model_and_data, setting):
 
 
 def test_training_steps_match_eager(model_and_data):
+    # Every kernel, the fused residual and the fused loss included, for three AdamW steps.
     model, idx, targets = model_and_data
+    targets[0, :4] = -1  # some ignored targets, as padding gives
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    losses = {}
+    losses, weights = {}, {}
     for setting in ("torch", "triton"):
         model.load_state_dict(start)
         model.set_kernels(setting)
@@ -63,9 +71,13 @@ def test_training_steps_match_eager(model_and_data):
             loss.backward()
             opt.step()
             losses[setting].append(loss.item())
+        weights[setting] = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.kernels == dict.fromkeys(EAGER, "triton")
     assert losses["torch"][-1] < losses["torch"][0]  # the steps do train
     t = tol("model", torch.float32) if not ON_GPU else {"atol": 5e-3, "rtol": 5e-3}
     torch.testing.assert_close(torch.tensor(losses["triton"]), torch.tensor(losses["torch"]), **t)
+    for name, w in weights["torch"].items():
+        torch.testing.assert_close(weights["triton"][name], w, **t, msg=lambda m: f"{name} after 3 steps: {m}")
 
 
 def test_generate_with_cache_on_triton_attention_matches_eager(model_and_data):
@@ -80,9 +92,11 @@ def test_generate_with_cache_on_triton_attention_matches_eager(model_and_data):
 def test_torch_compile_traces_all_triton_model(model_and_data):
     model, idx, targets = model_and_data
     model.set_kernels("triton")
-    ref_logits, ref_loss = model(idx, targets)
+    _, ref_loss = model(idx, targets)
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
     logits, loss = compiled(idx, targets)
     loss.backward()
-    torch.testing.assert_close(logits, ref_logits, **tol("model", torch.float32))
+    assert logits is None  # the fused loss
+    torch.testing.assert_close(loss, ref_loss, **tol("model", torch.float32))
+    torch.testing.assert_close(compiled(idx), model(idx), **tol("model", torch.float32))
     assert all(p.grad is not None for p in model.parameters())

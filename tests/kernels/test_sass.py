@@ -23,10 +23,10 @@ from kernels.sass import ast_source_args, count_opcodes, format_table, parse_res
 ROOT = Path(__file__).resolve().parents[2]
 
 # Every op that ships kernels.
-SHIPPED_OPS = ("layer_norm", "gelu", "attention")
+SHIPPED_OPS = ("layer_norm", "gelu", "attention", "add_layer_norm", "linear_cross_entropy")
 # A cold compile of all ~60 attention configs for both archs takes over ten minutes on two
 # cores (its backward kernels are big), which CI cannot afford: by default the attention
-# configs of GPT-2's head size in bf16 stand for the rest (every LayerNorm and GELU config is
+# configs of GPT-2's head size in bf16 stand for the rest (every config of the other ops is
 # compiled). KERNELS_INSPECT_ALL=1 compiles everything, as bench/gpu_check.sh does.
 INSPECT_ALL = os.environ.get("KERNELS_INSPECT_ALL", "0") not in ("", "0")
 # Kernels whose math is matrix products, so they must run on tensor cores: HMMA (mma.sync)
@@ -60,7 +60,8 @@ def shipped():
     if INSPECT_ALL:
         proc = _sass("--arch", "all", "--json")
         return proc, _json(proc)
-    small = _sass("--arch", "all", "--json", "--op", "layer_norm", "--op", "gelu")
+    small = _sass("--arch", "all", "--json", "--op", "layer_norm", "--op", "gelu", "--op", "add_layer_norm",
+                  "--op", "linear_cross_entropy")
     attn = _sass("--arch", "all", "--json", "--op", "attention", "--match", "D=64 bf16")
     doc = _json(small)
     doc["kernels"] += _json(attn)["kernels"]

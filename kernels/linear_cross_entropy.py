@@ -1,0 +1,343 @@
+"""Cross-entropy of a linear layer's logits, without ever holding all the logits: the LM head's loss.
+
+For rows x_i (d numbers), a weight W (V, d), an optional bias b (V,) and targets t_i:
+
+    z_i    = W x_i + b                                  (the logits, V of them per row)
+    lse_i  = log sum_j exp(z_ij)
+    loss_i = lse_i - z_i[t_i]                           (0 where t_i == ignore_index)
+    loss   = sum_i loss_i / n_valid   ("mean", n_valid = rows not ignored)
+           | sum_i loss_i             ("sum")
+           | (loss_i)_i               ("none")
+
+Backward, with g_i the gradient reaching loss_i (grad_output, divided by n_valid for "mean"):
+
+    dz_ij  = g_i * (softmax(z_i)_j - [j == t_i])        (0 for an ignored row)
+    dx     = dz W,    dW = dzᵀ x,    db = sum over rows of dz
+
+GPT-2 at 8,192 tokens has (8192, 50257) logits: 0.8 GB in bf16, 1.6 GB more once eager code
+upcasts them to fp32 for the loss, and as much again for their gradient. Here the rows go
+through in chunks of C: cuBLAS computes a chunk's logits, one Triton program per row reads
+them once for the logsumexp (fp32, online) and a second time to overwrite them in place with
+dz, and cuBLAS turns dz into the chunk's rows of dx and adds its share of dW (and db). The
+gradients are made during the forward (three matmuls in all, as eager), so for "mean" and
+"sum" the backward only scales them by grad_output. For "none" each row has its own g_i, so
+the backward runs the chunks again with g_i folded into dz (a fourth matmul).
+
+Chunk size and memory (s = bytes per element of x's dtype):
+
+    C = min(N, max(16, next_pow2(d)))                   rows per chunk
+    extra memory at the peak = C * Vp * s  +  4 * N  (+ 4 * V for db with a bias)
+        Vp = V rounded up to a multiple of 16 (the chunk's rows start 32-byte aligned)
+
+i.e. one chunk of logits, about the size of W itself (C ~ d), instead of N * V * (s + 4) and
+the gradients' N * V * (s + 4) more. For gpt2 (d = 768, C = 1024, V = 50257) in bf16 that is
+103 MB, whatever N is. The outputs dx (N, d) and dW (V, d) are the gradients any
+implementation returns. C ~ d also keeps the matmuls large and bounds what chunking adds:
+every chunk reads and rewrites dW once (V * d * s), which is about what it reads of its own
+logits.
+
+Precision: logits and dz are stored in x's dtype (as eager's matmul stores logits); the
+logsumexp, the softmax and the per-row losses are fp32, the loss is returned in fp32. dW
+accumulates in W's dtype through cuBLAS's beta = 1 (fp32 inside each matmul, one rounding
+per chunk; fp32 weights are exact), db in fp32.
+
+All targets ignored: the loss is 0 for "mean" and "sum" and every gradient is 0 (torch's
+cross_entropy returns NaN for a mean over no targets; here a batch of padding adds nothing
+instead of poisoning the step). For "none" the ignored rows' losses are 0, as in torch.
+
+Bytes moved by the Triton kernel per row: read the V logits twice, write dz once (3 * V * s),
+against eager's upcast, softmax and its gradient (about 8 passes over N * V, some in fp32).
+
+Limits: x (N, d) and W (V, d) share one float dtype (float32, float16, bfloat16); targets (N,)
+integer, each in [0, V) or ignore_index; any strides (cuBLAS reads them). N = 0 gives an
+empty result ("none") or 0.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import registry
+from kernels._common import (
+    TRITON_TYPE, Launch, check_float_dtype, check_runnable, check_same_dtype, device_guard,
+)
+
+LOG2E = tl.constexpr(1.4426950408889634)
+REDUCTIONS = ("mean", "sum", "none")
+
+
+# d loss_i / d z_ij = softmax(z_i)_j - [j == t_i]; the kernel scales it by the row's g_i
+# (ROW_SCALE[i] when HAS_ROW_SCALE, else 1) and by 0 for an ignored row.
+@triton.jit
+def _cross_entropy_kernel(
+    LOGITS, TARGETS, LOSS, ROW_SCALE,
+    stride_logits_row, n_cols, n_cols_padded, ignore_index,
+    HAS_ROW_SCALE: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    LOGITS += row * stride_logits_row
+    target = tl.load(TARGETS + row).to(tl.int32)
+    ignored = target == ignore_index
+    cols = tl.arange(0, BLOCK_V)
+    # Online logsumexp kept per lane and combined once after the loop, so the loop has no
+    # cross-thread reduction (no barriers). The loads run to n_cols_padded, a multiple of 16,
+    # so they stay vectorized; the padding's values are replaced by -inf in registers.
+    # A finite start for the running max keeps exp2(m - m_new) at 1 (not NaN) on lanes that
+    # have only seen padding.
+    m = tl.full([BLOCK_V], -1e30, tl.float32)
+    s = tl.zeros([BLOCK_V], tl.float32)
+    for start in range(0, n_cols_padded, BLOCK_V):
+        offs = start + cols
+        z = tl.load(LOGITS + offs, mask=offs < n_cols_padded, other=0.0).to(tl.float32)
+        z = tl.where(offs < n_cols, z, -float("inf"))
+        m_new = tl.maximum(m, z)
+        s = s * tl.exp2((m - m_new) * LOG2E) + tl.exp2((z - m_new) * LOG2E)
+        m = m_new
+    m_row = tl.max(m, axis=0)
+    lse = m_row + tl.log(tl.sum(s * tl.exp2((m - m_row) * LOG2E), axis=0))
+    z_target = tl.load(LOGITS + tl.where(ignored, 0, target)).to(tl.float32)
+    tl.store(LOSS + row, tl.where(ignored, 0.0, lse - z_target))
+    if WRITE_GRAD:
+        g = 1.0
+        if HAS_ROW_SCALE:
+            g = tl.load(ROW_SCALE + row)
+        g = tl.where(ignored, 0.0, g)
+        for start in range(0, n_cols_padded, BLOCK_V):
+            offs = start + cols
+            mask = offs < n_cols_padded
+            z = tl.load(LOGITS + offs, mask=mask, other=0.0).to(tl.float32)
+            z = tl.where(offs < n_cols, z, -float("inf"))  # the padding's dz is 0, not garbage
+            dz = (tl.exp2((z - lse) * LOG2E) - (offs == target).to(tl.float32)) * g
+            tl.store(LOGITS + offs, dz.to(LOGITS.dtype.element_ty), mask=mask)
+
+
+# ----------------------------------------------------------------------------- launch heuristics
+
+
+def _launch_config(dtype):
+    """How the kernel is launched for logits of `dtype`: the one place its block and warps are
+    chosen, for the launcher and for `python -m kernels.sass`. 8 warps of 256 threads stream
+    a row in blocks of 2048 (16-bit: one 16-byte vector a thread per block; fp32: two), with
+    two fp32 accumulators of 8 lanes a thread."""
+    return Launch({"BLOCK_V": 2048}, num_warps=8, num_stages=1)
+
+
+def _chunk_rows(N, d):
+    """C, the rows per chunk: about d, so a chunk's logits are about W's size (see the docstring)."""
+    return max(1, min(N, max(16, triton.next_power_of_2(d))))
+
+
+@registry.configs_of("linear_cross_entropy")
+def _configs():
+    """The kernel as the forward (loss and gradient) and the "none" backward (per-row scale)
+    launch it, in each dtype; the loss-only form (no gradient needed) in bf16."""
+    types = {"TARGETS": "*i64", "LOSS": "*fp32", "ROW_SCALE": "*fp32"}
+    # The logits' row stride and padded width are multiples of 16 by construction.
+    hints = ("stride_logits_row", "n_cols_padded")
+    cases = [(dtype, False, True) for dtype in (torch.bfloat16, torch.float16, torch.float32)]
+    cases += [(torch.bfloat16, True, True), (torch.float32, True, True), (torch.bfloat16, False, False)]
+    for dtype, row_scale, grad in cases:
+        launch = _launch_config(dtype)
+        constexprs = {"HAS_ROW_SCALE": row_scale, "WRITE_GRAD": grad, **launch.constexprs}
+        what = "loss" if not grad else ("grad, row scale" if row_scale else "loss + grad")
+        yield registry.CompileConfig(
+            _cross_entropy_kernel, "linear_cross_entropy",
+            f"{TRITON_TYPE[dtype]} {what} BLOCK_V={launch.constexprs['BLOCK_V']} warps={launch.num_warps}",
+            TRITON_TYPE[dtype], constexprs, launch.num_warps, launch.num_stages, types=types,
+            divisible_by_16=hints)
+
+
+# ----------------------------------------------------------------------------- the chunked loop
+
+
+def _chunks(x, weight, targets, bias, ignore_index, row_scale, write_grad):
+    """Run the chunks: per-row losses (N,) fp32 and, with write_grad, the unscaled-by-mean
+    gradients dx (N, d), dW (V, d) and db (V,) fp32 (or None without a bias). row_scale: None
+    (g_i = 1) or (N,) fp32."""
+    N, d = x.shape
+    V = weight.shape[0]
+    C = _chunk_rows(N, d)
+    Vp = triton.cdiv(V, 16) * 16
+    losses = torch.empty((N,), dtype=torch.float32, device=x.device)
+    buffer = torch.empty((C, Vp), dtype=x.dtype, device=x.device)
+    dx = torch.empty_like(x, memory_format=torch.contiguous_format) if write_grad else None
+    dw = torch.zeros_like(weight, memory_format=torch.contiguous_format) if write_grad else None
+    db = torch.zeros((V,), dtype=torch.float32, device=x.device) if write_grad and bias is not None else None
+    launch = _launch_config(x.dtype)
+    wt = weight.t()
+    for start in range(0, N, C):
+        rows = slice(start, min(N, start + C))
+        n = rows.stop - start
+        logits = buffer[:n, :V]  # row stride Vp: cuBLAS writes it in place
+        if bias is None:
+            torch.mm(x[rows], wt, out=logits)
+        else:
+            torch.addmm(bias, x[rows], wt, out=logits)
+        with device_guard(x):
+            _cross_entropy_kernel[(n,)](
+                logits, targets[rows], losses[rows], losses if row_scale is None else row_scale[rows],
+                Vp, V, Vp, ignore_index,
+                HAS_ROW_SCALE=row_scale is not None, WRITE_GRAD=write_grad,
+                **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+        if write_grad:  # logits now hold dz
+            torch.mm(logits, weight, out=dx[rows])
+            dw.addmm_(logits.t(), x[rows])
+            if db is not None:
+                db += logits.sum(0, dtype=torch.float32)
+    return losses, dx, dw, db
+
+
+# ----------------------------------------------------------------------------- registered ops
+
+
+@torch.library.custom_op("gpt2_kernels::linear_cross_entropy_fwd", mutates_args=())
+def _lce_fwd(
+    x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None,
+    ignore_index: int, reduction: str, with_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, dx, dW, db) with the gradients of the *sum* of the row losses; with_grad=False (or
+    reduction "none", whose backward makes its own) gives empty gradients, and db is empty
+    without a bias."""
+    grad = with_grad and reduction != "none"
+    losses, dx, dw, db = _chunks(x, weight, targets, bias, ignore_index, None, grad)
+    if reduction == "none":
+        loss = losses
+    elif reduction == "sum":
+        loss = losses.sum()
+    else:
+        loss = losses.sum() / (targets != ignore_index).sum().clamp_min(1)
+    if not grad:  # separate empty tensors: a custom op's outputs may not alias one another
+        dx, dw = x.new_empty((0,)), x.new_empty((0,))
+    db = db.to(x.dtype) if db is not None else x.new_empty((0,))
+    return loss, dx, dw, db
+
+
+@_lce_fwd.register_fake
+def _(x, weight, targets, bias, ignore_index, reduction, with_grad):
+    grad = with_grad and reduction != "none"
+    loss = x.new_empty((x.shape[0],) if reduction == "none" else (), dtype=torch.float32)
+    dx = x.new_empty(x.shape) if grad else x.new_empty((0,))
+    dw = weight.new_empty(weight.shape) if grad else x.new_empty((0,))
+    db = x.new_empty((weight.shape[0],)) if grad and bias is not None else x.new_empty((0,))
+    return loss, dx, dw, db
+
+
+@torch.library.custom_op("gpt2_kernels::linear_cross_entropy_bwd", mutates_args=())
+def _lce_bwd(
+    grad_losses: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+    bias: torch.Tensor | None, ignore_index: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """reduction="none"'s backward: (dx, dW, db) for per-row gradients grad_losses (N,);
+    db is empty without a bias."""
+    _, dx, dw, db = _chunks(x, weight, targets, bias, ignore_index, grad_losses.float().contiguous(), True)
+    return dx, dw, db.to(x.dtype) if db is not None else x.new_empty((0,))
+
+
+@_lce_bwd.register_fake
+def _(grad_losses, x, weight, targets, bias, ignore_index):
+    db = x.new_empty((weight.shape[0],)) if bias is not None else x.new_empty((0,))
+    return x.new_empty(x.shape), weight.new_empty(weight.shape), db
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, targets, bias, ignore_index, reduction, with_grad = inputs
+    _, dx, dw, db = output
+    ctx.reduction, ctx.ignore_index, ctx.has_bias = reduction, ignore_index, bias is not None
+    ctx.mark_non_differentiable(dx, dw, db)
+    # Without gradients from the forward ("none", or a forward run with with_grad=False) the
+    # backward runs the chunks again with each row's gradient.
+    ctx.recompute = reduction == "none" or not with_grad
+    if ctx.recompute:
+        ctx.save_for_backward(x, weight, targets, bias)
+    else:
+        ctx.save_for_backward(targets, dx, dw, db)
+
+
+def _backward(ctx, dloss, _ddx, _ddw, _ddb):
+    saved = ctx.saved_tensors
+    targets = saved[2] if ctx.recompute else saved[0]
+    g = dloss.float()  # 0-d ("mean", "sum") or (N,) ("none"): no sync, and torch.compile traces it
+    if ctx.reduction == "mean":
+        g = g / (targets != ctx.ignore_index).sum().clamp_min(1)
+    if ctx.recompute:
+        x, weight, targets, bias = saved
+        dx, dw, db = _lce_bwd(g.expand(x.shape[0]), x, weight, targets, bias, ctx.ignore_index)
+    else:
+        targets, dx, dw, db = saved
+        # One pass over dx and dW.
+        dx, dw, db = (t * g.to(t.dtype) for t in (dx, dw, db))
+    return dx, dw, None, db if ctx.has_bias else None, None, None, None
+
+
+_lce_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reduction="mean"):
+    """Cross-entropy of the logits x @ weight.T (+ bias) against targets, as
+    torch.nn.functional.cross_entropy(F.linear(x, weight, bias).float(), targets,
+    ignore_index=ignore_index, reduction=reduction), without building the (N, V) logits.
+
+    Args:
+        x:        (N, d) float32, float16 or bfloat16, CUDA (or CPU under TRITON_INTERPRET=1).
+        weight:   (V, d) same dtype and device (GPT-2's tied embedding).
+        targets:  (N,) integer ids in [0, V), or ignore_index for rows that add no loss.
+        bias:     None or (V,), same dtype and device as x.
+        ignore_index: the target value of rows to skip (GPT-2's data pads with -1).
+        reduction: "mean" over the rows not ignored, "sum", or "none" (per-row losses).
+    Returns:
+        float32: a 0-d loss ("mean", "sum") or (N,) losses ("none"). A mean over no valid
+        target is 0 with zero gradients (torch gives NaN). Differentiable in x, weight, bias.
+    Memory: one chunk of C = min(N, max(16, next_pow2(d))) rows of logits at a time; extra
+    memory C * Vp * s + 4 * N bytes (module docstring).
+    Raises:
+        TypeError for an unsupported or mismatched dtype, ValueError for bad shapes, a
+        reduction not in "mean", "sum", "none", targets out of range, tensors on different
+        devices, or CPU tensors without the interpreter.
+    """
+    op = "linear_cross_entropy"
+    for name, t in (("x", x), ("weight", weight), ("targets", targets)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+    check_float_dtype(op, "x", x)
+    check_float_dtype(op, "weight", weight)
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor):
+            raise TypeError(f"{op}: bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        check_float_dtype(op, "bias", bias)
+    check_same_dtype(op, x=x, weight=weight, bias=bias)
+    if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
+        raise TypeError(f"{op}: targets must hold integer class ids (torch.long), got dtype {targets.dtype}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"{op}: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
+    if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or weight.shape[0] == 0:
+        raise ValueError(f"{op}: x must be (N, d) and weight (V, d) with V >= 1, got x {tuple(x.shape)} "
+                         f"and weight {tuple(weight.shape)}")
+    N, V = x.shape[0], weight.shape[0]
+    if targets.shape != (N,):
+        raise ValueError(f"{op}: targets must be (N,) = ({N},), one per row of x, got shape {tuple(targets.shape)}")
+    if bias is not None and bias.shape != (V,):
+        raise ValueError(f"{op}: bias must be (V,) = ({V},), got shape {tuple(bias.shape)}")
+    check_runnable(op, *(t for t in (x, weight, targets, bias) if t is not None))
+    # A data-dependent check (a sync); torch.compile cannot trace it, so it is skipped while compiling.
+    if N and not torch.compiler.is_compiling():
+        valid = targets[targets != ignore_index]
+        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= V):
+            raise ValueError(f"{op}: targets must be in [0, {V}) or ignore_index={ignore_index}, got values "
+                             f"in [{int(valid.min())}, {int(valid.max())}]")
+    with_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    return _lce_fwd(x, weight, targets.long(), bias, int(ignore_index), reduction, with_grad)[0]
+
+
+# ----------------------------------------------------------------------------- reference
+
+
+def linear_cross_entropy_reference(x, weight, targets, bias=None, ignore_index=-1, reduction="mean"):
+    """Eager PyTorch: the full logits, upcast to float32 (float64 stays), then cross_entropy.
+    Differentiable by autograd."""
+    logits = torch.nn.functional.linear(x, weight, bias)
+    if logits.dtype != torch.float64:
+        logits = logits.float()
+    return torch.nn.functional.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)

@@ -43,6 +43,7 @@ Limits and numerics:
   the data is 16-byte aligned; anything else is first copied to a contiguous tensor. That
   guarantee is what lets the compiled kernels use 16-byte vector loads.
 - No dropout, no arbitrary masks; ``scale`` must be a positive finite number.
+- Under torch.autocast, q, k and v are cast to autocast's dtype first, as for torch's SDPA.
 """
 
 import math
@@ -52,8 +53,8 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import (INTERPRET, TRITON_TYPE, Launch, check_float_dtype, check_runnable, check_same_dtype,
-                             device_guard)
+from kernels._common import (INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_float_dtype,
+                             check_runnable, check_same_dtype, device_guard)
 
 HEAD_DIMS = (16, 32, 64, 128)
 # Constants the kernels read must be tl.constexpr; the host reads them as LOG2E.value.
@@ -636,7 +637,12 @@ def attention(q, k, v, causal=True, scale=None):
     Returns o: (B, H, Sq, D), q's dtype. Differentiable in q, k and v.
 
     fp32 inputs on a GPU run their matrix products in TF32 (fp32 accumulation).
+    Under torch.autocast, q, k and v are cast to autocast's dtype and o has it, as autocast does
+    for torch's scaled_dot_product_attention (its lower-precision list).
     """
+    dtype = autocast_dtype(q)
+    if dtype is not None:
+        q, k, v = cast_floats(dtype, q, k, v)
     _check_inputs(q, k, v, causal, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     o, _ = _attention_fwd_op(q, k, v, bool(causal), scale)

@@ -57,7 +57,10 @@ TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
 # ---- config ------------------------------------------------------------------------------
 def config_from_hf(hf):
-    """A GPT2Config from the dict in an HF ``config.json``; refuses options this model lacks."""
+    """A GPT2Config from the dict in an HF ``config.json``; refuses options this model lacks, and
+    values GPT2Config refuses (a TypeError or ValueError naming config.json's field)."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"config.json must hold a JSON object (a dict of settings), got {type(hf).__name__}")
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":
         raise ValueError(f"config.json is for model_type {model_type!r}; only 'gpt2' checkpoints load")
@@ -79,16 +82,28 @@ def config_from_hf(hf):
         raise ValueError(f"config.json asks for what this GPT-2 does not implement: {'; '.join(bad)}")
     # One dropout rate in this model for HF's three (embeddings, attention, residual); GPT-2
     # used 0.1 for all. It acts only in train mode; the loaded model is returned in eval mode.
-    pdrops = [hf[k] for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop") if hf.get(k) is not None]
-    return GPT2Config(
-        n_layer=hf["n_layer"],
-        n_head=hf["n_head"],
-        n_embd=hf["n_embd"],
-        vocab_size=hf["vocab_size"],
-        block_size=hf["n_positions"],
-        layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
-        dropout=float(max(pdrops, default=0.0)),
-    )
+    # GPT2Config checks every value; its errors are reworded to name config.json's field.
+    pdrops = {k: hf[k] for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop") if hf.get(k) is not None}
+    for k, p in pdrops.items():  # each on its own, before max() compares them
+        _with_hf_names(lambda: GPT2Config(dropout=p), {"dropout": k})
+    values = {ours: hf[theirs] for ours, theirs in HF_NAMES.items() if theirs in hf}
+    return _with_hf_names(lambda: GPT2Config(**values, dropout=max(pdrops.values(), default=0.0)), HF_NAMES)
+
+
+# GPT2Config's field -> the config.json key it is read from.
+HF_NAMES = dict(n_layer="n_layer", n_head="n_head", n_embd="n_embd", vocab_size="vocab_size",
+                block_size="n_positions", layer_norm_epsilon="layer_norm_epsilon")
+
+
+def _with_hf_names(build, names):
+    """build(), with GPT2Config's field names in its TypeError/ValueError replaced by config.json's."""
+    try:
+        return build()
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        for ours, theirs in names.items():
+            msg = msg.replace(f"GPT2Config.{ours} ", f"config.json's {theirs} ")
+        raise type(e)(msg) from None
 
 
 def config_to_hf(config):

@@ -47,18 +47,25 @@ class Drawn:
 
 
 @st.composite
+def randn(draw, *shape):
+    """Standard normal values from a seed hypothesis draws, so that a failure replays exactly."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1))))
+
+
+@st.composite
 def tensors(draw, shape, dtype, scale, layout=None):
     """A random Drawn of ``shape`` in one of several layouts (``layout`` None draws one)."""
     layout = layout or draw(st.sampled_from(["contiguous", "slice", "transposed", "broadcast"]))
     shape = tuple(shape)
+    rand = lambda *dims: draw(randn(*dims))  # noqa: E731
     if layout == "slice" and shape:  # every other element of a tensor twice as long in the last dim
-        base, view = torch.randn(*shape[:-1], 2 * shape[-1]), lambda t: t[..., ::2]
+        base, view = rand(*shape[:-1], 2 * shape[-1]), lambda t: t[..., ::2]
     elif layout == "transposed" and len(shape) >= 2:  # the two last dims swapped in memory
-        base, view = torch.randn(*shape[:-2], shape[-1], shape[-2]), lambda t: t.transpose(-1, -2)
+        base, view = rand(*shape[:-2], shape[-1], shape[-2]), lambda t: t.transpose(-1, -2)
     elif layout == "broadcast" and shape:  # stride 0 along the first dim
-        base, view = torch.randn(1, *shape[1:]), lambda t: t.expand(shape)
+        base, view = rand(1, *shape[1:]), lambda t: t.expand(shape)
     else:
-        base, view = torch.randn(shape), lambda t: t
+        base, view = rand(*shape), lambda t: t
     drawn = Drawn((base.to(DEVICE) * scale).to(dtype), view)
     assert drawn.value.shape == shape
     return drawn
@@ -106,7 +113,7 @@ def test_layer_norm_matches_float64(data, dtype, scale, special, lead, N):
     if special:
         _close(kernels.layer_norm(x.value, w.value, b.value), want, tol("layer_norm", dtype), "y")
         return
-    dy = torch.randn(shape, device=DEVICE).to(dtype)
+    dy = data.draw(randn(*shape), label="dy").to(DEVICE, dtype)
     y, (dx, dw, db) = _run(kernels.layer_norm, [x, w, b], dy)
     _, (dx_ref, dw_ref, db_ref) = _run(layer_norm_reference, [t.double() for t in (x, w, b)], dy.double())
     _close(y, want, tol("layer_norm", dtype), "y")
@@ -134,7 +141,7 @@ def test_gelu_matches_float64(data, dtype, scale, special, with_bias, shape):
     if special or scale > 100:  # huge |x|: the derivative's cancellations differ by route
         _close(kernels.gelu(x.value, None if bias is None else bias.value), want, tol("gelu", dtype), "y")
         return
-    dy = torch.randn(shape, device=DEVICE).to(dtype)
+    dy = data.draw(randn(*shape), label="dy").to(DEVICE, dtype)
     y, grads = _run(kernels.gelu, [x, bias], dy)
     _, grads_ref = _run(gelu_reference, [x.double(), None if bias is None else bias.double()], dy.double())
     _close(y, want, tol("gelu", dtype), "y")
@@ -151,11 +158,11 @@ def qkv_layout(draw, B, H, S, D, dtype, scale):
     or one head broadcast to all (stride 0)."""
     layout = draw(st.sampled_from(["heads_split", "contiguous", "head_broadcast"]))
     if layout == "heads_split":
-        base, view = torch.randn(B, S, H, D), lambda t: t.transpose(1, 2)
+        base, view = draw(randn(B, S, H, D)), lambda t: t.transpose(1, 2)
     elif layout == "head_broadcast":
-        base, view = torch.randn(B, 1, S, D), lambda t: t.expand(B, H, S, D)
+        base, view = draw(randn(B, 1, S, D)), lambda t: t.expand(B, H, S, D)
     else:
-        base, view = torch.randn(B, H, S, D), lambda t: t
+        base, view = draw(randn(B, H, S, D)), lambda t: t
     return Drawn((base.to(DEVICE) * scale).to(dtype), view)
 
 
@@ -168,13 +175,23 @@ def test_attention_matches_float64(data, dtype, causal, B, H, Sq, extra, D, scal
     q = data.draw(qkv_layout(B, H, Sq, D, dtype, scale), label="q")
     k = data.draw(qkv_layout(B, H, Sk, D, dtype, scale), label="k")
     v = data.draw(qkv_layout(B, H, Sk, D, dtype, 1.0), label="v")
-    dy = torch.randn(B, H, Sq, D, device=DEVICE).to(dtype)
-    o, grads = _run(lambda *t: kernels.attention(*t, causal=causal), [q, k, v], dy)
-    want, grads_ref = _run(lambda *t: attention_reference(*t, causal=causal), [t.double() for t in (q, k, v)],
-                           dy.double())
-    fp32_on_gpu = dtype == torch.float32 and DEVICE == "cuda"  # tf32 matrix products
-    key = "tf32" if fp32_on_gpu else dtype
-    _close(o, want, tol("attention", key), "o")
-    for g, g_ref, name in zip(grads, grads_ref, ("dq", "dk", "dv")):
-        size = max(1.0, g_ref.abs().max().item())  # scores up to scale^2 * D: gradients grow with them
-        _close(g / size, g_ref / size, tol("attention_bwd", key), name)
+    dy = data.draw(randn(B, H, Sq, D), label="dy").to(DEVICE, dtype)
+    attend = lambda *t: kernels.attention(*t, causal=causal)  # noqa: E731
+    reference = lambda *t: attention_reference(*t, causal=causal)  # noqa: E731
+    o, grads = _run(attend, [q, k, v], dy)
+    want, grads_ref = _run(reference, [t.double() for t in (q, k, v)], dy.double())
+    if dtype == torch.float32:
+        key = "tf32" if DEVICE == "cuda" else dtype  # tf32 matrix products on a GPU
+        _close(o, want, tol("attention", key), "o")
+        for g, g_ref, name in zip(grads, grads_ref, ("dq", "dk", "dv")):
+            size = max(1.0, g_ref.abs().max().item())  # a sum over the sequence: relative to its size
+            _close(g / size, g_ref / size, tol("attention_bwd", key), name)
+        return
+    # fp16/bf16 with scores this large (q, k up to 4x unit scale) make the softmax sharp, and
+    # the table's tolerances are for unit-scale inputs: flash-attention's rule judges instead,
+    # an error against float64 within 2x of eager PyTorch's own error in the same dtype.
+    eager, eager_grads = _run(reference, [q, k, v], dy)
+    for name, got, ref, base in zip(("o", "dq", "dk", "dv"), (o, *grads), (want, *grads_ref), (eager, *eager_grads)):
+        err, budget = ((t.double() - ref).abs().max().item() for t in (got, base))
+        atol = tol("attention" if name == "o" else "attention_bwd", dtype)["atol"]
+        assert err <= 2 * budget + atol, f"{name}: error {err:.2e} against float64, eager's {budget:.2e}"

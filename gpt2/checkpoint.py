@@ -272,9 +272,15 @@ def _read_weights(directory):
 DIGEST_KEY = "gpt2_kernels.sha256"
 
 
+# The config fields the digest covers: a fixed list, so that a field added to GPT2Config later
+# does not turn every checkpoint saved before it into a checksum mismatch.
+DIGEST_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "layer_norm_epsilon", "dropout")
+
+
 def checkpoint_digest(tensors, config):
-    """SHA-256 (hex) of ``config`` and the tensors as stored: names, dtypes, shapes and bytes."""
-    h = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode())
+    """SHA-256 (hex) of ``config``'s DIGEST_FIELDS and the tensors as stored: names, dtypes,
+    shapes and bytes."""
+    h = hashlib.sha256(json.dumps({f: getattr(config, f) for f in DIGEST_FIELDS}, sort_keys=True).encode())
     for name in sorted(tensors):
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())

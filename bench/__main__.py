@@ -19,6 +19,7 @@ the results shipped in bench/results/.
 
 import argparse
 import glob
+import math
 import os
 import signal
 import sys
@@ -53,17 +54,21 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="print the planned tasks in order and stop")
     p.add_argument("--verbose", action="store_true", help="print the traceback of every failing point")
     args = p.parse_args(argv)
-    if args.budget is not None and args.budget <= 0:
-        p.error("--budget must be a positive number of seconds")
+    if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):  # refuses nan
+        p.error(f"--budget must be a positive, finite number of seconds, got {args.budget}")
     return p, args
 
 
 def replot(results_dir, out_dir=None, quiet=False):
-    from .results import load_results
+    from .results import load_results, results_paths
     from .plots import render_all
     from .summary import write_summary
 
     meta, rows = load_results(results_dir)
+    if not any(r["status"] == "ok" for r in rows):
+        statuses = ", ".join(sorted({r["status"] for r in rows})) or "none"
+        path = results_paths(results_dir)[0] if os.path.isdir(results_dir) else results_dir
+        raise ValueError(f"{path}: nothing to plot: {len(rows)} rows, none measured (statuses: {statuses})")
     out_dir = out_dir or (results_dir if os.path.isdir(results_dir) else os.path.dirname(results_dir))
     paths = render_all(meta, rows, out_dir)
     write_summary(meta, rows, os.path.join(out_dir, "summary.md"))
@@ -141,7 +146,11 @@ def main(argv=None):
     if args.plot:
         if not os.path.exists(args.plot):
             parser.error(f"--plot: {args.plot} does not exist")
-        replot(args.plot, args.out)
+        try:
+            replot(args.plot, args.out)
+        except (OSError, ValueError) as e:  # no results.json, not JSON, not results, nothing measured
+            print(f"{parser.prog}: error: --plot: {e}", file=sys.stderr)
+            return 1
         return 0
     if args.dtype is None:
         args.dtype = "fp32" if args.smoke else "bf16"

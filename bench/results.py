@@ -103,7 +103,10 @@ def write_results(out_dir, meta, rows):
     clean = [{k: _jsonable(r.get(k)) for k in FIELDS} for r in rows]
     tmp = jpath + ".tmp"
     with open(tmp, "w") as f:
-        json.dump({"meta": meta, "rows": clean}, f, indent=1, default=str)
+        # Strict JSON: NaN and inf (a failed measurement, a limit not measured) are written as
+        # null, and allow_nan=False turns any that slipped through into an error, not a file
+        # that other JSON readers refuse.
+        json.dump({"meta": _jsonable(meta), "rows": clean}, f, indent=1, default=str, allow_nan=False)
     os.replace(tmp, jpath)
     tmp = cpath + ".tmp"
     with open(tmp, "w", newline="") as f:
@@ -116,8 +119,13 @@ def write_results(out_dir, meta, rows):
 
 
 def _jsonable(v):
+    """v with every non-finite float (in dicts, lists and tuples too) replaced by None."""
     if isinstance(v, float) and not math.isfinite(v):
         return None
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
     return v
 
 
@@ -129,8 +137,14 @@ def load_results(path):
     """(meta, rows) from a results.json, or from a results folder holding one."""
     if os.path.isdir(path):
         path = results_paths(path)[0]
-    with open(path) as f:
-        data = json.load(f)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: a results folder holds the results.json that "
+                                f"python -m bench writes")
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or "meta" not in data or "rows" not in data:
         raise ValueError(f"{path}: not a benchmark results file (expected keys 'meta' and 'rows')")
     rows = []

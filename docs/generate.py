@@ -37,10 +37,11 @@ def end_mark(name):
 
 def generated(text, name):
     """What lies between the marker lines of part ``name`` in ``text``."""
-    try:
-        return text.split(begin_mark(name) + "\n", 1)[1].split(end_mark(name), 1)[0]
-    except IndexError:
-        raise ValueError(f"no generated part {name!r} (markers {begin_mark(name)!r} ... {end_mark(name)!r})") from None
+    _, begin, rest = text.partition(begin_mark(name) + "\n")
+    body, end, _ = rest.partition(end_mark(name))
+    if not (begin and end):
+        raise ValueError(f"no generated part {name!r} (markers {begin_mark(name)!r} ... {end_mark(name)!r})")
+    return body
 
 
 def parts(text):
@@ -58,9 +59,19 @@ def update(text):
 
 
 def main(argv=None):
+    """Update each file; a file that cannot be (missing, not UTF-8 text, a marker without its
+    pair) is one line on stderr, the others are still done, and the exit status is then 1."""
     paths = [Path(a) for a in (sys.argv[1:] if argv is None else argv)] or [p for p in DOCS if p.is_file()]
+    failed = 0
     for path in paths:
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8")
+            for name in parts(text):
+                generated(text, name)  # both markers, in order, or a ValueError naming them
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            print(f"{path}: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
         names = parts(text)
         if not names:
             if argv or sys.argv[1:]:
@@ -70,7 +81,8 @@ def main(argv=None):
         if new != text:
             path.write_text(new, encoding="utf-8")
         print(f"{path}: {'updated' if new != text else 'up to date'} ({', '.join(names)})", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -158,6 +158,27 @@ def info_all(out):
 
 
 # ---- generate ----------------------------------------------------------------------------
+def _device(spec, parser):
+    """The torch.device of --device (default: cuda when there is one), or a usage error naming
+    what this machine has."""
+    import torch
+
+    if spec is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, ValueError):
+        parser.error(f"--device {spec!r} is not a device; use cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {spec}: there is no CUDA GPU on this machine (or torch is a CPU build); use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                     f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"--device {spec}: only cpu and cuda (cuda:N) are supported")
+    return device
+
+
 def generate(args, parser):
     import torch
 
@@ -166,7 +187,7 @@ def generate(args, parser):
 
     if args.checkpoint and args.model:
         parser.error("--model sets the size of a random model; a --checkpoint brings its own")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(args.device, parser)
     dtype = getattr(torch, args.dtype)
     if args.seed is not None:
         torch.manual_seed(args.seed)  # also makes the random weights reproducible
@@ -228,9 +249,9 @@ def main(argv=None):
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly
         sys.stdout = open(os.devnull, "w")
         return 0
-    except (ValueError, RuntimeError, OSError) as e:
-        # Errors the library raises with a message meant for the user (bad checkpoint, no
-        # network, Triton kernel unavailable, ...): show the message, not a traceback.
+    except (ValueError, TypeError, RuntimeError, OSError) as e:
+        # Errors the library raises with a message meant for the user (bad checkpoint or
+        # config.json, no network, Triton kernel unavailable, ...): the message, not a traceback.
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     return 0

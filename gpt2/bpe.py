@@ -22,6 +22,13 @@ vocab.bpe's first merge reads "Ġ t".
     tok.encode("Hello world")                # [15496, 995]
     tok.merge_steps("Hello")                 # each step of the merge loop, for a look inside
 
+Invalid input, the same in this file and in ``gpt2.Tokenizer`` (both call ``check_text`` and
+``check_ids`` below): encode takes a str, and refuses one holding a lone surrogate (U+D800 to
+U+DFFF, e.g. half of an emoji escaped for JSON), which has no UTF-8 bytes to encode, with a
+ValueError naming its position, rather than replacing it as tiktoken would on its own, so
+that decode(encode(text)) == text always holds. decode takes ints in [0, vocab_size), and
+bytes that are not valid UTF-8 (a character cut between tokens) decode to U+FFFD.
+
 Why the ``regex`` package: GPT-2's pattern needs the Unicode classes \\p{L} (any letter:
 "é", "ж", "世") and \\p{N} (any digit: "٣", "²"), which Python's ``re`` does not have. ``regex``
 is already installed with tiktoken (it is one of its two dependencies) and transformers, so
@@ -48,6 +55,36 @@ ENDOFTEXT = "<|endoftext|>"
 #                               it is not a plain space (" ?" takes only " "), e.g. "\n" in "\nHi"
 # The contractions are lower-case only and must be spelled with ASCII ' (U+0027), as in GPT-2.
 PRETOKENIZE_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+SURROGATE = regex.compile(r"[\ud800-\udfff]")
+
+
+def check_text(text):
+    """Raise unless ``text`` can be encoded: a str with no lone surrogate (see the docstring)."""
+    if not isinstance(text, str):
+        raise TypeError(f"encode takes a str, got {type(text).__name__}")
+    bad = SURROGATE.search(text)
+    if bad:
+        raise ValueError(
+            f"text holds a lone surrogate U+{ord(bad.group()):04X} at index {bad.start()}: not a Unicode "
+            f"character, so it has no UTF-8 bytes to encode. Repair it first, e.g. "
+            f"text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace') joins escaped pairs "
+            f"and turns the rest into U+FFFD")
+
+
+def check_ids(ids, n_vocab):
+    """``ids`` (a list, or a 1-D tensor/array) as a list of ints in [0, n_vocab), or a ValueError
+    naming the first that is not one."""
+    if hasattr(ids, "tolist"):  # torch.Tensor, numpy array
+        if getattr(ids, "ndim", 1) != 1:
+            raise ValueError(f"decode takes a 1-D sequence of ids, got shape {tuple(ids.shape)}")
+        ids = ids.tolist()
+    ids = list(ids)
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_vocab:
+            raise ValueError(f"token ids must be ints in [0, {n_vocab}), got {i!r}")
+    return ids
 
 
 @lru_cache(maxsize=None)
@@ -137,6 +174,7 @@ class BPETokenizer:
 
     def encode_ordinary(self, text):
         """Token ids of text, with "<|endoftext|>" treated as ordinary characters."""
+        check_text(text)
         ids = []
         for piece in self.pattern.findall(text):
             ids.extend(self._encode_piece(piece))
@@ -145,6 +183,10 @@ class BPETokenizer:
     def encode(self, text, allowed_special="all"):
         """Token ids of text. Each "<|endoftext|>" becomes id 50256 when allowed_special is
         "all" or contains it (the default, as ``gpt2.Tokenizer``); otherwise it is plain text."""
+        check_text(text)
+        unknown = set() if allowed_special == "all" else set(allowed_special) - {ENDOFTEXT}
+        if unknown:
+            raise ValueError(f"unknown special token(s) {sorted(unknown)}; GPT-2 has only {ENDOFTEXT!r}")
         if allowed_special != "all" and ENDOFTEXT not in allowed_special:
             return self.encode_ordinary(text)
         # The special token is cut out before pre-tokenizing, so it never merges with its neighbours.
@@ -157,5 +199,5 @@ class BPETokenizer:
 
     def decode(self, ids):
         """Text of ids; byte sequences that are not valid UTF-8 become U+FFFD."""
-        chars = "".join(self.decoder[i] for i in ids)
+        chars = "".join(self.decoder[i] for i in check_ids(ids, self.vocab_size))
         return bytes(self.byte_decoder[c] for c in chars).decode("utf-8", errors="replace")

@@ -28,6 +28,7 @@ Anything else is an error that names the tensors: missing ones, extra ones, and 
 """
 
 import dataclasses
+import hashlib
 import json
 import os
 import pickle
@@ -57,7 +58,10 @@ TANH_GELU = ("gelu_new", "gelu_pytorch_tanh")
 
 # ---- config ------------------------------------------------------------------------------
 def config_from_hf(hf):
-    """A GPT2Config from the dict in an HF ``config.json``; refuses options this model lacks."""
+    """A GPT2Config from the dict in an HF ``config.json``; refuses options this model lacks, and
+    values GPT2Config refuses (a TypeError or ValueError naming config.json's field)."""
+    if not isinstance(hf, dict):
+        raise ValueError(f"config.json must hold a JSON object (a dict of settings), got {type(hf).__name__}")
     model_type = hf.get("model_type", "gpt2")
     if model_type != "gpt2":
         raise ValueError(f"config.json is for model_type {model_type!r}; only 'gpt2' checkpoints load")
@@ -79,16 +83,28 @@ def config_from_hf(hf):
         raise ValueError(f"config.json asks for what this GPT-2 does not implement: {'; '.join(bad)}")
     # One dropout rate in this model for HF's three (embeddings, attention, residual); GPT-2
     # used 0.1 for all. It acts only in train mode; the loaded model is returned in eval mode.
-    pdrops = [hf[k] for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop") if hf.get(k) is not None]
-    return GPT2Config(
-        n_layer=hf["n_layer"],
-        n_head=hf["n_head"],
-        n_embd=hf["n_embd"],
-        vocab_size=hf["vocab_size"],
-        block_size=hf["n_positions"],
-        layer_norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
-        dropout=float(max(pdrops, default=0.0)),
-    )
+    # GPT2Config checks every value; its errors are reworded to name config.json's field.
+    pdrops = {k: hf[k] for k in ("embd_pdrop", "attn_pdrop", "resid_pdrop") if hf.get(k) is not None}
+    for k, p in pdrops.items():  # each on its own, before max() compares them
+        _with_hf_names(lambda: GPT2Config(dropout=p), {"dropout": k})
+    values = {ours: hf[theirs] for ours, theirs in HF_NAMES.items() if theirs in hf}
+    return _with_hf_names(lambda: GPT2Config(**values, dropout=max(pdrops.values(), default=0.0)), HF_NAMES)
+
+
+# GPT2Config's field -> the config.json key it is read from.
+HF_NAMES = dict(n_layer="n_layer", n_head="n_head", n_embd="n_embd", vocab_size="vocab_size",
+                block_size="n_positions", layer_norm_epsilon="layer_norm_epsilon")
+
+
+def _with_hf_names(build, names):
+    """build(), with GPT2Config's field names in its TypeError/ValueError replaced by config.json's."""
+    try:
+        return build()
+    except (TypeError, ValueError) as e:
+        msg = str(e)
+        for ours, theirs in names.items():
+            msg = msg.replace(f"GPT2Config.{ours} ", f"config.json's {theirs} ")
+        raise type(e)(msg) from None
 
 
 def config_to_hf(config):
@@ -158,38 +174,118 @@ def resolve(path_or_name):
         ) from e
 
 
-def _load_pickle(path):
+def read_config(path):
+    """The GPT2Config of a config.json; any problem is an error that names the file."""
+    try:
+        hf = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    try:
+        return config_from_hf(hf)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{path}: {e}") from None
+
+
+def _load_safetensors(path, names=None):
+    """({name: tensor}, metadata) of a .safetensors file; only ``names`` when given."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = f.keys() if names is None else [n for n in names if n in set(f.keys())]
+            return {k: f.get_tensor(k) for k in keys}, f.metadata() or {}
+    except Exception as e:  # empty, truncated, not safetensors: the parser's words, and the file's name
+        raise ValueError(f"{path} is not a readable safetensors file ({type(e).__name__}: {e})") from None
+
+
+def _load_pickle(path, names=None):
     try:
         # weights_only: the unpickler rebuilds tensors and plain containers and refuses any other
         # class or function, so a malicious file cannot run code here.
         sd = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "weights_only" not in str(e) and "Weights only" not in str(e):
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint (UnpicklingError: {e})") from None
         raise ValueError(
             f"{path} holds more than tensors, and torch.load(weights_only=True) refused it; loading "
             f"never runs code from a checkpoint. Convert it to {SAFETENSORS} from a trusted "
             f"environment. ({e})"
         ) from e
+    except Exception as e:  # empty, truncated, not a torch.save file
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
         raise ValueError(f"{path} is not a state dict (a dict of name -> tensor), got {type(sd).__name__}")
+    return (sd if names is None else {n: sd[n] for n in names if n in sd}), {}
+
+
+def _read_shards(directory, index, load):
+    """The tensors a shard index lists, each read from the shard the index names for it (a copy
+    in another shard is ignored), or an error naming the index or the shard."""
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{index} is not valid JSON ({e})") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise ValueError(f"{index} must hold {{\"weight_map\": {{tensor name: shard file name}}}}, "
+                         f"got {json.dumps(data)[:200]}")
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if Path(shard).name != shard or shard in (".", ".."):  # never read outside the directory
+            raise ValueError(f"{index} names shard {shard!r}; shards must be file names in {directory}")
+        if not (directory / shard).is_file():
+            raise FileNotFoundError(f"{index} names shard {shard}, which is not in {directory}")
+    sd = {}
+    for shard in shards:
+        wanted = [n for n, s in weight_map.items() if s == shard]
+        tensors, _ = load(directory / shard, wanted)
+        missing = [n for n in wanted if n not in tensors]
+        if missing:
+            raise ValueError(f"{directory / shard} lacks {_list(missing)}, which {index.name} puts in it")
+        sd.update(tensors)
     return sd
 
 
 def read_state_dict(directory):
     """{name: tensor} from the directory's weights file(s), on the CPU, as stored."""
-    from safetensors.torch import load_file
+    return _read_weights(Path(directory))[0]
 
-    directory = Path(directory)
-    for fname, load in ((SAFETENSORS, load_file), (PICKLE, _load_pickle)):
+
+def _read_weights(directory):
+    """(state dict, the file it came from, that file's metadata); a sharded checkpoint follows
+    its index exactly and has no metadata."""
+    for fname, load in ((SAFETENSORS, _load_safetensors), (PICKLE, _load_pickle)):
         if (directory / fname).is_file():
-            return dict(load(directory / fname))
+            sd, meta = load(directory / fname)
+            return sd, directory / fname, meta
         index = directory / f"{fname}.index.json"
         if index.is_file():  # a sharded checkpoint: the index maps each tensor to its file
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            sd = {}
-            for shard in shards:
-                sd.update(load(directory / shard))
-            return sd
+            return _read_shards(directory, index, load), index, {}
     raise FileNotFoundError(f"{directory} holds no weights: expected {SAFETENSORS} or {PICKLE}")
+
+
+# save_pretrained writes a SHA-256 of the config and every stored tensor into the safetensors
+# metadata under this key, and loading checks it when present: a flipped bit in the weights or
+# an edited config value would otherwise load as a silently different model. Files from
+# elsewhere (transformers) have no such key and load unchecked.
+DIGEST_KEY = "gpt2_kernels.sha256"
+
+
+# The config fields the digest covers: a fixed list, so that a field added to GPT2Config later
+# does not turn every checkpoint saved before it into a checksum mismatch.
+DIGEST_FIELDS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size", "layer_norm_epsilon", "dropout")
+
+
+def checkpoint_digest(tensors, config):
+    """SHA-256 (hex) of ``config``'s DIGEST_FIELDS and the tensors as stored: names, dtypes,
+    shapes and bytes."""
+    h = hashlib.sha256(json.dumps({f: getattr(config, f) for f in DIGEST_FIELDS}, sort_keys=True).encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _list(names, limit=8):
@@ -270,13 +366,19 @@ def load_pretrained(path_or_name, model_cls, *, dtype=torch.float32, device="cpu
     config_path = directory / CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"{directory} has no {CONFIG}")
-    config = config_from_hf(json.loads(config_path.read_text()))
+    config = read_config(config_path)
+    hf_sd, weights_path, meta = _read_weights(directory)
+    if DIGEST_KEY in meta and meta[DIGEST_KEY] != checkpoint_digest(hf_sd, config):
+        raise ValueError(
+            f"{weights_path}: checksum mismatch: the weights or {config_path.name} differ from what "
+            f"save_pretrained wrote (a damaged file, or a value edited by hand); refusing to load a model "
+            f"that differs from the one saved")
     if dropout is not None:
         config = dataclasses.replace(config, dropout=dropout)
     # Built on the meta device, the model allocates nothing and skips its random init (seconds
     # for gpt2-xl); load_state_dict(assign=True) then makes the checkpoint's tensors its parameters.
     model = model_cls.meta(config)
-    sd = convert_hf_state_dict(read_state_dict(directory), model)
+    sd = convert_hf_state_dict(hf_sd, model)
     sd = {n: t.to(device=device, dtype=dtype).contiguous() for n, t in sd.items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     model.load_state_dict(sd, strict=True, assign=True)
@@ -291,9 +393,18 @@ def load_pretrained(path_or_name, model_cls, *, dtype=torch.float32, device="cpu
 def save_pretrained(model, directory):
     """Write ``model`` as an HF GPT-2 checkpoint: config.json and model.safetensors, in HF's
     names and Conv1D layout, loadable by ``load_pretrained`` and by transformers'
-    ``GPT2LMHeadModel.from_pretrained``. The tied LM head is not stored (HF does the same)."""
+    ``GPT2LMHeadModel.from_pretrained``. The tied LM head is not stored (HF does the same), so a
+    model whose head was untied and differs from the embedding is refused (ValueError): the file
+    could not reload it. The metadata holds a SHA-256 of the config and tensors, which
+    ``load_pretrained`` checks (one pass over the weights, well under a second for gpt2)."""
     from safetensors.torch import save_file
 
+    head, wte = model.lm_head.weight, model.transformer.wte.weight
+    if head is not wte and not (head.shape == wte.shape and torch.equal(head.detach().cpu(), wte.detach().cpu())):
+        raise ValueError(
+            "model.lm_head.weight is untied from transformer.wte.weight and differs from it; a GPT-2 "
+            "checkpoint stores one matrix for both, so the file could not reload this model. Tie them "
+            "(model.lm_head.weight = model.transformer.wte.weight) or save the state_dict with torch.save")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {}
@@ -304,5 +415,6 @@ def save_pretrained(model, directory):
         tensors[name] = (t.t() if name.endswith(CONV1D_WEIGHTS) else t).contiguous()
     (directory / CONFIG).write_text(json.dumps(config_to_hf(model.config), indent=2) + "\n")
     # "format": "pt" is the metadata transformers checks to know the tensors are PyTorch's.
-    save_file(tensors, str(directory / SAFETENSORS), metadata={"format": "pt"})
+    save_file(tensors, str(directory / SAFETENSORS),
+              metadata={"format": "pt", DIGEST_KEY: checkpoint_digest(tensors, model.config)})
     return directory

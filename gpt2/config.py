@@ -1,6 +1,10 @@
 """GPT-2's hyper-parameters, and the four published sizes."""
 
+import math
+import numbers
 from dataclasses import dataclass, fields, replace
+
+COUNTS = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
 
 
 @dataclass
@@ -18,13 +22,27 @@ class GPT2Config:
     dropout: float = 0.0
 
     def __post_init__(self):
-        for f in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size"):
-            if not isinstance(getattr(self, f), int) or getattr(self, f) < 1:
-                raise ValueError(f"GPT2Config.{f} must be a positive int, got {getattr(self, f)!r}")
+        # Checked here, where every config is built (in code, by from_name, from a checkpoint's
+        # config.json): a nonsense value would otherwise surface far away, e.g. a NaN epsilon as
+        # NaN logits on the eager path and an error on the Triton one.
+        for f in COUNTS:
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral):  # 12.0 is not a count
+                raise TypeError(f"GPT2Config.{f} must be an int >= 1, got {type(v).__name__} {v!r}")
+            if v < 1:
+                raise ValueError(f"GPT2Config.{f} must be an int >= 1, got {v}")
+            setattr(self, f, int(v))  # numpy ints become plain ints, so configs compare and serialise
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        # epsilon >= 0 as torch's LayerNorm and kernels.layer_norm accept; dropout in [0, 1).
+        for f, ok, allowed in (("layer_norm_epsilon", lambda x: 0 <= x < math.inf, "a finite number >= 0"),
+                               ("dropout", lambda x: 0 <= x < 1, "a number in [0, 1)")):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise TypeError(f"GPT2Config.{f} must be {allowed}, got {type(v).__name__} {v!r}")
+            if not ok(v):  # also refuses NaN, for which every comparison is False
+                raise ValueError(f"GPT2Config.{f} must be {allowed}, got {v!r}")
+            setattr(self, f, float(v))
 
     @property
     def head_size(self):

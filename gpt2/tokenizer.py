@@ -30,6 +30,8 @@ from pathlib import Path
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
+from .bpe import check_ids, check_text
+
 ENDOFTEXT = "<|endoftext|>"
 EOT_ID = 50256
 N_VOCAB = 50257
@@ -101,13 +103,13 @@ class Tokenizer:
         return self._enc.eot_token
 
     def encode(self, text, allowed_special="all"):
-        """Token ids of ``text``.
+        """Token ids of ``text``. A str holding a lone surrogate is a ValueError (gpt2/bpe.py,
+        "Invalid input": tiktoken alone would encode it as U+FFFD).
 
         allowed_special: "all" (default) turns each "<|endoftext|>" in the text into id 50256;
         an empty set/tuple encodes it as ordinary characters (see the module docstring).
         """
-        if not isinstance(text, str):
-            raise TypeError(f"encode takes a str, got {type(text).__name__}")
+        check_text(text)  # a str, no lone surrogate: the policy gpt2/bpe.py documents for both
         if allowed_special != "all":
             allowed_special = set(allowed_special)
             unknown = allowed_special - self._enc.special_tokens_set
@@ -123,17 +125,10 @@ class Tokenizer:
         """Text of a sequence of ids (a list, or a 1-D tensor/array).
 
         Bytes that are not valid UTF-8 (a sequence cut inside a multi-byte character, or a
-        model's random choice) become U+FFFD, so decode never fails on valid ids.
+        model's random choice) become U+FFFD, so decode never fails on valid ids; an id outside
+        [0, 50257) is a ValueError (as in gpt2.bpe).
         """
-        if hasattr(ids, "tolist"):  # torch.Tensor, numpy array
-            if getattr(ids, "ndim", 1) != 1:
-                raise ValueError(f"decode takes a 1-D sequence of ids, got shape {tuple(ids.shape)}")
-            ids = ids.tolist()
-        ids = list(ids)
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < N_VOCAB:
-                raise ValueError(f"token ids must be ints in [0, {N_VOCAB}), got {i!r}")
-        return self._enc.decode(ids, errors="replace")
+        return self._enc.decode(check_ids(ids, N_VOCAB), errors="replace")
 
     def __len__(self):
         return self.vocab_size

@@ -49,6 +49,23 @@ def check_same_dtype(op, **tensors):
         raise TypeError(f"{op}: tensors must share one dtype, got {desc}")
 
 
+def autocast_dtype(t):
+    """The dtype torch.autocast computes in on t's device, or None where autocast is off (or t is
+    not a tensor). Each public function applies its op's cast policy with it, once, before its
+    checks: the custom ops themselves see inputs of one dtype."""
+    if (isinstance(t, torch.Tensor) and torch.amp.is_autocast_available(t.device.type)  # not for "meta"
+            and torch.is_autocast_enabled(t.device.type)):
+        return torch.get_autocast_dtype(t.device.type)
+    return None
+
+
+def cast_floats(dtype, *tensors):
+    """Each float32/float16/bfloat16 tensor in ``dtype`` (a differentiable cast, so gradients
+    reach the originals in their dtype); None, float64 and non-tensors as they are, for the
+    checks to judge, as autocast leaves float64 alone."""
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in FLOAT_DTYPES else t for t in tensors)
+
+
 class Launch(NamedTuple):
     """How one kernel is launched: what each op's `_launch_config` returns, to both its launcher
     and its `registry.configs_of` generator, so that what `python -m kernels.sass` compiles

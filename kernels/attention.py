@@ -43,6 +43,7 @@ Limits and numerics:
   the data is 16-byte aligned; anything else is first copied to a contiguous tensor. That
   guarantee is what lets the compiled kernels use 16-byte vector loads.
 - No dropout, no arbitrary masks; ``scale`` must be a positive finite number.
+- Under torch.autocast, q, k and v are cast to autocast's dtype first, as for torch's SDPA.
 """
 
 import math
@@ -52,8 +53,8 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import (INTERPRET, TRITON_TYPE, Launch, check_float_dtype, check_runnable, check_same_dtype,
-                             device_guard)
+from kernels._common import (INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_float_dtype,
+                             check_runnable, check_same_dtype, device_guard)
 from kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
 
 HEAD_DIMS = (16, 32, 64, 128)
@@ -637,7 +638,12 @@ def attention(q, k, v, causal=True, scale=None):
     Returns o: (B, H, Sq, D), q's dtype. Differentiable in q, k and v.
 
     fp32 inputs on a GPU run their matrix products in TF32 (fp32 accumulation).
+    Under torch.autocast, q, k and v are cast to autocast's dtype and o has it, as autocast does
+    for torch's scaled_dot_product_attention (its lower-precision list).
     """
+    dtype = autocast_dtype(q)
+    if dtype is not None:
+        q, k, v = cast_floats(dtype, q, k, v)
     _check_inputs(q, k, v, causal, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     # A few queries against many keys (decode): the split-KV kernel, unless a gradient is needed.

@@ -29,7 +29,8 @@ Bytes moved (global memory; n = x.numel() = M*N elements of s bytes, G row group
                              (and for 16-bit dtypes 8*N more through an fp32 sum then cast)
 
 Limits: any shape; float32, float16, bfloat16; bias 1-D of size N = x.shape[-1], same dtype,
-N <= 65535 * 256.
+N <= 65535 * 256. A bias view that is not contiguous (a strided slice, an expanded scalar) is
+copied, N elements. Under torch.autocast the bias is cast to x's dtype (see `gelu`).
 Non-contiguous inputs: without bias, x (and dy) are made contiguous, since the flat kernel
 needs one stride; with bias, rows may have any stride (a 2-D view such as x[:, :N] is read in
 place), and what cannot be viewed as (M, N) with a contiguous last dim is copied. Outputs
@@ -44,7 +45,8 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
-    TRITON_TYPE, Launch, as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard, num_sms,
+    TRITON_TYPE, Launch, as_rows, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype,
+    device_guard, num_sms,
 )
 
 MAX_BIAS_N = 65535 * 256  # column blocks of 256 along the grid's second axis, at most 65535
@@ -220,6 +222,7 @@ def _gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     N = x.shape[-1]
     x2 = as_rows(x, N)
     M = x2.shape[0]
+    bias = bias.contiguous()  # the kernels read it at unit stride; a strided view costs N elements
     launch = _launch_config(_gelu_bias_fwd_kernel, N)
     grid = (triton.cdiv(M, launch.constexprs["BLOCK_M"]), triton.cdiv(N, launch.constexprs["BLOCK_N"]))
     with device_guard(x):
@@ -256,10 +259,11 @@ def _(dy, x):
 def _gelu_bias_bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     N = x.shape[-1]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:  # no rows, or rows of N = 0 (which cannot be viewed as (-1, 0))
+        return dx, bias.new_zeros((N,))
     x2, dy2 = as_rows(x, N), as_rows(dy, N)
     M = x2.shape[0]
-    if M == 0:
-        return dx, bias.new_zeros((N,))
+    bias = bias.contiguous()  # as in the forward
     launch = _launch_config(_gelu_bias_bwd_kernel, N)
     G, col_blocks, tiles_per_program = _bias_bwd_grid(M, N, launch, x.device)
     db_partial = torch.empty((G, N), dtype=torch.float32, device=x.device)
@@ -307,11 +311,19 @@ def gelu(x, bias=None):
               row before the activation (the fused bias of the MLP's first Linear).
     Returns:
         y: same shape as x, contiguous, dtype of x; computed in float32.
+
+    bias may be any view (a strided slice, a scalar expanded to N): the kernels read it at unit
+    stride, so such a view is copied first (N elements).
+    Under torch.autocast the bias is cast to x's dtype, as autocast casts the bias of the Linear
+    this GELU finishes (the MLP hands x from a Linear that autocast already ran in its dtype), so
+    y has x's dtype, as the eager `F.gelu(F.linear(h, W, b))` has.
     Raises:
         TypeError for an unsupported or mismatched dtype, ValueError for a bias of the wrong
         shape, tensors on different devices, or CPU tensors without the interpreter.
     """
     op = "gelu"
+    if autocast_dtype(x) is not None:
+        (bias,) = cast_floats(x.dtype, bias)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{op}: x must be a torch.Tensor, got {type(x).__name__}")
     check_float_dtype(op, "x", x)

@@ -49,7 +49,10 @@ Limits: 1 <= N <= 8192 (a row must fit in one program's registers without spilli
 leading shape. Inputs whose last dimension is not contiguous are copied to a contiguous
 tensor first; otherwise rows may have any stride (a 2-D view such as x[:, :N] of a wider
 tensor is read in place), and a leading shape that cannot be viewed as (M, N) is copied by
-`reshape`. Outputs are always contiguous. weight and bias must be 1-D of size N.
+`reshape`. Outputs are always contiguous. weight and bias must be 1-D of size N; a view that is
+not contiguous (a strided slice, an expanded scalar) is copied, 2*N elements.
+Under torch.autocast the op computes in float32 and returns float32, as autocast does for
+torch's layer_norm on CUDA.
 """
 
 import torch
@@ -58,7 +61,8 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
-    TRITON_TYPE, Launch, as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard, num_sms,
+    TRITON_TYPE, Launch, as_rows, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype,
+    device_guard, num_sms,
 )
 
 MAX_N = 8192
@@ -261,6 +265,9 @@ def _layer_norm_fwd(
     N = x.shape[-1]
     x2 = as_rows(x, N)
     M = x2.shape[0]
+    # The kernels read weight and bias at unit stride: a strided view (w[::2], an expanded
+    # scalar) is copied first, 2*N elements, nothing next to the M*N of x.
+    weight, bias = weight.contiguous(), bias.contiguous()
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     mean = torch.empty((M,), dtype=torch.float32, device=x.device)
     rstd = torch.empty((M,), dtype=torch.float32, device=x.device)
@@ -291,6 +298,7 @@ def _layer_norm_bwd(
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if M == 0:
         return dx, weight.new_zeros((N,)), weight.new_zeros((N,))
+    weight = weight.contiguous()  # N elements, as in the forward
     dw, db = _layer_norm_bwd_rows(dy2, x2, weight, mean, rstd, dx)
     return dx, dw, db
 
@@ -332,11 +340,18 @@ def layer_norm(x, weight, bias, eps=1e-5):
         eps:    added to the variance, a float >= 0.
     Returns:
         y: (..., N) contiguous, dtype of x. Statistics are computed in float32.
+
+    weight and bias may be any views (a strided slice, a scalar expanded to N): the kernels
+    read them at unit stride, so such a view is copied first (2*N elements).
+    Under torch.autocast, x, weight and bias are cast to float32 and y is float32: the policy
+    autocast applies to torch's layer_norm on CUDA (its float32 list).
     Raises:
         TypeError for an unsupported or mismatched dtype, ValueError for bad shapes, tensors
         on different devices, or CPU tensors without the interpreter.
     """
     op = "layer_norm"
+    if autocast_dtype(x) is not None:
+        x, weight, bias = cast_floats(torch.float32, x, weight, bias)
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")

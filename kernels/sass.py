@@ -18,7 +18,8 @@ that ship with Triton, and per configuration we report:
     hmma, hgmma    tensor-core instructions: HMMA (mma.sync, sm_80+) and HGMMA (wgmma, sm_90)
 
 The exit status is 1 if any configuration fails to compile or touches local memory (spills),
-so scripts can gate on it; 2 for bad arguments, an op module that fails to import, or
+so scripts can gate on it; 2 for bad arguments, filters that match no configuration, an op
+module that fails to import, or
 Triton's interpreter switched on (``TRITON_INTERPRET=1`` makes ``@triton.jit`` hand back
 interpreted functions, which cannot be compiled; unset it for this command). Stdout carries
 only the report (the table, or with ``--json`` one JSON document); anything else, such as
@@ -354,6 +355,11 @@ def _run(args, archs, parser, report):
         configs = [c for c in configs if c.op in args.op]
     if args.match:
         configs = [c for c in configs if any(m in c.label for m in args.match)]
+    if not configs:  # inspecting nothing is not a pass: the filter is wrong, or nothing registered
+        what = " and ".join(f"--{k} {' / '.join(map(repr, v))}" for k, v in (("op", args.op), ("match", args.match)) if v)
+        print(f"kernels.sass: error: no registered configuration matches {what or 'at all'}; "
+              f"see the labels with: python -m kernels.sass --json --op OP", file=sys.stderr)
+        return 2
 
     rows = inspect_all(configs, archs, args.jobs)
     elapsed = time.perf_counter() - t0

@@ -18,6 +18,26 @@ import pytest  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()
 
+# Property-based tests (hypothesis). "ci", the default, is bounded so that every hypothesis
+# suite together stays near a minute on two cores: few examples, no per-example deadline (the
+# Triton interpreter's first call compiles), and derandomized, so CI runs the same examples
+# every time and a failure reproduces. HYPOTHESIS_PROFILE=long draws 20x as many, at random.
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the dev extra is not installed: the hypothesis suites skip themselves
+    settings = None
+if settings is not None:
+    _common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+                   print_blob=True)
+    settings.register_profile("ci", max_examples=10, derandomize=True, **_common)
+    settings.register_profile("long", max_examples=200, **_common)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def examples(n):
+    """max_examples for a suite whose ci share is n examples: n in "ci", 20 n in "long"."""
+    return n * (20 if os.environ.get("HYPOTHESIS_PROFILE", "ci") == "long" else 1)
+
 
 @pytest.fixture
 def device():

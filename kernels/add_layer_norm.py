@@ -35,6 +35,7 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
+    autocast_dtype, cast_floats,
     as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard,
 )
 from kernels.layer_norm import MAX_N, _launch_config as _layer_norm_launch_config, compile_configs
@@ -177,11 +178,17 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5):
         eps:         added to the variance, a float >= 0.
     Returns:
         (y, h): both (..., N), contiguous, dtype of x. Statistics are computed in float32.
+        Under torch.autocast all four are cast to float32 first and y, h are float32, as the
+        eager add (which promotes) followed by layer_norm (autocast's float32 list on CUDA).
     Raises:
         TypeError for an unsupported or mismatched dtype, ValueError for bad shapes, tensors
         on different devices, or CPU tensors without the interpreter.
     """
     op = "add_layer_norm"
+    if autocast_dtype(x) is not None:
+        # Eager autocast adds in the wider dtype and runs layer_norm in float32 (its float32
+        # list on CUDA), so the fused op does both in float32 too.
+        x, residual, weight, bias = cast_floats(torch.float32, x, residual, weight, bias)
     for name, t in (("x", x), ("residual", residual), ("weight", weight), ("bias", bias)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -198,6 +205,9 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5):
     if not eps >= 0:
         raise ValueError(f"{op}: eps must be >= 0, got {eps}")
     check_runnable(op, x, residual, weight, bias)
+    # The kernels read weight and bias as contiguous N-vectors: a strided or expanded one is
+    # copied (2*N elements), as kernels.layer_norm does.
+    weight, bias = weight.contiguous(), bias.contiguous()
     y, h, _, _ = _add_layer_norm_fwd(x, residual, weight, bias, float(eps))
     return y, h
 

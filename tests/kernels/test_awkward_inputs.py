@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import kernels
+from kernels.add_layer_norm import add_layer_norm_reference
 from kernels.attention import attention_reference
 from kernels.gelu import gelu_reference
 from kernels.layer_norm import layer_norm_reference
@@ -53,6 +54,25 @@ def test_layer_norm_non_contiguous_weight_and_bias(which, view, device):
     y_ref, grads_ref = _grads(layer_norm_reference, *inputs, dy=dy.double(), dtype=torch.float64)
     torch.testing.assert_close(y.double(), y_ref, **tol("layer_norm", torch.float32))
     for name, g, g_ref in zip(("dx", "dweight", "dbias"), grads, grads_ref):
+        torch.testing.assert_close(g.double(), g_ref, **tol("layer_norm_bwd", torch.float32), msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("view", ["strided_slice", "expanded_scalar", "column"])
+@pytest.mark.parametrize("which", ["weight", "bias"])
+def test_add_layer_norm_non_contiguous_weight_and_bias(which, view, device):
+    N = 24
+    params = {"weight": _dense(torch.randn(N, device=device)), "bias": _dense(torch.randn(N, device=device))}
+    params[which] = _param_view(view, N, device)
+    inputs = (_dense(torch.randn(5, N, device=device)), _dense(torch.randn(5, N, device=device)),
+              params["weight"], params["bias"])
+    dy = torch.randn(5, N, device=device)
+    # the sum of y and h, so that both outputs' gradients reach the inputs
+    fused = lambda *a: sum(kernels.add_layer_norm(*a))  # noqa: E731
+    ref = lambda *a: sum(add_layer_norm_reference(*a))  # noqa: E731
+    y, grads = _grads(fused, *inputs, dy=dy)
+    y_ref, grads_ref = _grads(ref, *inputs, dy=dy.double(), dtype=torch.float64)
+    torch.testing.assert_close(y.double(), y_ref, **tol("layer_norm", torch.float32))
+    for name, g, g_ref in zip(("dx", "dresidual", "dweight", "dbias"), grads, grads_ref):
         torch.testing.assert_close(g.double(), g_ref, **tol("layer_norm_bwd", torch.float32), msg=lambda m: f"{name}: {m}")
 
 
@@ -113,6 +133,21 @@ def test_layer_norm_under_autocast(device):
         y = kernels.layer_norm(h, w, b)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.double(), layer_norm_reference(h.double(), w.double(), b.double()), **tol("layer_norm", torch.float32))
+
+
+def test_add_layer_norm_under_autocast(device):
+    # the residual stream stays float32 while autocast makes the branch bf16; eager adds them
+    # in float32 and runs layer_norm in float32, and so must the fused op
+    x = torch.randn(6, 16, device=device)
+    residual = torch.randn(6, 16, device=device)
+    w, b = torch.randn(16, device=device), torch.randn(16, device=device)
+    with _autocast(device):
+        branch = F.linear(x, torch.randn(16, 16, device=device))  # bf16
+        y, h = kernels.add_layer_norm(branch, residual, w, b)
+    assert y.dtype == h.dtype == torch.float32
+    y_ref, h_ref = add_layer_norm_reference(branch.double(), residual.double(), w.double(), b.double())
+    torch.testing.assert_close(h.double(), h_ref, **tol("layer_norm", torch.float32))
+    torch.testing.assert_close(y.double(), y_ref, **tol("layer_norm", torch.float32))
 
 
 def test_attention_under_autocast(device):

@@ -327,8 +327,9 @@ def sections(t=None, model=None):
 
     s = Section("9. MLP with the tanh GELU")
     s.text(f"`mlp.c_fc` widens each position to 4d = {4 * d} features, GELU (tanh form) bends them, "
-           f"`mlp.c_proj` brings them back to d = {d}. Negative inputs are squashed towards 0, "
-           "positive ones pass almost unchanged.")
+           f"`mlp.c_proj` brings them back to d = {d}. Large negative inputs are squashed towards 0 and "
+           f"large positive ones pass almost unchanged; near 0 GELU bends both (GELU(1) = {fmt(F.gelu(torch.tensor(1.0, dtype=torch.float64), approximate='tanh'))}, "
+           f"GELU(−1) = {fmt(F.gelu(torch.tensor(-1.0, dtype=torch.float64), approximate='tanh'))}).")
     s.math(r"\mathrm{GELU}(u) = \tfrac12 u\left(1+\tanh\!\left(\sqrt{2/\pi}\,(u + 0.044715\,u^3)\right)\right)",
            "GELU(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))")
     hid = [f"h{i}" for i in range(4 * d)]

@@ -250,3 +250,34 @@ def test_tour_notebook_runs(tmp_path):
     assert any("image/png" in o.get("data", {}) for o in outputs), "the heatmap was not shown"
     if not torch.cuda.is_available():
         assert "INTERPRETER (not a performance number)" in text
+
+
+def test_theory_names_every_kernel():
+    """Part II lists the @triton.jit functions of kernels/; one added or renamed must be named."""
+    text = (DOCS / "theory.md").read_text(encoding="utf-8")
+    jitted = []
+    for path in sorted((ROOT / "kernels").glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name.endswith(("_kernel", "_inner")) and any(
+                    "jit" in ast.unparse(d) for d in node.decorator_list):
+                jitted.append(node.name)
+    assert len(jitted) >= 10
+    missing = [k for k in jitted if f"`{k}`" not in text]
+    assert not missing, f"theory.md does not name the kernels {missing}"
+
+
+def test_initial_query_variance_in_the_prose():
+    """theory.md §3: a query component of a fresh gpt2 has variance d * 0.02^2 (LayerNorm makes
+    x-hat, not q, unit-variance), and the scaled scores that variance squared."""
+    text = (DOCS / "theory.md").read_text(encoding="utf-8")
+    cfg, _ = we.model_sizes()["gpt2"]
+    var_q = cfg.n_embd * 0.02**2
+    assert f"$d \\cdot 0.02^2 = {var_q:.2f}$ for $d = {cfg.n_embd}$" in text
+    assert f"${var_q:.2f}^2 = {var_q ** 2:.3f}$" in text
+    torch.manual_seed(0)  # and it is what the model's own initialisation gives
+    from gpt2 import GPT2, GPT2Config
+    model = GPT2(GPT2Config(n_layer=1, n_head=12, n_embd=cfg.n_embd, vocab_size=64, block_size=64))
+    with torch.no_grad():
+        x = model.transformer.h[0].ln_1(torch.randn(4, 64, cfg.n_embd))
+        q = model.transformer.h[0].attn.c_attn(x)[..., :cfg.n_embd]
+    assert abs(q.var().item() - var_q) < 0.03

@@ -2,6 +2,7 @@
 
     python -m gpt2.viz attention --prompt "The cat sat on the mat" --layer 0 -o attn.png
     python -m gpt2.viz attention --prompt "..." --checkpoint path/to/gpt2 --layer 5 --head 1 -o h.png
+    python -m gpt2.viz tiles -o docs/figures/tiles.png     # the attention kernel's tiles
     python -m gpt2.viz architecture -o docs/architecture.png
 
 ``attention`` runs the prompt through the model inside ``gpt2.attention.record_attention`` (the
@@ -132,6 +133,76 @@ def attention_figure(prompt, layer, head=None, checkpoint=None, model="gpt2", **
     return plot_attention(w, token_labels(tok, ids), head=head, title=title, layer=layer)
 
 
+# ---- FlashAttention's tiles ------------------------------------------------------------
+TILE_SKIPPED, TILE_FULL, TILE_MASKED = 0, 1, 2
+TILE_NAMES = {TILE_SKIPPED: "skipped: never loaded (above the diagonal)",
+              TILE_FULL: "full: every score kept, no mask computed",
+              TILE_MASKED: "masked: straddles the diagonal (or the last keys)"}
+
+
+def attention_tiles(seq_q, seq_k, block_m, block_n):
+    """How the causal attention kernel treats each (query tile, key tile): a (ceil(seq_q /
+    block_m), ceil(seq_k / block_n)) int tensor of TILE_SKIPPED, TILE_FULL or TILE_MASKED.
+
+    The rule is the forward kernel's (``kernels/attention.py``, ``_attn_fwd_kernel``): with the
+    mask aligned to the end (query i sees key j iff j <= i + seq_k - seq_q), query tile m sweeps
+    key tiles up to ``full_end`` without a mask, and up to ``end`` with one."""
+    if seq_q > seq_k:
+        raise ValueError(f"causal attention needs seq_q <= seq_k, got {seq_q} > {seq_k}")
+    n_m, n_n = math.ceil(seq_q / block_m), math.ceil(seq_k / block_n)
+    out = torch.full((n_m, n_n), TILE_SKIPPED, dtype=torch.int8)
+    diag = seq_k - seq_q
+    for m in range(n_m):
+        start_m = m * block_m
+        full_end = (start_m + diag + 1) // block_n * block_n
+        end = min(start_m + block_m + diag, seq_k)
+        for n in range(n_n):
+            start_n = n * block_n
+            if start_n < full_end:
+                out[m, n] = TILE_FULL
+            elif start_n < end:
+                out[m, n] = TILE_MASKED
+    return out
+
+
+def plot_attention_tiles(seq_q=512, seq_k=512, block_m=128, block_n=64):
+    """A matplotlib Figure of the score matrix cut into the kernel's tiles: one program per row of
+    query tiles, its key tiles coloured by what the kernel does with them, the diagonal drawn."""
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    tiles = attention_tiles(seq_q, seq_k, block_m, block_n)
+    n_m, n_n = tiles.shape
+    colours = ("#f0f0f0", "#4c9be8", "#f28e2b")
+    fig = Figure(figsize=(8.6, 6.2), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(tiles.numpy(), cmap=ListedColormap(colours), vmin=0, vmax=2, interpolation="nearest",
+              extent=(0, seq_k, seq_q, 0), aspect="equal")
+    for n in range(n_n + 1):
+        ax.axvline(min(n * block_n, seq_k), color="white", lw=1.5)
+    for m in range(n_m + 1):
+        ax.axhline(min(m * block_m, seq_q), color="white", lw=1.5)
+    diag = seq_k - seq_q
+    ax.plot([diag, seq_k], [0, seq_q], color="black", lw=1.5, label="diagonal: key j = query i (+ Sk - Sq)")
+    for m in range(n_m):
+        kinds = tiles[m].tolist()
+        swept = sum(1 for k in kinds if k != TILE_SKIPPED)
+        ax.text(seq_k + seq_k * 0.02, (m + 0.5) * block_m, f"program {m}: {swept} key tiles", va="center",
+                fontsize=8, clip_on=False)
+    ax.set_xlabel(f"keys j (tiles of BLOCK_N = {block_n})")
+    ax.set_ylabel(f"queries i (tiles of BLOCK_M = {block_m})")
+    ax.xaxis.set_label_position("top")
+    ax.xaxis.tick_top()
+    counts = {k: int((tiles == k).sum()) for k in TILE_NAMES}
+    handles = [Patch(color=colours[k], label=f"{TILE_NAMES[k]}: {counts[k]}") for k in TILE_NAMES]
+    handles.append(ax.get_lines()[-1])
+    fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=2)
+    ax.set_title(f"Causal FlashAttention-2 forward, Sq = {seq_q}, Sk = {seq_k}: "
+                 f"{counts[TILE_SKIPPED]} of {tiles.numel()} tiles skipped", fontsize=10)
+    return fig
+
+
 # ---- architecture diagram ---------------------------------------------------------------
 def render_architecture(out, tex=ARCHITECTURE_TEX, dpi=200):
     """Compile the TikZ diagram with pdflatex and rasterise page 1 to a PNG at ``dpi``."""
@@ -175,6 +246,13 @@ def main(argv=None):
     g.add_argument("--n-embd", type=int, help="override the width")
     g.add_argument("--seed", type=int, default=0, help="seed of the random weights")
 
+    t = sub.add_parser("tiles", help="figure of the causal attention kernel's tiles")
+    t.add_argument("-o", "--output", default=str(REPO / "docs" / "figures" / "tiles.png"))
+    t.add_argument("--seq-q", type=int, default=512)
+    t.add_argument("--seq-k", type=int, default=512)
+    t.add_argument("--block-m", type=int, default=128)
+    t.add_argument("--block-n", type=int, default=64)
+
     d = sub.add_parser("architecture", help="render docs/architecture.tex to a PNG")
     d.add_argument("-o", "--output", default=str(REPO / "docs" / "architecture.png"))
     d.add_argument("--tex", default=str(ARCHITECTURE_TEX))
@@ -190,6 +268,9 @@ def main(argv=None):
                 seed=args.seed, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
             )
             fig.savefig(args.output, dpi=150)
+        elif args.command == "tiles":
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            plot_attention_tiles(args.seq_q, args.seq_k, args.block_m, args.block_n).savefig(args.output, dpi=130)
         else:
             render_architecture(args.output, args.tex, args.dpi)
     except (ValueError, RuntimeError, FileNotFoundError) as e:

@@ -163,6 +163,19 @@ def test_generated_parts_are_what_the_code_prints():
             )
     assert "worked-example.md" in seen.get("walkthrough", [])
     assert "theory.md" in seen.get("bpe", []) and "theory.md" in seen.get("sizes", [])
+    assert all("theory.md" in seen.get(name, []) for name in ("decode", "training", "roofline"))
+    assert "triton-primer.md" in seen.get("gelu_kernel", [])
+
+
+def test_primer_annotates_the_kernel_as_it_is():
+    """Every code fragment the primer's GELU table explains occurs in the kernel's source today."""
+    text = (DOCS / "triton-primer.md").read_text(encoding="utf-8")
+    table = text.split("| Code | What it means |", 1)[1].split("\n\n", 1)[0]
+    fragments = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    source = generate.kernel_source("kernels/gelu.py", "_gelu_fwd_kernel")
+    assert len(fragments) >= 10
+    missing = [f for f in fragments if f not in source]
+    assert not missing, f"the primer explains code the kernel no longer has: {missing}"
 
 
 def test_generate_rewrites_a_stale_part(tmp_path, capsys):

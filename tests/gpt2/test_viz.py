@@ -114,3 +114,34 @@ def test_architecture_needs_tex(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(viz.shutil, "which", lambda name: None)
     assert viz.main(["architecture", "-o", str(tmp_path / "a.png")]) == 2
     assert "pdflatex and pdftoppm not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seq_q,seq_k,bm,bn", [(512, 512, 128, 64), (37, 37, 16, 16), (5, 70, 16, 32), (1, 33, 16, 16)])
+def test_attention_tiles_follow_the_mask(seq_q, seq_k, bm, bn):
+    """A tile is skipped iff no query of it sees a key of it, full iff every (valid) query sees every
+    key, masked otherwise; checked against the mask itself, cell by cell."""
+    tiles = viz.attention_tiles(seq_q, seq_k, bm, bn)
+    i = torch.arange(seq_q)[:, None]
+    j = torch.arange(seq_k)[None, :]
+    sees = j <= i + (seq_k - seq_q)
+    for m in range(tiles.shape[0]):
+        for n in range(tiles.shape[1]):
+            block = sees[m * bm:(m + 1) * bm, n * bn:(n + 1) * bn]
+            full_tile = block.shape[1] == bn  # keys past the end need the mask; rows past it are just not stored
+            want = (viz.TILE_SKIPPED if not block.any() else
+                    viz.TILE_FULL if block.all() and full_tile else viz.TILE_MASKED)
+            if want == viz.TILE_FULL or not block.any():
+                assert tiles[m, n] == want, (m, n)
+            else:  # a tile the mask cuts (or the ragged last tile) must be masked, never full
+                assert tiles[m, n] == viz.TILE_MASKED, (m, n)
+
+
+def test_tiles_figure(tmp_path):
+    fig = viz.plot_attention_tiles(512, 512, 128, 64)
+    assert "12 of 32 tiles skipped" in fig.axes[0].get_title()
+    out = tmp_path / "t.png"
+    assert viz.main(["tiles", "-o", str(out), "--seq-q", "64", "--seq-k", "64", "--block-m", "16", "--block-n", "16"]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert (viz.REPO / "docs" / "figures" / "tiles.png").is_file()
+    with pytest.raises(ValueError, match="seq_q <= seq_k"):
+        viz.attention_tiles(8, 4, 4, 4)

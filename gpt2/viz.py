@@ -62,32 +62,72 @@ def attention_weights(model, ids, layer):
     return weights[layer][0].float().cpu()  # (nh, T, T)
 
 
-def plot_attention(weights, labels, head=None, title=None, layer=None):
+SCALES = ("linear", "row", "power")
+SPACE_NOTE = "· marks a token's leading space (' the' is ·the); \\n a newline"
+MASKED_NOTE = "hatched grey: masked (a later token, never attended to), not a weight of 0"
+
+
+def _scaled(w, scale):
+    """The values a heatmap shows, and the colour-bar label, for one head's (T, T) weights."""
+    if scale == "row":  # each row over its own maximum, so that rows after the first are visible
+        return w / w.amax(-1, keepdim=True).clamp_min(1e-30), "weight / row's max"
+    return w, "attention weight" if scale == "linear" else "attention weight (power scale, γ = 0.5)"
+
+
+def plot_attention(weights, labels, head=None, title=None, layer=None, scale="linear", values=None):
     """A matplotlib Figure of attention weights (n_head, T, T) with ``labels`` (T strings) as ticks.
 
     head: one head's heatmap with a colour bar; None draws every head in a grid.
+    scale: "linear" (0..1), "row" (each row over its maximum: a late row spreads its weight
+    over many keys and is dark on a linear scale) or "power" (γ = 0.5, which lifts small weights).
+    values: write each weight in its cell; None does so when one head of at most 12 tokens is drawn.
+    Masked cells (key after query) are hatched grey, apart from weights that are 0.
     """
+    import matplotlib
+    import numpy as np
+    from matplotlib.colors import Normalize, PowerNorm
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     nh, T, T2 = weights.shape
     if T != T2 or len(labels) != T:
         raise ValueError(f"weights must be (n_head, T, T) with T = len(labels) = {len(labels)}, got {tuple(weights.shape)}")
     if head is not None and not 0 <= head < nh:
         raise ValueError(f"head must be in [0, {nh}), got {head}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
     heads = [head] if head is not None else list(range(nh))
+    values = (head is not None and T <= 12) if values is None else values
     ncols = 1 if head is not None else math.ceil(math.sqrt(nh))
     nrows = math.ceil(len(heads) / ncols)
     cell = max(2.6 if head is None else 4.5, 0.32 * T + 1.2)  # inches per heatmap, so that labels fit
-    fig = Figure(figsize=(ncols * cell + 1.2, nrows * cell + 0.8), layout="constrained")
+    if values:
+        cell = max(cell, 0.55 * T + 1.2)
+    fig = Figure(figsize=(ncols * cell + 1.2, nrows * cell + 1.1), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     where = f"layer {layer}, " if layer is not None else ""
-    image = None
+    masked = torch.ones(T, T, dtype=torch.bool).triu(1).numpy()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
+    norm = PowerNorm(0.5, vmin=0.0, vmax=1.0) if scale == "power" else Normalize(0.0, 1.0)
+    image, bar_label = None, None
     for n, ax in enumerate(axes.flat):
         if n >= len(heads):
             ax.set_axis_off()
             continue
         h = heads[n]
-        image = ax.imshow(weights[h].numpy(), cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest")
+        shown, bar_label = _scaled(weights[h].float(), scale)
+        data = np.ma.masked_array(shown.numpy(), mask=masked)
+        image = ax.imshow(data, cmap=cmap, norm=norm, interpolation="nearest")
+        # Masked cells: grey with hatching, so that "cannot attend" never reads as "weight 0".
+        ys, xs = np.nonzero(masked)
+        for y, x in zip(ys, xs):
+            ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#a0a0a0", lw=0))
+        if values:
+            for i in range(T):
+                for j in range(i + 1):
+                    v = float(weights[h, i, j])
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                            color="black" if norm(float(shown[i, j])) > 0.6 else "white")
         if head is None:
             ax.set_title(f"{where}head {h}", fontsize=9)
         small = 7 if T > 12 or head is None else 9
@@ -97,7 +137,11 @@ def plot_attention(weights, labels, head=None, title=None, layer=None):
             ax.set_ylabel("query (attends from)", fontsize=8)
         if n // ncols == nrows - 1 or head is not None:
             ax.set_xlabel("key (attends to)", fontsize=8)
-    fig.colorbar(image, ax=axes, shrink=0.8, label="attention weight")
+    fig.colorbar(image, ax=axes, shrink=0.8, label=bar_label)
+    notes = [MASKED_NOTE] + ([SPACE_NOTE] if any("·" in lab for lab in labels) else [])
+    if values and scale != "linear":
+        notes.append("cell values are the weights themselves; colours follow the scale")
+    fig.supxlabel("\n".join(notes), fontsize=7.5, color="#444444")
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
@@ -114,7 +158,7 @@ def load_model(checkpoint=None, model="gpt2", seed=0, **overrides):
     return GPT2(config).eval(), f"{RANDOM_WEIGHTS}; {shape}"
 
 
-def attention_figure(prompt, layer, head=None, checkpoint=None, model="gpt2", **overrides):
+def attention_figure(prompt, layer, head=None, checkpoint=None, model="gpt2", scale="linear", values=None, **overrides):
     """Tokenize ``prompt``, run the model, and draw its attention: the CLI's whole job."""
     from .tokenizer import Tokenizer
 
@@ -130,7 +174,7 @@ def attention_figure(prompt, layer, head=None, checkpoint=None, model="gpt2", **
     w = attention_weights(net, ids, layer)
     what = f"head {head}" if head is not None else f"all {net.config.n_head} heads"
     title = f"Attention, layer {layer}, {what}\n{description}"
-    return plot_attention(w, token_labels(tok, ids), head=head, title=title, layer=layer)
+    return plot_attention(w, token_labels(tok, ids), head=head, title=title, layer=layer, scale=scale, values=values)
 
 
 # ---- FlashAttention's tiles ------------------------------------------------------------
@@ -239,6 +283,10 @@ def main(argv=None):
     a.add_argument("--layer", type=int, default=0, help="which block (0-based; default 0)")
     a.add_argument("--head", type=int, help="one head (0-based); all heads in a grid without it")
     a.add_argument("-o", "--output", required=True, help="the image to write (.png, .svg, .pdf)")
+    a.add_argument("--scale", choices=SCALES, default="linear",
+                   help="colours: linear 0..1, row (each row over its max) or power (gamma 0.5)")
+    a.add_argument("--values", action=argparse.BooleanOptionalAction, default=None,
+                   help="write the weights in the cells (default: for one head of at most 12 tokens)")
     g = a.add_argument_group("random model (without --checkpoint)")
     g.add_argument("--model", choices=tuple(SIZES), default="gpt2", help="the shape (default gpt2)")
     g.add_argument("--n-layer", type=int, help="override the number of blocks")
@@ -264,7 +312,7 @@ def main(argv=None):
             if args.checkpoint and any(v is not None for v in (args.n_layer, args.n_head, args.n_embd)):
                 p.error("--n-layer/--n-head/--n-embd shape a random model; a checkpoint brings its own")
             fig = attention_figure(
-                args.prompt, args.layer, args.head, args.checkpoint, args.model,
+                args.prompt, args.layer, args.head, args.checkpoint, args.model, args.scale, args.values,
                 seed=args.seed, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
             )
             fig.savefig(args.output, dpi=150)

@@ -145,3 +145,30 @@ def test_tiles_figure(tmp_path):
     assert (viz.REPO / "docs" / "figures" / "tiles.png").is_file()
     with pytest.raises(ValueError, match="seq_q <= seq_k"):
         viz.attention_tiles(8, 4, 4, 4)
+
+
+def test_heatmaps_that_teach(model, tok):
+    """Masked cells are masked (grey, hatched), not zeros; the row scale puts each row's max at 1;
+    short prompts get their weights written in the cells; the '·' marker is explained."""
+    ids = tok.encode("The cat sat on")
+    labels = viz.token_labels(tok, ids)
+    T = len(ids)
+    w = viz.attention_weights(model, ids, layer=1)
+    fig = viz.plot_attention(w, labels, head=1)
+    ax = next(ax for ax in fig.axes if ax.images and ax.get_xticklabels())
+    shown = ax.images[0].get_array()
+    assert (shown.mask == torch.ones(T, T, dtype=torch.bool).triu(1).numpy()).all()
+    assert sum(1 for p in ax.patches if p.get_hatch()) == T * (T - 1) // 2
+    cells = [t.get_text() for t in ax.texts]
+    assert len(cells) == T * (T + 1) // 2 and f"{float(w[1, T - 1, 0]):.2f}" in cells
+    notes = fig._supxlabel.get_text()
+    assert "masked" in notes and "leading space" in notes
+    row = viz.plot_attention(w, labels, head=1, scale="row")
+    shown = next(ax for ax in row.axes if ax.images and ax.get_xticklabels()).images[0].get_array()
+    torch.testing.assert_close(torch.as_tensor(shown.max(axis=1).data), torch.ones(T))
+    power = viz.plot_attention(w, labels, scale="power", values=False)
+    assert all(not ax.texts for ax in power.axes if ax.images)
+    with pytest.raises(ValueError, match="scale must be one of"):
+        viz.plot_attention(w, labels, scale="log")
+    long = viz.plot_attention(torch.rand(1, 13, 13).softmax(-1), [str(i) for i in range(13)], head=0)
+    assert not next(ax for ax in long.axes if ax.images).texts  # too many cells to write in

@@ -294,3 +294,11 @@ def test_initial_query_variance_in_the_prose():
         x = model.transformer.h[0].ln_1(torch.randn(4, 64, cfg.n_embd))
         q = model.transformer.h[0].attn.c_attn(x)[..., :cfg.n_embd]
     assert abs(q.var().item() - var_q) < 0.03
+
+
+def test_diagram_shows_c_attn_and_what_only_triton_fuses():
+    tex = (DOCS / "architecture.tex").read_text(encoding="utf-8")
+    assert re.search(r"Linear \$d \\to 3d\$ \\texttt\{c\\_attn\}", tex) and "split into Q, K, V" in tex
+    assert r"\node[tri, below=3mm of fc, minimum height=6mm] (gelu) {GELU (tanh form)};" in tex
+    assert re.search(r"Triton only: .*bias fused", tex)
+    assert r"dims/.style={font=\small" in tex  # shape notes readable at the README's width

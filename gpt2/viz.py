@@ -2,6 +2,7 @@
 
     python -m gpt2.viz attention --prompt "The cat sat on the mat" --layer 0 -o attn.png
     python -m gpt2.viz attention --prompt "..." --checkpoint path/to/gpt2 --layer 5 --head 1 -o h.png
+    python -m gpt2.viz heads --checkpoint out/tiny --prompt "..." -o docs/figures/trained_heads.png
     python -m gpt2.viz tiles -o docs/figures/tiles.png     # the attention kernel's tiles
     python -m gpt2.viz architecture -o docs/architecture.png
 
@@ -83,59 +84,69 @@ def plot_attention(weights, labels, head=None, title=None, layer=None, scale="li
     values: write each weight in its cell; None does so when one head of at most 12 tokens is drawn.
     Masked cells (key after query) are hatched grey, apart from weights that are 0.
     """
+    nh, T, T2 = weights.shape
+    if T != T2 or len(labels) != T:
+        raise ValueError(f"weights must be (n_head, T, T) with T = len(labels) = {len(labels)}, got {tuple(weights.shape)}")
+    if head is not None and not 0 <= head < nh:
+        raise ValueError(f"head must be in [0, {nh}), got {head}")
+    where = f"layer {layer}, " if layer is not None else ""
+    if head is not None:
+        panels = [(None, weights[head])]
+    else:
+        panels = [(f"{where}head {h}", weights[h]) for h in range(nh)]
+    return plot_heads(panels, labels, title=title, scale=scale, values=values)
+
+
+def plot_heads(panels, labels, title=None, scale="linear", values=None):
+    """Heatmaps of (panel title, (T, T) weights) pairs in a grid, sharing ``labels`` and one colour
+    bar; one untitled panel is drawn large. See ``plot_attention`` for ``scale`` and ``values``."""
     import matplotlib
     import numpy as np
     from matplotlib.colors import Normalize, PowerNorm
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    nh, T, T2 = weights.shape
-    if T != T2 or len(labels) != T:
-        raise ValueError(f"weights must be (n_head, T, T) with T = len(labels) = {len(labels)}, got {tuple(weights.shape)}")
-    if head is not None and not 0 <= head < nh:
-        raise ValueError(f"head must be in [0, {nh}), got {head}")
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {SCALES}, got {scale!r}")
-    heads = [head] if head is not None else list(range(nh))
-    values = (head is not None and T <= 12) if values is None else values
-    ncols = 1 if head is not None else math.ceil(math.sqrt(nh))
-    nrows = math.ceil(len(heads) / ncols)
-    cell = max(2.6 if head is None else 4.5, 0.32 * T + 1.2)  # inches per heatmap, so that labels fit
+    T = len(labels)
+    single = len(panels) == 1
+    values = (single and T <= 12) if values is None else values
+    ncols = 1 if single else math.ceil(math.sqrt(len(panels)))
+    nrows = math.ceil(len(panels) / ncols)
+    cell = max(4.5 if single else 2.6, 0.32 * T + 1.2)  # inches per heatmap, so that labels fit
     if values:
         cell = max(cell, 0.55 * T + 1.2)
     fig = Figure(figsize=(ncols * cell + 1.2, nrows * cell + 1.1), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False)
-    where = f"layer {layer}, " if layer is not None else ""
     masked = torch.ones(T, T, dtype=torch.bool).triu(1).numpy()
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="#d9d9d9")
     norm = PowerNorm(0.5, vmin=0.0, vmax=1.0) if scale == "power" else Normalize(0.0, 1.0)
     image, bar_label = None, None
     for n, ax in enumerate(axes.flat):
-        if n >= len(heads):
+        if n >= len(panels):
             ax.set_axis_off()
             continue
-        h = heads[n]
-        shown, bar_label = _scaled(weights[h].float(), scale)
-        data = np.ma.masked_array(shown.numpy(), mask=masked)
-        image = ax.imshow(data, cmap=cmap, norm=norm, interpolation="nearest")
+        name, w = panels[n]
+        w = w.float()
+        shown, bar_label = _scaled(w, scale)
+        image = ax.imshow(np.ma.masked_array(shown.numpy(), mask=masked), cmap=cmap, norm=norm,
+                          interpolation="nearest")
         # Masked cells: grey with hatching, so that "cannot attend" never reads as "weight 0".
-        ys, xs = np.nonzero(masked)
-        for y, x in zip(ys, xs):
+        for y, x in zip(*np.nonzero(masked)):
             ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#a0a0a0", lw=0))
         if values:
             for i in range(T):
                 for j in range(i + 1):
-                    v = float(weights[h, i, j])
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{float(w[i, j]):.2f}", ha="center", va="center", fontsize=7,
                             color="black" if norm(float(shown[i, j])) > 0.6 else "white")
-        if head is None:
-            ax.set_title(f"{where}head {h}", fontsize=9)
-        small = 7 if T > 12 or head is None else 9
+        if name:
+            ax.set_title(name, fontsize=9)
+        small = 7 if T > 12 or not single else 9
         ax.set_xticks(range(T), labels, rotation=90, fontsize=small)
         ax.set_yticks(range(T), labels, fontsize=small)
         if n % ncols == 0:
             ax.set_ylabel("query (attends from)", fontsize=8)
-        if n // ncols == nrows - 1 or head is not None:
+        if n // ncols == nrows - 1 or single:
             ax.set_xlabel("key (attends to)", fontsize=8)
     fig.colorbar(image, ax=axes, shrink=0.8, label=bar_label)
     notes = [MASKED_NOTE] + ([SPACE_NOTE] if any("·" in lab for lab in labels) else [])
@@ -145,6 +156,51 @@ def plot_attention(weights, labels, head=None, title=None, layer=None, scale="li
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+# What a head does, as a number: the mean weight its queries put on one key at a fixed place
+# (queries 1..T-1; query 0 has only itself to look at). w: (..., T, T) -> (...).
+PATTERNS = {
+    "previous token": lambda w: w.diagonal(-1, -2, -1).mean(-1),  # query i on key i-1
+    "first token": lambda w: w[..., 1:, 0].mean(-1),  # query i on key 0
+    "itself": lambda w: w.diagonal(0, -2, -1)[..., 1:].mean(-1),  # query i on key i
+}
+
+
+@torch.no_grad()
+def head_patterns(model, ids):
+    """{pattern: (layer, head, score)}: for each pattern of PATTERNS, the head that shows it most,
+    scored on ``ids`` (each score in [0, 1]: 1 is a head that does nothing else)."""
+    p = model.transformer.wte.weight
+    idx = torch.as_tensor(list(ids), dtype=torch.long, device=p.device)[None]
+    with record_attention(model) as weights:
+        model(idx)
+    w = torch.stack([x[0].float().cpu() for x in weights])  # (L, nh, T, T)
+    out = {}
+    for name, score in PATTERNS.items():
+        s = score(w)  # (L, nh)
+        flat = int(s.argmax())
+        out[name] = (flat // s.size(1), flat % s.size(1), float(s.flatten()[flat]))
+    return out, w
+
+
+def trained_heads_figure(checkpoint, prompt, scale="linear"):
+    """The heads of a trained checkpoint that best show each pattern of PATTERNS, side by side,
+    titled with their layer, head and score: the README's picture of what training learns."""
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer()
+    ids = tok.encode(prompt)
+    if len(ids) < 3:
+        raise ValueError("the prompt needs at least 3 tokens for the patterns to mean anything")
+    net, description = load_model(checkpoint)
+    if len(ids) > net.config.block_size:
+        raise ValueError(f"the prompt has {len(ids)} tokens; the model takes at most {net.config.block_size}")
+    found, w = head_patterns(net, ids)
+    panels = [(f"{name}: layer {layer}, head {head}\nmean weight {score:.2f}", w[layer, head])
+              for name, (layer, head, score) in found.items()]
+    title = f"Heads of a trained model, chosen by pattern\n{description}"
+    return plot_heads(panels, token_labels(tok, ids), title=title, scale=scale, values=False)
 
 
 def load_model(checkpoint=None, model="gpt2", seed=0, **overrides):
@@ -301,6 +357,12 @@ def main(argv=None):
     t.add_argument("--block-m", type=int, default=128)
     t.add_argument("--block-n", type=int, default=64)
 
+    hp = sub.add_parser("heads", help="the heads of a trained checkpoint that best show each pattern")
+    hp.add_argument("--checkpoint", metavar="DIR", required=True, help="a trained GPT-2 checkpoint")
+    hp.add_argument("--prompt", required=True, help="the text to run (3 tokens or more)")
+    hp.add_argument("--scale", choices=SCALES, default="linear")
+    hp.add_argument("-o", "--output", default=str(REPO / "docs" / "figures" / "trained_heads.png"))
+
     d = sub.add_parser("architecture", help="render docs/architecture.tex to a PNG")
     d.add_argument("-o", "--output", default=str(REPO / "docs" / "architecture.png"))
     d.add_argument("--tex", default=str(ARCHITECTURE_TEX))
@@ -316,6 +378,9 @@ def main(argv=None):
                 seed=args.seed, n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd,
             )
             fig.savefig(args.output, dpi=150)
+        elif args.command == "heads":
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            trained_heads_figure(args.checkpoint, args.prompt, args.scale).savefig(args.output, dpi=130)
         elif args.command == "tiles":
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             plot_attention_tiles(args.seq_q, args.seq_k, args.block_m, args.block_n).savefig(args.output, dpi=130)

@@ -172,3 +172,27 @@ def test_heatmaps_that_teach(model, tok):
         viz.plot_attention(w, labels, scale="log")
     long = viz.plot_attention(torch.rand(1, 13, 13).softmax(-1), [str(i) for i in range(13)], head=0)
     assert not next(ax for ax in long.axes if ax.images).texts  # too many cells to write in
+
+
+def test_head_patterns_find_a_planted_head(tmp_path, tok):
+    """Plant a previous-token head (its query/key weights made to match each position with the one
+    before it) in a random model; head_patterns must find it, and the heads command draws it."""
+    torch.manual_seed(0)
+    w = torch.rand(2, 3, 6, 6).tril().softmax(-1)
+    prev = torch.zeros(6, 6)
+    prev[0, 0] = 1.0
+    prev[torch.arange(1, 6), torch.arange(0, 5)] = 1.0
+    w[1, 2] = prev
+    scores = {name: f(w) for name, f in viz.PATTERNS.items()}
+    assert scores["previous token"].argmax() == 1 * 3 + 2 and scores["previous token"][1, 2] == 1.0
+    assert scores["first token"][1, 2] == pytest.approx(1 / 5)  # query 1's previous key is key 0
+    m = GPT2(GPT2Config(**SMALL, vocab_size=50257, block_size=32)).eval()
+    found, weights = viz.head_patterns(m, tok.encode(PROMPT))
+    assert set(found) == set(viz.PATTERNS) and weights.shape[:2] == (2, 3)
+    for name, (layer, head, score) in found.items():
+        assert score == pytest.approx(float(viz.PATTERNS[name](weights)[layer, head]))
+    ckpt = save_pretrained(m, tmp_path / "ckpt")
+    out = tmp_path / "heads.png"
+    assert viz.main(["heads", "--checkpoint", str(ckpt), "--prompt", PROMPT, "-o", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert viz.main(["heads", "--checkpoint", str(ckpt), "--prompt", "Hi", "-o", str(out)]) == 2

@@ -97,9 +97,10 @@ def plot_attention(weights, labels, head=None, title=None, layer=None, scale="li
     return plot_heads(panels, labels, title=title, scale=scale, values=values)
 
 
-def plot_heads(panels, labels, title=None, scale="linear", values=None):
-    """Heatmaps of (panel title, (T, T) weights) pairs in a grid, sharing ``labels`` and one colour
-    bar; one untitled panel is drawn large. See ``plot_attention`` for ``scale`` and ``values``."""
+def plot_heads(panels, labels, title=None, scale="linear", values=None, ncols=None):
+    """Heatmaps of (panel title, (T, T) weights) pairs in a grid of ``ncols`` columns (a square-ish
+    grid by default), sharing ``labels`` and one colour bar; one panel is drawn large. See
+    ``plot_attention`` for ``scale`` and ``values``."""
     import matplotlib
     import numpy as np
     from matplotlib.colors import Normalize, PowerNorm
@@ -111,7 +112,7 @@ def plot_heads(panels, labels, title=None, scale="linear", values=None):
     T = len(labels)
     single = len(panels) == 1
     values = (single and T <= 12) if values is None else values
-    ncols = 1 if single else math.ceil(math.sqrt(len(panels)))
+    ncols = ncols or (1 if single else math.ceil(math.sqrt(len(panels))))
     nrows = math.ceil(len(panels) / ncols)
     cell = max(4.5 if single else 2.6, 0.32 * T + 1.2)  # inches per heatmap, so that labels fit
     if values:
@@ -200,7 +201,7 @@ def trained_heads_figure(checkpoint, prompt, scale="linear"):
     panels = [(f"{name}: layer {layer}, head {head}\nmean weight {score:.2f}", w[layer, head])
               for name, (layer, head, score) in found.items()]
     title = f"Heads of a trained model, chosen by pattern\n{description}"
-    return plot_heads(panels, token_labels(tok, ids), title=title, scale=scale, values=False)
+    return plot_heads(panels, token_labels(tok, ids), title=title, scale=scale, values=False, ncols=len(panels))
 
 
 def load_model(checkpoint=None, model="gpt2", seed=0, **overrides):

@@ -9,7 +9,8 @@
     bench/compare.py     --compare OLD NEW: the ratio of two result folders, point by point
     bench/sweep.py       what to measure and in which order (--budget keeps the important first)
     bench/runner.py      runs the tasks; OOM/errors/unavailable become rows, the run goes on
-    bench/layer_norm.py, bench/gelu.py, bench/attention.py, bench/model.py   one family each
+    bench/layer_norm.py, bench/gelu.py, bench/attention.py, bench/model.py   one family each,
+    bench/hf.py          and Hugging Face's GPT2LMHeadModel, as shipped and patched (gpt2.hf)
     bench/targets.py     the performance targets, checked against results
     bench/plots/         PNG plots (style, ops, end_to_end, compare); bench/summary.py: summary.md
     bench/gpu_check.sh   tests + kernel inspection + benchmark on a GPU machine, packed in <= 8 files

@@ -36,7 +36,7 @@ NO_GPU = ("No CUDA GPU is present: `python -m bench` measures GPU kernels and ne
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--only", help="benchmarks to run, comma-separated: attention, layer_norm, gelu, model")
+    p.add_argument("--only", help="benchmarks to run, comma-separated: attention, layer_norm, gelu, model, hf")
     p.add_argument("--sizes", help="GPT-2 sizes, comma-separated: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     p.add_argument("--seq-lens", help="sequence lengths, comma-separated (default 128,256,...,8192)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),

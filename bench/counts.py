@@ -84,11 +84,19 @@ def counts(point):
     if point.family == "attention":
         args = (point.batch, point.heads, point.seq_len, point.seq_len, point.width)
         return attention_flops(*args, point.pass_), attention_bytes(*args, elem, point.pass_)
-    if point.family == "model":
+    if point.family in ("model", "hf"):
         cfg = model_config(point.size, block_size=max(1024, point.seq_len))
         if point.pass_ == "generate":
             prompt, new = point.get("prompt"), point.get("new")
             return None, generation_bytes(cfg, point.batch, prompt, new, elem)
         return model_flops(cfg, point.batch, point.seq_len, point.pass_), None
+    if point.family == "generation":
+        cfg = model_config(point.size)
+        if point.pass_ == "generate":
+            # per new token, as the row's ms is
+            return None, generation_bytes(cfg, point.batch, point.get("prompt"), point.get("new"), elem) // point.get("new")
+        # decode attention, Sq = 1: K and V read once, q read and o written
+        B, H, Sk, D = point.batch, point.heads, point.seq_len, point.width
+        return 4 * B * H * Sk * D, (2 * Sk + 2) * B * H * D * elem
     raise ValueError(f"unknown family {point.family!r}")
 

@@ -150,15 +150,10 @@ def run(point, impl, ctx):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-        t0 = time.perf_counter()
-        step()
-        synchronize(ctx.device)
+        first_s, measured = measure_step(step, point, ctx)
         if impl == "compile":
-            out["compile_s"] = time.perf_counter() - t0
-        # The interpreter takes seconds per step: one timed step is enough to exercise the path.
-        out.update(ctx.timer(step, slow=True, reps=1 if ctx.smoke else None).fields())
-        out["peak_mem_bytes"] = peak_memory(step, ctx.device)
-        out["tokens_per_s"] = point.batch * point.seq_len / (out["ms"] * 1e-3)
+            out["compile_s"] = first_s
+        out.update(measured)
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
@@ -167,6 +162,21 @@ def run(point, impl, ctx):
             torch._dynamo.reset()
         free_memory(ctx.device)
     return out
+
+
+def measure_step(step, point, ctx):
+    """Time a forward or training step of (point.batch, point.seq_len) tokens: its first call
+    (warm-up; the seconds it took are returned, a compiled model's compile time), then the
+    timer, the peak memory of one step and tokens/s. Returns (first call's seconds, fields)."""
+    t0 = time.perf_counter()
+    step()
+    synchronize(ctx.device)
+    first_s = time.perf_counter() - t0
+    # The interpreter takes seconds per step: one timed step is enough to exercise the path.
+    out = ctx.timer(step, slow=True, reps=1 if ctx.smoke else None).fields()
+    out["peak_mem_bytes"] = peak_memory(step, ctx.device)
+    out["tokens_per_s"] = point.batch * point.seq_len / (out["ms"] * 1e-3)
+    return first_s, out
 
 
 def _run_generate(point, impl, ctx):

@@ -29,7 +29,8 @@ from gpt2.config import SIZES as _GPT2_SIZES
 SIZES = tuple(_GPT2_SIZES)  # "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": gpt2.config's table
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192)
 DTYPES = ("bf16", "fp16", "fp32")
-FAMILIES = ("attention", "layer_norm", "gelu", "model")
+FAMILIES = ("attention", "layer_norm", "gelu", "model", "hf")
+OPT_IN_FAMILIES = ("generation",)  # run only when --only names them
 
 # Batch-size rules (see the module docstring).
 ROWS_TARGET = 65536
@@ -147,7 +148,7 @@ def batch_for(family, seq_len, *, width, heads, dtype, device, smoke=False):
         while b * heads * tiles < min_programs:
             b += 1
         working = lambda b: 8 * b * heads * seq_len * width * elem  # noqa: E731 (q,k,v,o + grads)
-    elif family == "model":
+    elif family in ("model", "hf"):
         target = SMOKE_TARGETS["model_tokens"] if smoke else MODEL_TOKENS_TARGET
         return max(1, math.ceil(target / seq_len))
     else:

@@ -67,7 +67,7 @@ def run_task(task, ctx):
                 traceback.print_exc()
     finally:
         # A failure can leave tensors in reference cycles (traceback frames): collect them.
-        free_memory(ctx.device, collect=failed or task.point.family == "model")
+        free_memory(ctx.device, collect=failed or task.point.family in ("model", "hf"))
     return fill_rates(_row(task, status, note, **(values if status == "ok" else {})), ctx.limits)
 
 

@@ -11,13 +11,13 @@ run cut short by ``--budget`` (or killed) has already measured what the targets 
             gpt2-xl one (triton, eager+sdpa: MFU and memory); gpt2 generation (triton,
             eager+sdpa, Hugging Face). Cheap tasks first, then the torch.compile ones.
     tier 1  attention at every S for gpt2; the rest of the model at S=1024 for gpt2/gpt2-xl,
-            generation for gpt2-xl
+            generation for gpt2-xl; Hugging Face's GPT-2, patched and not (bench/hf.py)
     tier 2  attention for the other sizes; LayerNorm/GELU at the middle widths; the model at
             S=1024 for gpt2-medium/large
     tier 3  the model at the other S; generation for the middle sizes
     torch.compile tasks go one tier later (each costs seconds to a minute), except those a
     target compares against: LayerNorm/GELU fwd and fwd+bwd, and the gpt2 training step.
-Within a tier: family (attention, layer_norm, gelu, model), pass, size (gpt2, gpt2-xl,
+Within a tier: family (attention, layer_norm, gelu, model, hf), pass, size (gpt2, gpt2-xl,
 gpt2-medium, gpt2-large), S by distance from 1024 (1024, 2048, 512, 4096, 256, 8192, 128),
 then implementation (ours first).
 """
@@ -27,15 +27,18 @@ from dataclasses import dataclass, field
 from importlib import import_module
 
 from .points import (
-    DTYPES, FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, Point,
+    DTYPES, FAMILIES, OPT_IN_FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, Point,
 )
 
-FAMILY_MODULES = {f: f"bench.{f}" for f in FAMILIES}
+ALL_FAMILIES = FAMILIES + OPT_IN_FAMILIES
+FAMILY_MODULES = {f: f"bench.{f}" for f in ALL_FAMILIES}
 FAMILY_ALIASES = {
     "attention": "attention", "attn": "attention",
     "layer_norm": "layer_norm", "layernorm": "layer_norm", "ln": "layer_norm",
     "gelu": "gelu",
     "model": "model", "e2e": "model", "end-to-end": "model", "gpt2": "model",
+    "hf": "hf", "transformers": "hf",
+    "generation": "generation", "generate": "generation", "decode": "generation",
 }
 PASS_ORDER = {"fwd": 0, "fwd+bwd": 1, "bwd": 2, "train": 0, "generate": 2}
 SIZE_RANK = {"gpt2": 0, "gpt2-xl": 1, "gpt2-medium": 2, "gpt2-large": 3, SMOKE_SIZE: 0}
@@ -71,10 +74,10 @@ def make_sweep(only=None, sizes=None, seq_lens=None, dtype="bf16", quick=False, 
     for name in _split(only):
         fam = FAMILY_ALIASES.get(name.lower())
         if fam is None:
-            raise ValueError(f"--only: unknown benchmark {name!r}; choose from {', '.join(FAMILIES)}")
+            raise ValueError(f"--only: unknown benchmark {name!r}; choose from {', '.join(ALL_FAMILIES)}")
         if fam not in families:
             families.append(fam)
-    families = tuple(sorted(families, key=FAMILIES.index)) or FAMILIES
+    families = tuple(sorted(families, key=ALL_FAMILIES.index)) or FAMILIES
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     size_list = _split(sizes)
@@ -134,11 +137,13 @@ def tier(point, impl):
     big2 = size in ("gpt2", "gpt2-xl", SMOKE_SIZE)
     if f in ("layer_norm", "gelu"):
         t = 0 if big2 else 2
+    elif f == "hf":
+        t = 1  # no target is stated on Hugging Face's model patched
     elif f == "attention":
         t = 0 if size in ("gpt2", SMOKE_SIZE) and S == 1024 else 1 if size in ("gpt2", SMOKE_SIZE) else 2
     elif p == "generate":
         if size in ("gpt2", SMOKE_SIZE):
-            t = 0 if impl in ("triton", "hf", "eager+sdpa") else 1
+            t = 0 if impl in ("triton", "hf", "eager+sdpa", "triton+cudagraphs", "hf-static-compile") else 1
         else:
             t = 1 if size == "gpt2-xl" else 3
     elif p == "train" and S == 1024 and size in ("gpt2", SMOKE_SIZE) and impl in (
@@ -168,7 +173,7 @@ def importance(point, impl, impl_rank=0):
     return (
         tier(point, impl),
         1 if impl == "compile" else 0,
-        FAMILIES.index(point.family),
+        ALL_FAMILIES.index(point.family),
         PASS_ORDER.get(point.pass_, 3),
         SIZE_RANK.get(point.size, 9),
         seq_rank(point.seq_len),
@@ -181,7 +186,7 @@ def plan(sweep, info):
     tasks = []
     for fam in sweep.families:
         mod = family_module(fam)
-        if fam == "model":
+        if fam in ("model", "hf"):  # whole models: the model sequence lengths
             pts = mod.points(sweep.sizes, sweep.model_seq_lens, sweep.dtype, info, smoke=sweep.smoke, quick=sweep.quick)
         else:
             pts = mod.points(sweep.sizes, sweep.seq_lens, sweep.dtype, info, smoke=sweep.smoke)
@@ -217,7 +222,7 @@ def estimate(task, observed):
     if cls in observed:
         return observed[cls]
     p = task.point
-    if p.family == "model":
+    if p.family in ("model", "hf") or p.pass_ == "generate":
         base = _EST.get((p.pass_, task.impl == "compile"), 10.0) * _SIZE_FACTOR.get(p.size, 1.0)
         if task.impl == "hf":
             base *= 1.5

@@ -1,5 +1,7 @@
-"""Command line: generate text, or look at a GPT-2 size's shapes and parameter counts.
+"""Command line: generate text, train, or look at a GPT-2 size's shapes and parameter counts.
 
+    python -m gpt2 train --data data/shakespeare --out out/tiny --n-layer 2 --n-head 2 --n-embd 64 ...
+    python -m gpt2 generate --checkpoint out/tiny --prompt "To be"
     python -m gpt2 generate --prompt "The meaning of life is" --checkpoint path/to/gpt2
     python -m gpt2 generate --prompt "Hi" --kernels triton --temperature 0      (greedy)
     python -m gpt2 info --model gpt2-xl
@@ -16,6 +18,7 @@ import sys
 
 from .config import SIZES, GPT2Config
 from .switch import KERNELS
+from .train import add_parser as add_train_parser
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -43,7 +46,7 @@ def _non_negative_float(s):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m gpt2", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,info}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{generate,info,train}")
 
     g = sub.add_parser("generate", help="continue a prompt",
                        description="Continue a prompt; prints the prompt and its continuation.")
@@ -76,7 +79,8 @@ def build_parser():
     # No default here: argparse detects "--model X --all" only when X differs from the default.
     which.add_argument("--model", choices=SIZES, help="which size (default gpt2)")
     which.add_argument("--all", action="store_true", help="a table of all four sizes")
-    parser.subcommands = {"generate": g, "info": i}  # for errors found after parsing, with the right usage
+    t = add_train_parser(sub)  # gpt2/train.py: its flags live beside the loop that reads them
+    parser.subcommands = {"generate": g, "info": i, "train": t}  # for errors found after parsing, with the right usage
     return parser
 
 
@@ -206,6 +210,7 @@ def generate(args, parser):
 
 def main(argv=None):
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     # Text may hold any character; never fail on a terminal that cannot show one.
     if hasattr(sys.stdout, "reconfigure"):
@@ -213,6 +218,11 @@ def main(argv=None):
     try:
         if args.command == "info":
             info_all(sys.stdout) if args.all else info(args.model or "gpt2", sys.stdout)
+        elif args.command == "train":
+            from .train import given_options, train
+
+            sub = parser.subcommands["train"]
+            return train(args, given_options(sub, argv), sub)
         else:
             generate(args, parser.subcommands["generate"])
     except BrokenPipeError:  # the reader went away (`| head`): stop quietly

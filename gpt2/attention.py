@@ -38,6 +38,18 @@ def causal_mask(Sq, Sk, device=None):
     return torch.ones(Sq, Sk, dtype=torch.bool, device=device).tril(diagonal=Sk - Sq)
 
 
+def valid_keys(Sq, Sk, kv_len, causal):
+    """(Sq, Sk) bool (or (B, 1, Sq, Sk) for per-row lengths): the keys a query may see when
+    only the first kv_len of Sk keys hold data (a static KV cache; kv_len a tensor on the
+    device, never read on the host). Causal: query i is at position kv_len - Sq + i."""
+    j = torch.arange(Sk, device=kv_len.device)
+    last = kv_len.reshape(-1, 1, 1, 1) - 1  # (B or 1, 1, 1, 1)
+    if causal:
+        last = last - (Sq - 1) + torch.arange(Sq, device=kv_len.device)[:, None]  # (.., Sq, 1)
+    visible = j <= last
+    return visible[0, 0] if kv_len.numel() == 1 else visible
+
+
 def _is_causal(mask, Sq, Sk):
     """Whether a user mask (broadcastable to (B, nh, Sq, Sk)) is exactly the causal one."""
     m = mask
@@ -51,17 +63,20 @@ def _check_causal(causal, Sq, Sk):
         raise ValueError(f"causal attention needs Sq <= Sk, got Sq={Sq}, Sk={Sk}")
 
 
-def attend(q, k, v, *, causal=False, mask=None, dropout_p=0.0, need_weights=False):
+def attend(q, k, v, *, causal=False, mask=None, dropout_p=0.0, need_weights=False, kv_len=None):
     """Scaled dot-product attention over heads, the formula written out (the eager reference).
 
     q: (B, nh, Sq, hs); k, v: (B, nh, Sk, hs), Sq <= Sk when causal; one floating dtype.
     mask: optional, broadcastable to (B, nh, Sq, Sk); 0/False marks a blocked position.
-    Returns y (B, nh, Sq, hs), and the weights (B, nh, Sq, Sk) too when need_weights.
+    kv_len: optional tensor, one length or one per row: only keys j < kv_len hold data (see
+    ``valid_keys``). Returns y (B, nh, Sq, hs), and the weights (B, nh, Sq, Sk) too when need_weights.
     """
     Sq, Sk = q.size(-2), k.size(-2)
     _check_causal(causal, Sq, Sk)
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, Sq, Sk)
-    if causal:
+    if kv_len is not None:
+        scores = scores.masked_fill(~valid_keys(Sq, Sk, kv_len, causal), float("-inf"))
+    elif causal:
         scores = scores.masked_fill(~causal_mask(Sq, Sk, q.device), float("-inf"))
     if mask is not None:
         scores = scores.masked_fill(mask == 0, float("-inf"))
@@ -70,10 +85,13 @@ def attend(q, k, v, *, causal=False, mask=None, dropout_p=0.0, need_weights=Fals
     return (y, weights) if need_weights else y
 
 
-def attend_sdpa(q, k, v, *, causal=False, dropout_p=0.0):
+def attend_sdpa(q, k, v, *, causal=False, dropout_p=0.0, kv_len=None):
     """``attend`` (no mask, no weights) by PyTorch's fused ``scaled_dot_product_attention``."""
     Sq, Sk = q.size(-2), k.size(-2)
     _check_causal(causal, Sq, Sk)
+    if kv_len is not None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=valid_keys(Sq, Sk, kv_len, causal),
+                                              dropout_p=dropout_p)
     # SDPA's is_causal aligns the mask to the top-left corner; ours is aligned to the end,
     # which is the same only when Sq == Sk (otherwise pass the mask explicitly).
     attn_mask = causal_mask(Sq, Sk, q.device) if causal and Sq != Sk else None
@@ -126,17 +144,21 @@ class MultiHeadAttention(nn.Module):
                 raise ValueError(f"{name} must have shape (B, S, {self.d_model}), got {tuple(t.shape)}")
         B, Sq, _ = query.shape
         q, k, v = (self._heads(t) for t in self._project(query, key, value))  # (B, nh, S, hs) each
+        kv_len = None
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # all keys so far: (B, nh, Sk, hs)
+            kv_len = cache.kv_len  # a static cache's length on the device, or None (k, v are all valid)
         Sk = k.size(-2)
         _check_causal(is_causal, Sq, Sk)
         if mask is not None and not is_causal and _is_causal(mask, Sq, Sk):
             mask, is_causal = None, True  # a causal mask: the fused kernels can take it
         dropout_p = self.dropout if self.training else 0.0
         if mask is None and not need_weights:
-            out = self.kernel(q, k, v, causal=is_causal, dropout_p=dropout_p)
+            lengths = {} if kv_len is None else {"kv_len": kv_len}
+            out = self.kernel(q, k, v, causal=is_causal, dropout_p=dropout_p, **lengths)
         else:
-            out = attend(q, k, v, causal=is_causal, mask=mask, dropout_p=dropout_p, need_weights=need_weights)
+            out = attend(q, k, v, causal=is_causal, mask=mask, dropout_p=dropout_p, need_weights=need_weights,
+                         kv_len=kv_len)
         y, weights = out if need_weights else (out, None)
         y = y.transpose(1, 2).reshape(B, Sq, self.d_model)  # re-assemble the heads side by side
         y = self.resid_dropout(self.c_proj(y))
@@ -173,8 +195,8 @@ def record_attention(model):
     """
     weights = []
 
-    def recording(q, k, v, *, causal, dropout_p=0.0):
-        y, w = attend(q, k, v, causal=causal, dropout_p=dropout_p, need_weights=True)
+    def recording(q, k, v, *, causal, dropout_p=0.0, kv_len=None):
+        y, w = attend(q, k, v, causal=causal, dropout_p=dropout_p, need_weights=True, kv_len=kv_len)
         weights.append(w)
         return y
 

@@ -80,19 +80,47 @@ class KVCache:
     """Keys and values of every layer for the tokens seen so far, so that generating one more
     token costs one token's work instead of the whole prefix's.
 
-    k, v: (n_layer, B, nh, max_len, hs), filled up to ``pos``.
+    k, v: (n_layer, B, nh, max_len, hs), allocated once at their final length and written in
+    place. Two ways to drive it:
+
+    - ``model(idx, cache=cache)``: the position is the host int ``pos`` (checked against the
+      length, advanced by the model); attention sees the cache sliced to ``pos + T`` keys.
+    - decode steps (``GPT2.generate``): after ``to_device_position()`` the position is
+      ``length``, an int32 tensor on the device that the step advances in place. Attention
+      sees the whole buffer and ``kv_len`` (= length) masks what is not written yet, so every
+      step has the same shapes, reads nothing back on the host, and can be a CUDA graph.
     """
 
     def __init__(self, config, batch_size, max_len, device=None, dtype=torch.float32):
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.max_len = max_len
-        self.pos = 0
+        self.batch_size, self.max_len = batch_size, max_len
+        self.pos = 0  # tokens stored by model(idx, cache=...) calls, on the host
+        self.length = torch.zeros((), dtype=torch.int32, device=device)  # tokens stored, on the device
+        self.on_device = False
+
+    def to_device_position(self):
+        """Continue from ``pos`` with the position on the device (decode steps); returns self."""
+        self.length.fill_(self.pos)
+        self.on_device = True
+        return self
+
+    @property
+    def kv_len(self):
+        """What attention must mask the full buffers to: None in host mode (k, v are sliced)."""
+        return self.length if self.on_device else None
 
     def update(self, layer, k, v):
-        """Store this step's k, v (B, nh, T, hs) for a layer; return all of its keys and values."""
+        """Store this step's k, v (B, nh, T, hs) for a layer; return its keys and values:
+        sliced to the tokens so far in host mode, the whole buffers in device mode (where the
+        decode step has already advanced ``length`` past these T tokens)."""
         T = k.size(2)
+        if self.on_device:
+            where = (self.length - T + torch.arange(T, device=k.device)).long()
+            self.k[layer].index_copy_(2, where, k)
+            self.v[layer].index_copy_(2, where, v)
+            return self.k[layer], self.v[layer]  # (B, nh, max_len, hs), valid up to kv_len
         if self.pos + T > self.max_len:
             raise ValueError(f"KV cache full: {self.pos} + {T} tokens exceed its {self.max_len}")
         self.k[layer, :, :, self.pos : self.pos + T] = k
@@ -169,7 +197,7 @@ class GPT2(nn.Module):
         (The attention weights, for heatmaps: ``gpt2.attention.record_attention``.)
         """
         offset = cache.pos if cache is not None else 0
-        self._check_ids(idx, offset)
+        self._check_ids(idx, cache)
         x = self.transformer.wpe(self.transformer.wte(idx), offset)  # (B, T, d)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
@@ -183,23 +211,35 @@ class GPT2(nn.Module):
         loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
         return logits, loss
 
-    def _check_ids(self, idx, offset=0):
+    ID_DTYPES = (torch.int64, torch.int32)  # what nn.Embedding takes; narrower ints would wrap vocab ids
+
+    def _check_ids(self, idx, cache=None):
+        """Refuse what is not (B, T) ids in [0, vocab_size) that fit the block (and the cache).
+        The range check reads the ids' min and max back: one host sync, once per call."""
         if not isinstance(idx, torch.Tensor):
             raise ValueError(f"idx must be a tensor of token ids, got {type(idx).__name__}")
-        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
-            raise ValueError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
+        if idx.dtype not in self.ID_DTYPES:
+            raise ValueError(f"idx must hold integer token ids of dtype torch.long or torch.int32, got {idx.dtype}")
         if idx.dim() != 2:
             raise ValueError(f"idx must have shape (B, T), got {idx.dim()} dimension(s): {tuple(idx.shape)}")
         B, T = idx.shape
         if T == 0 or B == 0:
             raise ValueError(f"idx must hold at least one token, got shape {tuple(idx.shape)}")
+        offset = 0
+        if cache is not None:
+            if cache.batch_size != B:
+                raise ValueError(f"the KV cache was made for batch size {cache.batch_size}, got ids of batch size {B}")
+            if cache.on_device:
+                raise ValueError("this KV cache is driven by decode steps (position on the device); "
+                                 "model(idx, cache=...) needs a fresh KVCache")
+            offset = cache.pos
         if offset + T > self.config.block_size:
             raise ValueError(
                 f"sequence of {offset + T} tokens exceeds block_size={self.config.block_size}"
             )
         # A data-dependent check; torch.compile cannot trace it, so it is skipped while compiling.
         if not torch.compiler.is_compiling():
-            lo, hi = int(idx.min()), int(idx.max())
+            lo, hi = torch.stack([idx.min(), idx.max()]).tolist()
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(
                     f"token ids must be in [0, {self.config.vocab_size}), got values in [{lo}, {hi}]"
@@ -213,48 +253,135 @@ class GPT2(nn.Module):
         return n
 
     # ---- generation ----------------------------------------------------------------------
+    # Below this temperature sampling is greedy: (logits - max) / t no longer fits in float32's
+    # normal range, and the limit t -> 0 of softmax(logits / t) is the argmax anyway.
+    GREEDY_BELOW = torch.finfo(torch.float32).tiny
+
+    def _decode_step(self, idx, cache):
+        """One step over a static cache: idx (B, T) new ids -> (B, vocab) float32 logits of the
+        last position. Fixed shapes, no checks and nothing read back on the host, so it can be
+        captured once as a CUDA graph and replayed (generate checked everything before)."""
+        T = idx.size(1)
+        cache.length += T  # in place: the attention layers see kv_len = the new length
+        x = self.transformer.wpe(self.transformer.wte(idx), cache.length - T)  # (B, T, d)
+        x = self.transformer.drop(x)
+        for block in self.transformer.h:
+            x = block(x, cache=cache)
+        x = self.transformer.ln_f(x[:, -1:])
+        return self.lm_head(x)[:, -1].float()  # (B, vocab)
+
+    @staticmethod
+    def _sample(logits, temperature, top_k, generator):
+        """(B, vocab) float32 -> (B, 1) ids, without a host sync."""
+        if temperature < GPT2.GREEDY_BELOW:
+            return logits.argmax(dim=-1, keepdim=True)
+        # Shift by the max before dividing: at a tiny temperature the best logit stays 0 and the
+        # others go to -inf, where dividing first would overflow to inf - inf = NaN.
+        logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        # argmax(p / E) with E ~ Exp(1) draws index i with probability p_i (the exponential race),
+        # like torch.multinomial(probs, 1) but with no host sync and graph-safe.
+        race = torch.empty_like(probs).exponential_(1, generator=generator)
+        return (probs / race).argmax(dim=-1, keepdim=True)
+
     @torch.no_grad()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None,
+                 *, compile=False, eos_token_id=None, check_every=16):
         """Continue idx (B, T) by max_new_tokens tokens; returns (B, T + max_new_tokens).
 
-        temperature=0 is greedy (argmax); otherwise logits are divided by the temperature and,
-        with top_k, cut to the k most likely tokens before sampling. With the KV cache the
-        prompt is run once (prefill) and then one token per step. The whole sequence must fit
-        in block_size: a longer request is an error rather than a silent sliding window.
+        temperature=0 is greedy (argmax), as is any temperature below ``GREEDY_BELOW`` (float32's
+        smallest normal, where softmax(logits / t) is the argmax to the last bit); otherwise
+        logits are divided by the temperature and, with top_k, cut to the k most likely tokens
+        before sampling. The whole sequence must fit in block_size: a longer request is an
+        error rather than a silent sliding window.
+
+        With the KV cache (``use_cache``) the prompt is checked once and run once (prefill);
+        then each token is one decode step over a static cache allocated at its final length,
+        with fixed shapes and no host synchronisation (``_decode_step``).
+        compile: run the decode step under ``torch.compile`` (mode "reduce-overhead" on CUDA:
+            captured once as a CUDA graph and replayed; the default mode elsewhere). Works with
+            every kernel choice. The compiled step and its cache are kept for the next call of
+            the same batch size and length. A dict instead of True is passed on to
+            ``torch.compile`` over those defaults (e.g. ``{"backend": "aot_eager"}``).
+        eos_token_id: stop early once every row has produced it. Checked every ``check_every``
+            steps (the one host sync, amortised); a row that finished earlier is padded with
+            eos_token_id, and the result is cut after the step where the last row finished,
+            so it may be shorter than T + max_new_tokens.
         """
         self._check_ids(idx)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
-        total = idx.size(1) + max_new_tokens
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0 (an int), got {max_new_tokens!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0 (a number; 0 is greedy), got {temperature!r}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be >= 1 (an int) or None, got {top_k!r}")
+        if eos_token_id is not None and not (isinstance(eos_token_id, int) and 0 <= eos_token_id < self.config.vocab_size):
+            raise ValueError(f"eos_token_id must be an id in [0, {self.config.vocab_size}) or None, got {eos_token_id!r}")
+        if not (isinstance(check_every, int) and check_every >= 1):
+            raise ValueError(f"check_every must be an int >= 1, got {check_every!r}")
+        if compile and not use_cache:
+            raise ValueError("compile=True compiles the cached decode step; it needs use_cache=True")
+        B, T = idx.shape
+        total = T + max_new_tokens
         if total > self.config.block_size:
             raise ValueError(
-                f"prompt ({idx.size(1)}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
+                f"prompt ({T}) + max_new_tokens ({max_new_tokens}) = {total} exceeds "
                 f"block_size={self.config.block_size}"
             )
         if max_new_tokens == 0:
             return idx
-        cache = None
+        out = idx.new_empty((B, total))
+        out[:, :T] = idx
         if use_cache:
-            p = self.transformer.wte.weight
-            cache = KVCache(self.config, idx.size(0), total, device=p.device, dtype=p.dtype)
-        out, step_input = idx, idx
-        for _ in range(max_new_tokens):
-            logits = self(step_input if use_cache else out, cache=cache)[:, -1, :].float()  # (B, vocab)
-            if temperature == 0:
-                nxt = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
-            out = torch.cat([out, nxt], dim=1)
-            step_input = nxt
+            cache, step = self._decode_setup(B, total, compile)
+            logits = self(idx, cache=cache)[:, -1].float()  # prefill: (B, vocab)
+            cache.to_device_position()
+        else:
+            logits = self(idx)[:, -1].float()
+        done = None
+        for i in range(max_new_tokens):
+            if i > 0:
+                if use_cache:
+                    if compile and idx.device.type == "cuda":
+                        torch.compiler.cudagraph_mark_step_begin()
+                    logits = step(out[:, T + i - 1 : T + i], cache)
+                else:
+                    logits = self(out[:, : T + i])[:, -1].float()
+            nxt = self._sample(logits, temperature, top_k, generator)  # (B, 1)
+            if eos_token_id is not None:
+                if done is not None:
+                    nxt = nxt.masked_fill(done, eos_token_id)
+                    done = done | (nxt == eos_token_id)
+                else:
+                    done = nxt == eos_token_id
+            out[:, T + i : T + i + 1] = nxt
+            if done is not None and (i + 1) % check_every == 0 and i + 1 < max_new_tokens and bool(done.all()):
+                return out[:, : T + i + 1]
         return out
+
+    def _decode_setup(self, batch_size, max_len, compile):
+        """(cache, step) for a generation: a fresh static cache and the eager step, or with
+        compile the compiled step and the cache it was captured with, kept for the next call of
+        the same shape (a new cache would mean new addresses, and so a new capture)."""
+        p = self.transformer.wte.weight
+        if not compile:
+            return KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype), self._decode_step
+        options = {"fullgraph": True, "dynamic": False, **(compile if isinstance(compile, dict) else {})}
+        if "backend" not in options and p.device.type == "cuda":
+            options.setdefault("mode", "reduce-overhead")
+        key = (batch_size, max_len, p.device, p.dtype, repr(sorted(options.items())))
+        kept = getattr(self, "_compiled_decode", None)
+        if kept is None or kept[0] != key:
+            cache = KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)
+            for t in (cache.k, cache.v, cache.length):
+                torch._dynamo.mark_static_address(t)  # updated in place inside the graph
+            kept = self._compiled_decode = (key, cache, torch.compile(self._decode_step, **options))
+        _, cache, step = kept
+        cache.pos, cache.on_device = 0, False
+        return cache, step
 
     @classmethod
     def from_name(cls, name, **overrides):

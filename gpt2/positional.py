@@ -59,5 +59,9 @@ class LearnedPositionalEncoding(nn.Module):
         nn.init.normal_(self.weight, std=0.01)  # GPT-2's init for the position table
 
     def forward(self, x, offset=0):
+        if isinstance(offset, torch.Tensor):
+            # An offset kept on the device (a static KV cache's): gathered, never read back on
+            # the host, so a decode step has fixed shapes and no sync; the cache checked the range.
+            return x + self.weight[offset + torch.arange(x.size(1), device=x.device)]
         _check(x, offset, self.d_model, self.max_len, "LearnedPositionalEncoding")
         return x + self.weight[offset : offset + x.size(1)]

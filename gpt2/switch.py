@@ -32,7 +32,8 @@ def linear_gelu(x, weight, bias):
 
 
 # op -> {choice: function, or the name of a function in gpt2/triton_ops.py}. Signatures:
-#   attention  f(q, k, v, *, causal, dropout_p) -> y             q, k, v, y: (B, nh, S, hs)
+#   attention  f(q, k, v, *, causal, dropout_p[, kv_len]) -> y   q, k, v, y: (B, nh, S, hs); kv_len: the
+#              valid keys of a static KV cache, a tensor on the device (passed only when there is one)
 #   layernorm  f(x, weight, bias, eps) -> y                      x, y: (..., d)
 #   gelu       f(x, weight, bias) -> gelu(x weightᵀ + bias)      x: (..., d) -> (..., 4d)
 KERNELS = {

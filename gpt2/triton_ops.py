@@ -11,9 +11,11 @@ from kernels.attention import HEAD_DIMS as ATTENTION_HEAD_SIZES  # noqa: F401  (
 layer_norm = kernels.layer_norm  # already f(x, weight, bias, eps)
 
 
-def attention(q, k, v, *, causal, dropout_p=0.0):
+def attention(q, k, v, *, causal, dropout_p=0.0, kv_len=None):
     if dropout_p > 0:
         raise ValueError("the Triton attention kernel has no dropout; use dropout=0 or attention='sdpa'/'torch'")
+    if kv_len is not None:  # a decode step over a static cache: the length lives on the device
+        return kernels.decode_attention(q, k, v, kv_len=kv_len, causal=causal)
     return kernels.attention(q, k, v, causal=causal)
 
 

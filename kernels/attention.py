@@ -54,6 +54,7 @@ import triton.language as tl
 from kernels import registry
 from kernels._common import (INTERPRET, TRITON_TYPE, Launch, check_float_dtype, check_runnable, check_same_dtype,
                              device_guard)
+from kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
 
 HEAD_DIMS = (16, 32, 64, 128)
 # Constants the kernels read must be tl.constexpr; the host reads them as LOG2E.value.
@@ -639,6 +640,10 @@ def attention(q, k, v, causal=True, scale=None):
     """
     _check_inputs(q, k, v, causal, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    # A few queries against many keys (decode): the split-KV kernel, unless a gradient is needed.
+    if (q.shape[2] <= DECODE_MAX_QUERIES and k.shape[2] >= DECODE_MIN_KEYS
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
+        return decode_attention(q, k, v, causal=causal, scale=scale)
     o, _ = _attention_fwd_op(q, k, v, bool(causal), scale)
     return o
 

@@ -77,7 +77,7 @@ def fake_rows(seed=0, sizes=None, seq_lens=None, smoke=False, slower=None):
                 status = "skipped"
                 note = "not measured: --budget (fake)"
             else:
-                mfu = _MFU[impl] * (0.9 + 0.1 * min(1.0, cfg.n_layer / 48))
+                mfu = _MFU[{"sdpa": "eager+sdpa"}.get(impl, impl)] * (0.9 + 0.1 * min(1.0, cfg.n_layer / 48))
                 ms = flops / (LIMITS["matmul_tflops"] * 1e12 * mfu) * 1e3 * jitter
                 params = 12 * cfg.n_layer * cfg.n_embd**2 + cfg.vocab_size * cfg.n_embd
                 act = p.batch * p.seq_len * cfg.n_layer * cfg.n_embd * 34 * (1.15 if impl == "eager" else 1.0)

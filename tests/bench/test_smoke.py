@@ -46,7 +46,7 @@ def test_smoke_run_writes_labelled_results_and_plots(tmp_path):
     assert meta["status"] == "complete"
     assert meta["limits"]["copy_gbps"] > 0 and meta["limits"]["matmul_tflops"] > 0
     assert load_csv(tmp_path / "results.csv") == rows
-    assert {r["family"] for r in rows} == {"attention", "layer_norm", "gelu", "model"}
+    assert {r["family"] for r in rows} == {"attention", "layer_norm", "gelu", "model", "hf"}
     assert all(r["status"] in STATUSES for r in rows)
     # every timing keeps its spread (the 20th and 80th percentile of the timed runs)
     for r in rows:
@@ -70,6 +70,11 @@ def test_smoke_run_writes_labelled_results_and_plots(tmp_path):
         for r in rows:
             if r["family"] == "model" and r["impl"].startswith("triton"):
                 assert r["status"] == "ok", r
+    # Hugging Face's GPT-2 patched with our kernels, and as shipped; no attention call fell back
+    for r in (r for r in rows if r["family"] == "hf"):
+        assert r["status"] == ("ok" if _has("transformers") else "unavailable"), r
+        if r["impl"] == "triton" and r["status"] == "ok":
+            assert "0 attention calls fell back" in r["note"], r
     for name in ("speedup_attention.png", "speedup_layer_norm.png", "speedup_gelu.png", "throughput.png",
                  "model.png", "targets.png"):
         assert (tmp_path / name).stat().st_size > 10_000, name

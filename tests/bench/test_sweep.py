@@ -32,11 +32,15 @@ def test_full_sweep_covers_every_family_size_length_pass_and_impl():
                     assert ("model", p, size, S, impl) in seen
         for impl in ("triton", "eager", "eager+sdpa", "hf"):
             assert any(k[0] == "model" and k[1] == "generate" and k[2] == size and k[4] == impl for k in seen)
+    # Hugging Face's GPT-2, as shipped and patched: gpt2 and gpt2-xl at S = 1024 only
+    hf = {k for k in seen if k[0] == "hf"}
+    assert hf == {("hf", p, size, 1024, impl) for p in ("fwd", "train") for size in ("gpt2", "gpt2-xl")
+                  for impl in ("triton", "eager", "sdpa")}
     # the widths and head counts come from GPT2Config.from_name
     for t in tasks:
         cfg = model_config(t.point.size)
         want = {"layer_norm": cfg.n_embd, "gelu": 4 * cfg.n_embd, "attention": cfg.head_size,
-                "model": cfg.n_embd}[t.point.family]
+                "model": cfg.n_embd, "hf": cfg.n_embd}[t.point.family]
         assert t.point.width == want and t.point.heads == cfg.n_head
 
 
@@ -75,7 +79,7 @@ def test_smoke_sweep_is_tiny():
     sweep = make_sweep(smoke=True)
     assert sweep.sizes == ("tiny",) and max(sweep.seq_lens) <= 64
     tasks = plan(sweep, DeviceInfo("cpu", 1, 8 * 2**30))
-    assert {t.point.family for t in tasks} == {"attention", "layer_norm", "gelu", "model"}
+    assert {t.point.family for t in tasks} == {"attention", "layer_norm", "gelu", "model", "hf"}
     assert all(t.point.batch * t.point.seq_len <= 64 for t in tasks)
 
 

@@ -7,6 +7,7 @@ so ``assert_same_greedy`` allows the two to part only at a genuine near-tie and 
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpt2 import GPT2, GPT2Config, KVCache
 
@@ -138,6 +139,12 @@ def test_zero_new_tokens_returns_the_prompt():
     "kwargs,match",
     [
         (dict(temperature=-0.1), "temperature must be >= 0"),
+        (dict(temperature=float("nan")), "temperature must be >= 0"),
+        (dict(top_k=float("nan")), "top_k must be >= 1"),
+        (dict(top_k=2.5), "top_k must be >= 1"),
+        (dict(eos_token_id=101), "eos_token_id must be an id in"),
+        (dict(check_every=0), "check_every must be an int >= 1"),
+        (dict(compile=True, use_cache=False), "needs use_cache=True"),
         (dict(top_k=0), "top_k must be >= 1"),
         (dict(top_k=-3), "top_k must be >= 1"),
         (dict(max_new_tokens=-1), "max_new_tokens must be >= 0"),
@@ -213,3 +220,157 @@ def test_generated_text_round_trips_through_the_tokenizer():
     # Random ids may cut a character's UTF-8 bytes (decoded as U+FFFD); the text itself round-trips.
     assert tok.decode(tok.encode(text)) == text
     assert text == b"".join(tok._enc.decode_single_token_bytes(i) for i in out).decode("utf-8", errors="replace")
+
+
+# ---- the static cache, the sync-free decode loop, compile=True -----------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int8, torch.int16, torch.float32, torch.bool])
+def test_ids_must_be_int32_or_int64(dtype):
+    """Narrow ints would silently wrap GPT-2's 50257 ids; refused by the id check."""
+    model = tiny()
+    with pytest.raises(ValueError, match="torch.long or torch.int32"):
+        model(torch.zeros(1, 3, dtype=dtype))
+    ok = torch.randint(0, model.config.vocab_size, (1, 3), dtype=torch.int32)
+    assert model.generate(ok, 2, temperature=0).dtype == torch.int32
+
+
+def test_cache_of_another_batch_size_is_refused():
+    model = tiny()
+    cache = KVCache(model.config, batch_size=3, max_len=10)
+    with pytest.raises(ValueError, match="KV cache was made for batch size 3, got ids of batch size 2"):
+        model(torch.zeros(2, 4, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("temperature", [1e-30, 1e-40, 5e-324])
+def test_tiny_temperature_is_greedy_and_does_not_crash(temperature):
+    model = tiny()
+    idx = torch.randint(0, model.config.vocab_size, (3, 4))
+    greedy = model.generate(idx, 10, temperature=0)
+    got = model.generate(idx, 10, temperature=temperature, generator=torch.Generator().manual_seed(0))
+    assert_same_greedy(model, 4, got, greedy)
+
+
+def test_static_cache_device_position():
+    """Decode mode: written in place at the device position, the whole buffer returned, and
+    kv_len telling attention how much of it is valid."""
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=8, vocab_size=11, block_size=10)
+    cache = KVCache(cfg, batch_size=2, max_len=7)
+    ptr = cache.k.data_ptr()
+    assert cache.kv_len is None
+    cache.pos = 3
+    cache.to_device_position()
+    assert int(cache.length) == 3 and cache.kv_len is cache.length
+    k1, v1 = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    cache.length += 1  # what the decode step does before its layers
+    k, v = cache.update(1, k1, v1)
+    assert k.shape == (2, 2, 7, 4) and cache.k.data_ptr() == ptr
+    assert torch.equal(k[:, :, 3:4], k1) and torch.equal(v[:, :, 3:4], v1)
+    assert k[:, :, 4:].abs().sum() == 0 and cache.k[0].abs().sum() == 0
+    with pytest.raises(ValueError, match="needs a fresh KVCache"):
+        tiny(vocab_size=11, block_size=10)(torch.zeros(2, 1, dtype=torch.long), cache=cache)
+
+
+@pytest.mark.parametrize("attention", ["torch", "sdpa", "triton"])
+def test_decode_steps_equal_the_full_forward(attention):
+    """The static cache's decode steps (full-length buffers masked by the device length) give
+    the logits of the whole-prefix forward, for every attention kernel."""
+    model = tiny(attention=attention, block_size=40, n_embd=32)
+    B, T, n = 2, 6, 5
+    idx = torch.randint(0, model.config.vocab_size, (B, T + n))
+    with torch.no_grad():
+        full = model.set_kernels(attention="torch")(idx)[:, T - 1 :]  # (B, n+1, vocab)
+        model.set_kernels(attention=attention)
+        cache = KVCache(model.config, B, 40)
+        steps = [model(idx[:, :T], cache=cache)[:, -1]]
+        cache.to_device_position()
+        for t in range(T, T + n):
+            steps.append(model._decode_step(idx[:, t : t + 1], cache))
+    assert int(cache.length) == T + n
+    torch.testing.assert_close(torch.stack(steps, 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_triton_generate_equals_eager_greedy():
+    """Kernels on (prefill by kernels.attention, decode steps by kernels.decode_attention)."""
+    model = tiny(block_size=40, n_embd=32)
+    idx = torch.randint(0, model.config.vocab_size, (2, 5))
+    eager = model.set_kernels("torch").generate(idx, 12, temperature=0)
+    triton = model.set_kernels("triton").generate(idx, 12, temperature=0)
+    assert_same_greedy(model.set_kernels("torch"), 5, triton, eager)
+
+
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_compiled_decode_equals_eager_greedy(kernels):
+    """compile=True traces the decode step whole (fullgraph) with the static cache mutated in
+    place. On a CPU the CUDA-graph capture (mode="reduce-overhead") is what is left out, and
+    the aot_eager backend stands in for inductor, whose C++ build costs minutes on a CI CPU;
+    the kept step is reused by the next call (no new trace)."""
+    model = tiny(block_size=32, n_embd=32)
+    idx = torch.randint(0, model.config.vocab_size, (2, 5))
+    eager = model.set_kernels("torch").generate(idx, 12, temperature=0)
+    model.set_kernels(kernels)
+    torch._dynamo.reset()
+    got = model.generate(idx, 12, temperature=0, compile={"backend": "aot_eager"})
+    assert_same_greedy(model.set_kernels("torch"), 5, got, eager)
+    model.set_kernels(kernels)
+    kept = model._compiled_decode
+    again = model.generate(idx, 12, temperature=0, compile={"backend": "aot_eager"})
+    assert model._compiled_decode is kept and torch.equal(again, got)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA-graph capture needs CUDA")
+@pytest.mark.parametrize("kernels", ["torch", "triton"])
+def test_cuda_graph_decode_equals_eager_greedy(kernels):
+    model = tiny(block_size=64, n_embd=64).cuda()
+    idx = torch.randint(0, model.config.vocab_size, (2, 5), device="cuda")
+    eager = model.set_kernels("torch").generate(idx, 40, temperature=0)
+    got = model.set_kernels(kernels).generate(idx, 40, temperature=0, compile=True)
+    assert_same_greedy(model.set_kernels("torch"), 5, got, eager)
+
+
+class CountSyncs(TorchDispatchMode):
+    """Counts host synchronisations: every .item() / int(tensor) / bool(tensor) / .tolist()
+    of a tensor reaches aten._local_scalar_dense."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("attention,temperature", [("torch", 0), ("torch", 1.0), ("triton", 0)])
+def test_host_syncs_do_not_grow_with_new_tokens(attention, temperature):
+    model = tiny(attention=attention, n_embd=32)
+    idx = torch.randint(0, model.config.vocab_size, (2, 4))
+    counts = []
+    for n in (2, 12):
+        with CountSyncs() as c:
+            model.generate(idx, n, temperature=temperature, generator=torch.Generator().manual_seed(1))
+        counts.append(c.n)
+    assert counts[0] == counts[1] <= 1, counts  # the prompt's range check only
+
+
+def test_early_stop_on_eos_checks_every_n_steps():
+    model = tiny()
+    idx = torch.randint(0, model.config.vocab_size, (1, 4))
+    greedy = model.generate(idx, 30, temperature=0)
+    eos = int(greedy[0, 4 + 5])  # the 6th new token
+    first = int((greedy[0, 4:] == eos).nonzero()[0]) + 1  # new tokens up to and including it
+    with CountSyncs() as c:
+        out = model.generate(idx, 30, temperature=0, eos_token_id=eos, check_every=4)
+    steps = -(-first // 4) * 4  # stopped at the first check after eos
+    assert out.shape == (1, 4 + steps)
+    assert torch.equal(out[0, : 4 + first], greedy[0, : 4 + first])
+    assert (out[0, 4 + first :] == eos).all()  # padded after its eos
+    assert c.n <= 1 + steps // 4
+    # A batch: rows that finish early are padded with eos until every row has finished.
+    two = torch.cat([idx, torch.randint(0, model.config.vocab_size, (1, 4))])
+    out = model.generate(two, 30, temperature=0, eos_token_id=eos, check_every=4)
+    for row in out:
+        hit = (row[4:] == eos).nonzero()
+        if len(hit):
+            assert (row[4 + int(hit[0]) :] == eos).all()

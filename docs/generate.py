@@ -2,6 +2,7 @@
 
     python docs/generate.py                       # every doc that has a generated part
     python docs/generate.py docs/theory.md        # only these
+    python docs/generate.py --show gelu_kernel    # print one part
 
 A generated part sits between two marker lines,
 
@@ -13,6 +14,7 @@ where ``name`` is a key of ``GENERATORS`` and ``command`` prints the same text.
 tests/test_docs.py fails when a part differs from what its generator returns today.
 """
 
+import ast
 import sys
 from pathlib import Path
 
@@ -21,14 +23,40 @@ DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # this checkout's gpt2, whatever is installed
 
+from bench import roofline  # noqa: E402
 from gpt2 import worked_example as we  # noqa: E402
 
-# name -> the function that writes that part; `python -m gpt2.worked_example --name` prints it.
-GENERATORS = {"walkthrough": we.markdown, "sizes": we.sizes_markdown, "bpe": we.bpe_markdown}
+# name -> the function that writes that part; `python -m gpt2.worked_example --name` prints it,
+# unless COMMANDS names another command.
+GENERATORS = {
+    "walkthrough": we.markdown, "sizes": we.sizes_markdown, "bpe": we.bpe_markdown,
+    "decode": we.decode_markdown, "training": we.training_markdown,
+    "roofline": lambda: roofline.ridge_table() + "\n" + roofline.ops_table(),
+}
+COMMANDS = {"roofline": "python -m bench.roofline --table"}
+
+
+def kernel_source(path, name):
+    """The source of function ``name`` in ``path`` (decorators included), read without importing."""
+    text = (ROOT / path).read_text(encoding="utf-8")
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            lines = text.splitlines()[node.decorator_list[0].lineno - 1 if node.decorator_list else node.lineno - 1:node.end_lineno]
+            return "\n".join(lines)
+    raise ValueError(f"{path} defines no function {name!r}")
+
+
+def _gelu_kernel():
+    return "```python\n# kernels/gelu.py, as it is today\n" + kernel_source("kernels/gelu.py", "_gelu_fwd_kernel") + "\n```\n"
+
+
+GENERATORS["gelu_kernel"] = _gelu_kernel
+COMMANDS["gelu_kernel"] = "python docs/generate.py --show gelu_kernel"
 
 
 def begin_mark(name):
-    return f"<!-- BEGIN GENERATED {name} by `python -m gpt2.worked_example --{name}`; do not edit by hand -->"
+    command = COMMANDS.get(name, f"python -m gpt2.worked_example --{name}")
+    return f"<!-- BEGIN GENERATED {name} by `{command}`; do not edit by hand -->"
 
 
 def end_mark(name):
@@ -60,8 +88,13 @@ def update(text):
 
 def main(argv=None):
     """Update each file; a file that cannot be (missing, not UTF-8 text, a marker without its
-    pair) is one line on stderr, the others are still done, and the exit status is then 1."""
-    paths = [Path(a) for a in (sys.argv[1:] if argv is None else argv)] or [p for p in DOCS if p.is_file()]
+    pair) is one line on stderr, the others are still done, and the exit status is then 1.
+    ``--show NAME`` prints one generated part instead."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--show"] and len(args) == 2 and args[1] in GENERATORS:
+        sys.stdout.write(GENERATORS[args[1]]())
+        return
+    paths = [Path(a) for a in args] or [p for p in DOCS if p.is_file()]
     failed = 0
     for path in paths:
         try:
@@ -74,7 +107,7 @@ def main(argv=None):
             continue
         names = parts(text)
         if not names:
-            if argv or sys.argv[1:]:
+            if args:
                 print(f"{path}: no generated part", file=sys.stderr)
             continue
         new = update(text)

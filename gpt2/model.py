@@ -171,8 +171,9 @@ class GPT2(nn.Module):
         self._fused_residual = False  # True with the Triton LayerNorm: blocks run forward_fused
         self.kernel = lm_loss  # f(x, weight, targets) -> (logits or None, loss), set by the switch
         self.apply(self._init_weights)
-        # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 n_layer),
-        # so the stream's variance does not grow with depth (two such writes per block).
+        # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 n_layer)
+        # (two such writes per block), so the variance all 2L writes add together does not depend
+        # on n_layer; the stream's variance still grows block by block.
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))

@@ -4,6 +4,8 @@
     python -m gpt2.worked_example --walkthrough                  # the same as Markdown
     python -m gpt2.worked_example --sizes                        # the model-size table
     python -m gpt2.worked_example --bpe                          # BPE's merge loop on one word
+    python -m gpt2.worked_example --decode                       # a KV-cache decode step
+    python -m gpt2.worked_example --training                     # the loss and dlogits
 
 The model is the real ``gpt2.model.GPT2`` (1 block, 2 heads, d_model 4, a 10-word toy
 vocabulary) in float64, with its weights drawn from a fixed seed and rounded to one decimal so
@@ -327,8 +329,9 @@ def sections(t=None, model=None):
 
     s = Section("9. MLP with the tanh GELU")
     s.text(f"`mlp.c_fc` widens each position to 4d = {4 * d} features, GELU (tanh form) bends them, "
-           f"`mlp.c_proj` brings them back to d = {d}. Negative inputs are squashed towards 0, "
-           "positive ones pass almost unchanged.")
+           f"`mlp.c_proj` brings them back to d = {d}. Large negative inputs are squashed towards 0 and "
+           f"large positive ones pass almost unchanged; near 0 GELU bends both (GELU(1) = {fmt(F.gelu(torch.tensor(1.0, dtype=torch.float64), approximate='tanh'))}, "
+           f"GELU(−1) = {fmt(F.gelu(torch.tensor(-1.0, dtype=torch.float64), approximate='tanh'))}).")
     s.math(r"\mathrm{GELU}(u) = \tfrac12 u\left(1+\tanh\!\left(\sqrt{2/\pi}\,(u + 0.044715\,u^3)\right)\right)",
            "GELU(u) = 0.5 u (1 + tanh(sqrt(2/pi) (u + 0.044715 u^3)))")
     hid = [f"h{i}" for i in range(4 * d)]
@@ -388,6 +391,139 @@ def render(secs, markdown=False):
 def markdown():
     """The generated body of docs/worked-example.md."""
     return render(sections(), markdown=True)
+
+
+# ---- the KV cache: one decode step -------------------------------------------------------
+@torch.no_grad()
+def decode_trace(model=None, ids=None, prefill=2):
+    """Prefill the first ``prefill`` tokens into a ``KVCache``, then decode the next one alone.
+
+    Returns the cache's tensors and the decode step's attention weights and logits, next to
+    the full forward pass's; raises AssertionError if the cached step disagrees with it."""
+    from .model import KVCache
+
+    model = build_model() if model is None else model
+    ids = encode(PROMPT) if ids is None else list(ids)
+    T = len(ids)
+    full = trace(model, ids)
+    cache = KVCache(model.config, 1, T, dtype=torch.float64)
+    d = {"cache_shape": tuple(cache.k.shape), "prefill_ids": ids[:prefill], "step_id": ids[prefill]}
+    with record_attention(model) as w_pre:
+        model(torch.tensor([ids[:prefill]]), cache=cache)
+    d["pos_after_prefill"] = cache.pos
+    d["prefill_weights"] = w_pre[0]  # (1, nh, prefill, prefill)
+    with record_attention(model) as w_step:
+        logits = model(torch.tensor([[ids[prefill]]]), cache=cache)  # (1, 1, V)
+    d.update(pos=cache.pos, k=cache.k[0, 0, :, :cache.pos].clone(), v=cache.v[0, 0, :, :cache.pos].clone(),
+             step_weights=w_step[0], step_logits=logits[0, 0], full_logits=full["logits"][0, prefill],
+             full_weights=full["weights"][0, :, prefill], full_k=full["k_h"][0], full_v=full["v_h"][0])
+    torch.testing.assert_close(d["k"], full["k_h"][0, :, :cache.pos], rtol=0, atol=1e-12)
+    torch.testing.assert_close(d["v"], full["v_h"][0, :, :cache.pos], rtol=0, atol=1e-12)
+    torch.testing.assert_close(d["step_weights"][0, :, 0, :cache.pos], d["full_weights"][:, :cache.pos], rtol=0, atol=1e-12)
+    torch.testing.assert_close(d["step_logits"], d["full_logits"], rtol=0, atol=1e-12)
+    d["max_abs_diff"] = float((d["step_logits"] - d["full_logits"]).abs().max())
+    d["tokens"] = [VOCAB[i] for i in ids]
+    return d
+
+
+def kv_cache_bytes(config, batch, tokens, bytes_per_element):
+    """Memory of a KV cache: K and V, for every layer, batch row, token and feature: 2·L·B·T·d·s."""
+    return 2 * config.n_layer * batch * tokens * config.n_embd * bytes_per_element
+
+
+def decode_markdown():
+    """The KV cache's worked step (theory.md, the KV cache section), Markdown."""
+    d = decode_trace()
+    cfg = CONFIG
+    gpt2 = GPT2Config.from_name("gpt2")
+    nbytes = kv_cache_bytes(gpt2, 1, gpt2.block_size, 2)
+    toks = d["tokens"]
+    P = len(d["prefill_ids"])
+    keys = _labels(toks[:d["pos"]])
+    hs = cfg.head_size
+    lines = [
+        f"The worked example's model (`gpt2.worked_example`, {cfg.n_layer} block, {cfg.n_head} heads of "
+        f"size {hs}) with `KVCache(config, batch_size=1, max_len={len(toks)})`, whose `k` and `v` are each "
+        f"{d['cache_shape']} = (n_layer, B, n_head, max_len, head_size). **Prefill** runs "
+        + " ".join(f"`{t!r}`" for t in toks[:P]) + f" in one pass and stores their keys and values: "
+        f"`cache.pos` = {d['pos_after_prefill']}. **Decode** then runs `{toks[P]!r}` alone, a (1, 1) input: "
+        f"its one query meets the {P} cached keys and its own, which the step appends (`cache.pos` = {d['pos']}).",
+        "",
+    ]
+    for h in range(cfg.n_head):
+        block = [f"head {h}: cached keys K (rows {P} and later written by the decode step)",
+                 matrix(d["k"][h], keys, [f"k{j}" for j in range(hs)]),
+                 f"head {h}: cached values V", matrix(d["v"][h], keys, [f"v{j}" for j in range(hs)]),
+                 f"head {h}: the new token's attention weights (1 query x {d['pos']} keys)",
+                 matrix(d["step_weights"][0, h], [f"{P}:{_short(toks[P])}"], [f"key {k}" for k in keys], 11)]
+        lines += ["```text", "\n".join(block), "```", ""]
+    words = [_short(w) for w in VOCAB]
+    both = torch.stack([d["step_logits"], d["full_logits"]])
+    lines += [
+        "```text",
+        "logits of the next token: cached decode step, and row "
+        f"{P} of the full forward pass over all {len(toks)} tokens",
+        matrix(both, ["decode", "full"], words, 9),
+        "```",
+        "",
+        "The two rows agree to within 1e-12 (float64, checked on every run), and the weights are row {P} of the "
+        f"attention matrices of the walk-through: caching changes the work, not the numbers. For "
+        f"`gpt2` at its {gpt2.block_size:,} tokens in bf16 the cache holds 2 · {gpt2.n_layer} · 1 · "
+        f"{gpt2.block_size:,} · {gpt2.n_embd} · 2 = {nbytes:,} bytes, {nbytes / 1e6:.1f} MB per sequence.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- training: shifted targets, the loss and its gradient -----------------------------------
+def training_trace(model=None, ids=None):
+    """Inputs, targets shifted by one, the loss and dlogits = (softmax - one-hot) / N on the
+    worked example's model, checked against autograd."""
+    model = build_model() if model is None else model
+    ids = encode(PROMPT) if ids is None else list(ids)
+    inputs, targets = torch.tensor([ids[:-1]]), torch.tensor([ids[1:]])
+    with torch.no_grad():
+        logits = model(inputs)  # (1, T-1, V)
+        _, model_loss = model(inputs, targets)
+    leaf = logits.clone().requires_grad_(True)
+    loss = F.cross_entropy(leaf.flatten(0, 1), targets.flatten())
+    loss.backward()
+    probs = torch.softmax(leaf.detach()[0], -1)
+    onehot = F.one_hot(targets[0], len(VOCAB)).double()
+    n = targets.numel()
+    dlogits = (probs - onehot) / n
+    torch.testing.assert_close(leaf.grad[0], dlogits, rtol=0, atol=1e-12)
+    # the model computes its loss in float32 (bf16 logits are upcast); the float64 one is the check
+    torch.testing.assert_close(model_loss.double(), loss.detach(), rtol=0, atol=1e-6)
+    picked = probs[torch.arange(n), targets[0]]
+    return dict(ids=ids, inputs=ids[:-1], targets=ids[1:], probs=probs, picked=picked, loss=float(loss.detach()),
+                dlogits=dlogits)
+
+
+def training_markdown():
+    """The loss and its gradient on the worked example's numbers (theory.md, training), Markdown."""
+    t = training_trace()
+    words = [_short(w) for w in VOCAB]
+    n = len(t["targets"])
+    rows = [f"{i}:{_short(VOCAB[a])}→{_short(VOCAB[b])}" for i, (a, b) in enumerate(zip(t["inputs"], t["targets"]))]
+    terms = " + ".join(f"log {fmt(p)}" for p in t["picked"])
+    return "\n".join([
+        f"The worked example's sequence {t['ids']} gives inputs {t['inputs']} and targets {t['targets']}: "
+        f"position t is asked for token t+1. Its probabilities for the true next tokens are "
+        + ", ".join(f"{fmt(p)}" for p in t["picked"])
+        + f", so the loss is −({terms}) / {n} = {fmt(t['loss'])}.",
+        "",
+        "```text",
+        "softmax(logits), row per position (input→target)",
+        matrix(t["probs"], rows, words, 9),
+        f"dloss/dlogits = (softmax − one-hot(target)) / {n}",
+        matrix(t["dlogits"], rows, words, 9),
+        "```",
+        "",
+        "Each row of the gradient sums to zero: the target's entry is (p − 1) / N and every other "
+        "entry p / N, so a gradient-descent step raises the target's logit and lowers the others in "
+        "proportion to how much probability they took. The numbers equal autograd's gradient of "
+        "`F.cross_entropy` and the loss equals `model(inputs, targets)` (checked on every run).",
+    ]) + "\n"
 
 
 # ---- model sizes ------------------------------------------------------------------------
@@ -452,8 +588,11 @@ def main(argv=None):
                    help="print the walk-through as Markdown (the body of docs/worked-example.md)")
     p.add_argument("--sizes", action="store_true", help="print the model-size table (Markdown)")
     p.add_argument("--bpe", action="store_true", help="print the BPE merge example (Markdown)")
+    p.add_argument("--decode", action="store_true", help="print the KV cache's decode step (Markdown)")
+    p.add_argument("--training", action="store_true", help="print the loss and its gradient (Markdown)")
     args = p.parse_args(argv)
-    chosen = [f for flag, f in ((args.walkthrough, markdown), (args.sizes, sizes_markdown), (args.bpe, bpe_markdown)) if flag]
+    chosen = [f for flag, f in ((args.walkthrough, markdown), (args.sizes, sizes_markdown), (args.bpe, bpe_markdown),
+                                (args.decode, decode_markdown), (args.training, training_markdown)) if flag]
     for f in chosen:
         sys.stdout.write(f())
     if not chosen:

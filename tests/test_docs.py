@@ -163,6 +163,19 @@ def test_generated_parts_are_what_the_code_prints():
             )
     assert "worked-example.md" in seen.get("walkthrough", [])
     assert "theory.md" in seen.get("bpe", []) and "theory.md" in seen.get("sizes", [])
+    assert all("theory.md" in seen.get(name, []) for name in ("decode", "training", "roofline"))
+    assert "triton-primer.md" in seen.get("gelu_kernel", [])
+
+
+def test_primer_annotates_the_kernel_as_it_is():
+    """Every code fragment the primer's GELU table explains occurs in the kernel's source today."""
+    text = (DOCS / "triton-primer.md").read_text(encoding="utf-8")
+    table = text.split("| Code | What it means |", 1)[1].split("\n\n", 1)[0]
+    fragments = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
+    source = generate.kernel_source("kernels/gelu.py", "_gelu_fwd_kernel")
+    assert len(fragments) >= 10
+    missing = [f for f in fragments if f not in source]
+    assert not missing, f"the primer explains code the kernel no longer has: {missing}"
 
 
 def test_generate_rewrites_a_stale_part(tmp_path, capsys):
@@ -250,3 +263,42 @@ def test_tour_notebook_runs(tmp_path):
     assert any("image/png" in o.get("data", {}) for o in outputs), "the heatmap was not shown"
     if not torch.cuda.is_available():
         assert "INTERPRETER (not a performance number)" in text
+
+
+def test_theory_names_every_kernel():
+    """Part II lists the @triton.jit functions of kernels/; one added or renamed must be named."""
+    text = (DOCS / "theory.md").read_text(encoding="utf-8")
+    jitted = []
+    for path in sorted((ROOT / "kernels").glob("*.py")):
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.FunctionDef) and node.name.endswith(("_kernel", "_inner")) and any(
+                    "jit" in ast.unparse(d) for d in node.decorator_list):
+                jitted.append(node.name)
+    assert len(jitted) >= 10
+    missing = [k for k in jitted if f"`{k}`" not in text]
+    assert not missing, f"theory.md does not name the kernels {missing}"
+
+
+def test_initial_query_variance_in_the_prose():
+    """theory.md §3: a query component of a fresh gpt2 has variance d * 0.02^2 (LayerNorm makes
+    x-hat, not q, unit-variance), and the scaled scores that variance squared."""
+    text = (DOCS / "theory.md").read_text(encoding="utf-8")
+    cfg, _ = we.model_sizes()["gpt2"]
+    var_q = cfg.n_embd * 0.02**2
+    assert f"$d \\cdot 0.02^2 = {var_q:.2f}$ for $d = {cfg.n_embd}$" in text
+    assert f"${var_q:.2f}^2 = {var_q ** 2:.3f}$" in text
+    torch.manual_seed(0)  # and it is what the model's own initialisation gives
+    from gpt2 import GPT2, GPT2Config
+    model = GPT2(GPT2Config(n_layer=1, n_head=12, n_embd=cfg.n_embd, vocab_size=64, block_size=64))
+    with torch.no_grad():
+        x = model.transformer.h[0].ln_1(torch.randn(4, 64, cfg.n_embd))
+        q = model.transformer.h[0].attn.c_attn(x)[..., :cfg.n_embd]
+    assert abs(q.var().item() - var_q) < 0.03
+
+
+def test_diagram_shows_c_attn_and_what_only_triton_fuses():
+    tex = (DOCS / "architecture.tex").read_text(encoding="utf-8")
+    assert re.search(r"Linear \$d \\to 3d\$ \\texttt\{c\\_attn\}", tex) and "split into Q, K, V" in tex
+    assert r"\node[tri, below=3mm of fc, minimum height=6mm] (gelu) {GELU (tanh form)};" in tex
+    assert re.search(r"Triton only: .*bias fused", tex)
+    assert r"dims/.style={font=\small" in tex  # shape notes readable at the README's width

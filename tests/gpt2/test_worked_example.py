@@ -145,3 +145,32 @@ def test_bpe_example_is_the_tokenizer_s_answer():
 
 def test_tiny_config_is_the_documented_one():
     assert we.CONFIG == GPT2Config(n_layer=1, n_head=2, n_embd=4, vocab_size=10, block_size=8)
+
+
+def test_decode_step_equals_the_full_forward():
+    """Prefill + one cached decode step give the full pass's logits; the cache's size formula is
+    what a KVCache really allocates."""
+    from gpt2.model import KVCache
+
+    d = we.decode_trace()
+    assert d["cache_shape"] == (1, 1, 2, 3, 2) and d["pos"] == 3
+    torch.testing.assert_close(d["step_logits"], d["full_logits"], rtol=0, atol=1e-12)
+    text = we.decode_markdown()
+    assert "".join(f"{we.fmt(v):>9}" for v in d["step_logits"]) in text
+    cfg = GPT2Config.from_name("gpt2")
+    cache = KVCache(cfg, 1, cfg.block_size, device="meta", dtype=torch.bfloat16)
+    nbytes = (cache.k.numel() + cache.v.numel()) * 2
+    assert we.kv_cache_bytes(cfg, 1, cfg.block_size, 2) == nbytes
+    assert f"{nbytes:,} bytes, 37.7 MB per sequence" in text
+
+
+def test_loss_gradient_is_softmax_minus_one_hot():
+    t = we.training_trace()
+    assert t["inputs"] == t["ids"][:-1] and t["targets"] == t["ids"][1:]
+    n = len(t["targets"])
+    torch.testing.assert_close(t["dlogits"].sum(-1), torch.zeros(n, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert t["loss"] == pytest.approx(-sum(math.log(p) for p in t["picked"].tolist()) / n)
+    text = we.training_markdown()
+    assert f"= {we.fmt(t['loss'])}." in text
+    for row in t["dlogits"]:
+        assert "".join(f"{we.fmt(v):>9}" for v in row) in text

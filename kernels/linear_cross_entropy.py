@@ -59,7 +59,7 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
-    TRITON_TYPE, Launch, check_float_dtype, check_runnable, check_same_dtype, device_guard,
+    TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype, device_guard,
 )
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -296,8 +296,13 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reducti
         TypeError for an unsupported or mismatched dtype, ValueError for bad shapes, a
         reduction not in "mean", "sum", "none", targets out of range, tensors on different
         devices, or CPU tensors without the interpreter.
+    Under torch.autocast, x, weight and bias are cast to autocast's dtype, as autocast does for
+    the eager linear layer whose logits this replaces; the loss is float32 either way.
     """
     op = "linear_cross_entropy"
+    dtype = autocast_dtype(x)
+    if dtype is not None:
+        x, weight, bias = cast_floats(dtype, x, weight, bias)
     for name, t in (("x", x), ("weight", weight), ("targets", targets)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")

@@ -150,6 +150,22 @@ def test_add_layer_norm_under_autocast(device):
     torch.testing.assert_close(y.double(), y_ref, **tol("layer_norm", torch.float32))
 
 
+def test_linear_cross_entropy_under_autocast(device):
+    # activations in bf16 from an autocast matmul, the tied weight in float32: eager autocast
+    # runs the LM head's linear in bf16, and so must the fused loss (which used to refuse the mix)
+    x = torch.randn(6, 16, device=device)
+    weight = torch.randn(40, 16, device=device)
+    targets = torch.randint(0, 40, (6,), device=device)
+    with _autocast(device):
+        h = F.linear(x, torch.randn(16, 16, device=device))  # bf16
+        loss = kernels.linear_cross_entropy(h, weight, targets)
+        loss_eager = F.cross_entropy(F.linear(h, weight).float(), targets)
+    assert loss.dtype == torch.float32
+    ref = F.cross_entropy(h.double() @ weight.bfloat16().double().T, targets)
+    torch.testing.assert_close(loss.double(), ref, **tol("linear_cross_entropy", torch.bfloat16))
+    torch.testing.assert_close(loss, loss_eager, **tol("linear_cross_entropy", torch.bfloat16))
+
+
 def test_attention_under_autocast(device):
     q, k, v = (torch.randn(1, 2, 8, 16, device=device) for _ in range(3))
     with _autocast(device):

@@ -473,7 +473,7 @@ KERNELS = ("fwd", "bwd_preprocess", "bwd_dkdv", "bwd_dq")
 ARCHS = (80, 90)  # the two families of tiles: sm_90 (Hopper: wgmma, TMA) and everything else from sm_80 on
 
 
-def _candidates(kernel, arch, head_dim, dtype, causal):
+def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
     """The ordered candidate launches (best guess first) for one of KERNELS on sm_<arch>,
     each a Launch whose constexprs hold BLOCK_M, BLOCK_N and the kernel's code-path switches.
     BLOCK_M tiles the queries and BLOCK_N the keys: a bwd_dkdv program owns BLOCK_N keys and
@@ -487,7 +487,9 @@ def _candidates(kernel, arch, head_dim, dtype, causal):
     compiles with no spills and at most 227 KB of shared memory.
     sm_80 and every other GPU (A100, consumer parts): pointer loads (cp.async), tiles that
     fit 255 registers of mma.sync operands and 99 KB of shared memory (so sm_86/89/120 too).
-    ``causal`` is part of the key; the lists are the same today.
+    ``causal`` is part of the key; the lists are the same today. ``atomic_dq`` (bwd_dkdv with
+    deterministic=False) gets one launch with a query tile small enough for the extra dQ
+    product's registers.
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
@@ -519,10 +521,16 @@ def _candidates(kernel, arch, head_dim, dtype, causal):
                  "bwd_dkdv": launch(16, 32 if big else 64, 4, 2),
                  "bwd_dq": launch(64, 16 if big else 32, 4, 2)}[kernel]]
     if arch == 90:
+        if kernel == "bwd_dkdv" and atomic_dq:
+            return [launch(16 if big else 32, 128, 8, 3, True)]
         return {
+            # 128x128 at D=128 would hold two 128x128 fp32 score tiles and the 128x128
+            # accumulator: past 255 registers.
             "fwd": [launch(128, 64 if big else 128, 8, 2, True, True),
                     launch(128, 64 if big else 128, 8, 2, True, False)],
-            "bwd_dkdv": [launch(64, 128, 8, 2, True), launch(32, 128, 8, 3, True)],
+            # dK and dV accumulators are BLOCK_N x D fp32 each: at D=128 a 64-query tile spills.
+            "bwd_dkdv": ([launch(32, 128, 8, 3, True), launch(64, 64, 4, 2, True)] if big
+                         else [launch(64, 128, 8, 2, True), launch(32, 128, 8, 3, True)]),
             "bwd_dq": [launch(128, 64, 8, 2, True), launch(64, 64, 4, 3, True)],
         }[kernel]
     # sm_80 family. On sm_80 a warp's mma.sync B operand (K^T, V) spans the whole key tile,
@@ -568,9 +576,10 @@ def _compile_configs():
         for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
             for arch in ARCHS:
                 for causal in (True, False):
-                    for i, cfg in enumerate(_candidates(kernel, arch, head_dim, dtype, causal)):
+                    for cfg in _candidates(kernel, arch, head_dim, dtype, causal):
                         yield _compile_config(kernel, arch, head_dim, dtype, causal, cfg)
-                    if kernel == "bwd_dkdv":  # deterministic=False runs the last (smallest) candidate
+                    if kernel == "bwd_dkdv":  # deterministic=False
+                        (cfg,) = _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=True)
                         yield _compile_config(kernel, arch, head_dim, dtype, causal, cfg, atomic_dq=True)
 
 
@@ -722,9 +731,9 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
             run_dkdv(_pick("bwd_dkdv", q.device, D, q.dtype, causal, max(Sq, Sk), run_dkdv))
             run_dq(_pick("bwd_dq", q.device, D, q.dtype, causal, max(Sq, Sk), run_dq))
         else:
-            # The last (smallest) candidate: the dQ products need registers too. Untimed, as
-            # each timing run would add into dq_acc again.
-            run_dkdv(_candidates("bwd_dkdv", _arch(q.device), D, q.dtype, causal)[-1])
+            # One launch, untimed: each timing run would add into dq_acc again.
+            (cfg,) = _candidates("bwd_dkdv", _arch(q.device), D, q.dtype, causal, atomic_dq=True)
+            run_dkdv(cfg)
             dq = dq_acc.to(q.dtype)
     return dq, dk, dv
 

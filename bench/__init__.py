@@ -1,11 +1,17 @@
 """Benchmarks of the Triton kernels and of GPT-2 end to end, with plots: ``python -m bench``.
 
-    bench/common.py      sizes, batch rules, FLOP/byte counts, timing, limits, results schema
+    bench/points.py      sizes, sequence lengths, a Point, the batch that fills the GPU
+    bench/counts.py      FLOP and byte counts of a point
+    bench/timing.py      how a point is timed (Timer, time_kernel), measured limits, peak memory
+    bench/impls.py       looking up an implementation; Unavailable
+    bench/results.py     the row schema, speedups, results.json/.csv
+    bench/run_meta.py    what a run records about itself; the progress line
+    bench/compare.py     --compare OLD NEW: the ratio of two result folders, point by point
     bench/sweep.py       what to measure and in which order (--budget keeps the important first)
     bench/runner.py      runs the tasks; OOM/errors/unavailable become rows, the run goes on
     bench/layer_norm.py, bench/gelu.py, bench/attention.py, bench/model.py   one family each
     bench/targets.py     the performance targets, checked against results
-    bench/plots.py       PNG plots; bench/summary.py: summary.md
+    bench/plots/         PNG plots (style, ops, end_to_end, compare); bench/summary.py: summary.md
     bench/gpu_check.sh   tests + kernel inspection + benchmark on a GPU machine, packed in <= 8 files
 
 Nothing here imports ``kernels`` at import time: ``--smoke`` must set TRITON_INTERPRET first.

@@ -8,6 +8,10 @@
     python -m bench --smoke --out DIR        the whole pipeline on the CPU through Triton's
                                              interpreter at tiny sizes (not performance)
     python -m bench --plot DIR               redraw the plots of a results folder
+    python -m bench --compare OLD NEW        the ratio of two result folders, point by point
+                                             (table, compare.csv and compare.png in --out or NEW)
+
+How a point is timed: bench/timing.py, ``Timer`` (built in ``run`` below) and ``time_kernel``.
 
 Without a CUDA GPU (and without --smoke/--plot/--dry-run) it says so and redraws the plots of
 the results shipped in bench/results/.
@@ -44,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--out", help="results folder (default bench/results/<device>/)")
     p.add_argument("--smoke", action="store_true", help="CPU + Triton interpreter, tiny sizes, not performance")
     p.add_argument("--plot", metavar="DIR", help="redraw the plots of the results in DIR (into --out or DIR)")
+    p.add_argument("--compare", nargs=2, metavar=("OLD_DIR", "NEW_DIR"),
+                   help="tabulate and plot NEW's speedup over OLD at every point both measured")
     p.add_argument("--dry-run", action="store_true", help="print the planned tasks in order and stop")
     p.add_argument("--verbose", action="store_true", help="print the traceback of every failing point")
     args = p.parse_args(argv)
@@ -53,7 +59,7 @@ def parse_args(argv=None):
 
 
 def replot(results_dir, out_dir=None, quiet=False):
-    from .common import load_results
+    from .results import load_results
     from .plots import render_all
     from .summary import write_summary
 
@@ -122,6 +128,16 @@ def print_plan(tasks, info, budget=None):
 def main(argv=None):
     t_start = time.monotonic()
     parser, args = parse_args(argv)
+    if args.compare:
+        from .compare import CompareError, compare
+
+        try:
+            text, csv_path, png = compare(*args.compare, out_dir=args.out)
+        except CompareError as e:
+            parser.error(f"--compare: {e}")
+        print(text, end="")
+        print(f"wrote {csv_path}" + (f" and {png}" if png else ""))
+        return 0
     if args.plot:
         if not os.path.exists(args.plot):
             parser.error(f"--plot: {args.plot} does not exist")
@@ -145,7 +161,7 @@ def main(argv=None):
 
     import torch
 
-    from .common import device_info
+    from .points import device_info
 
     cuda = torch.cuda.is_available()
     info = device_info(smoke=args.smoke)
@@ -159,10 +175,9 @@ def main(argv=None):
 
 def run(args, sweep, info, budget, t_start):
     from . import plots
-    from .common import (
-        Context, Progress, Timer, base_meta, device_slug, fill_speedups, measure_limits, peer_version,
-        write_results,
-    )
+    from .results import fill_speedups, write_results
+    from .run_meta import Progress, base_meta, device_slug, peer_version
+    from .timing import Context, Timer, measure_limits
     from .runner import execute
     from .summary import write_summary
     from .sweep import plan

@@ -6,7 +6,7 @@ Passes: fwd (no autograd) and fwd+bwd (gradients of q, k and v).
 Implementations:
     triton          ours: ``kernels.attention(q, k, v, causal=True)``
     eager           the textbook op: q @ k^T, mask, softmax, @ v, with the (S, S) scores in
-                    memory (``gpt2.attention.attend(impl="torch")``, the model's eager path)
+                    memory (``gpt2.attention.attend``, the model's eager path)
     compile         ``torch.compile`` of the textbook op
     sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math
                     ``F.scaled_dot_product_attention(is_causal=True)`` pinned to each backend
@@ -18,7 +18,9 @@ Triton's fused-attention tutorial is not shipped inside the ``triton`` package, 
 a line here.
 """
 
-from .common import Unavailable, compiled, family_points, make_inputs, time_kernel
+from .impls import Unavailable, op_function
+from .points import family_points
+from .timing import make_inputs, time_kernel
 
 FAMILY = "attention"
 OP = "attention_causal"
@@ -43,7 +45,7 @@ def points(sizes, seq_lens, dtype, info, smoke=False):
 def _eager(q, k, v):
     from gpt2.attention import attend
 
-    return attend(q, k, v, causal=True, impl="torch")
+    return attend(q, k, v, causal=True)
 
 
 def _reference(q, k, v):
@@ -67,30 +69,27 @@ def _sdpa(backend_name):
     return f
 
 
+def _flash_attn(flash_attn_func):
+    """flash-attn takes (B, S, H, D): the transposes are views."""
+
+    def f(q, k, v):
+        return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True).transpose(1, 2)
+
+    return f
+
+
+IMPORTED = {
+    "triton": ("kernels", "attention", lambda fn: lambda q, k, v: fn(q, k, v, causal=True)),
+    "flash_attn": ("flash_attn", "flash_attn_func", _flash_attn),
+}
+
+
 def function(impl, ctx):
-    if impl == "eager":
-        return _eager
-    if impl == "compile":
-        return compiled(_eager, ctx)
     if impl in SDPA_BACKENDS:
         return _sdpa(SDPA_BACKENDS[impl])
-    if impl == "triton":
-        try:
-            from kernels import attention as fn
-        except ImportError as e:
-            raise Unavailable(f"kernels.attention not importable: {e}") from e
-        return lambda q, k, v: fn(q, k, v, causal=True)
-    if impl == "flash_attn":
-        try:
-            from flash_attn import flash_attn_func
-        except ImportError as e:
-            raise Unavailable(f"flash_attn not installed ({e})") from e
-        if ctx.device != "cuda":
-            raise Unavailable("flash_attn needs a CUDA GPU")
-        return lambda q, k, v: flash_attn_func(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True
-        ).transpose(1, 2)
-    raise ValueError(f"unknown {FAMILY} impl {impl!r}")
+    if impl == "flash_attn" and ctx.device != "cuda":
+        raise Unavailable("flash_attn needs a CUDA GPU")
+    return op_function(impl, ctx, _eager, IMPORTED)
 
 
 def inputs(point, ctx):

@@ -12,7 +12,9 @@ Implementations:
 Liger-Kernel has gated GELU (GEGLU) and SwiGLU but no GELU with bias, so it has no line here.
 """
 
-from .common import Unavailable, compiled, family_points, make_inputs, time_kernel
+from .impls import op_function
+from .points import family_points
+from .timing import make_inputs, time_kernel
 
 FAMILY = "gelu"
 OP = "gelu_bias"
@@ -37,18 +39,7 @@ def _reference(x, bias):
     return F.gelu(x.float() + bias.float(), approximate="tanh")
 
 
-def function(impl, ctx):
-    if impl == "eager":
-        return _eager
-    if impl == "compile":
-        return compiled(_eager, ctx)
-    if impl == "triton":
-        try:
-            from kernels import gelu
-        except ImportError as e:
-            raise Unavailable(f"kernels.gelu not importable: {e}") from e
-        return gelu
-    raise ValueError(f"unknown {FAMILY} impl {impl!r}")
+IMPORTED = {"triton": ("kernels", "gelu", lambda gelu: gelu)}
 
 
 def inputs(point, ctx):
@@ -57,4 +48,5 @@ def inputs(point, ctx):
 
 
 def run(point, impl, ctx):
-    return time_kernel(point, impl, ctx, function(impl, ctx), *inputs(point, ctx), reference=_reference)
+    f = op_function(impl, ctx, _eager, IMPORTED)
+    return time_kernel(point, impl, ctx, f, *inputs(point, ctx), reference=_reference)

@@ -74,7 +74,7 @@ if ! $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"
     say "no CUDA GPU here: this check is for a GPU machine (on a CPU: python -m bench --smoke --out DIR)"
     exit 3
 fi
-SLUG=$($PY -c "import torch; from bench.common import device_slug; print(device_slug(torch.cuda.get_device_name(0)))" \
+SLUG=$($PY -c "import torch; from bench.run_meta import device_slug; print(device_slug(torch.cuda.get_device_name(0)))" \
     2>>"$LOG" || echo gpu)
 BENCH_OUT=$WORK/results/$SLUG
 

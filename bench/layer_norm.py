@@ -11,7 +11,9 @@ Implementations:
     liger    Liger-Kernel's ``LigerLayerNormFunction`` when ``liger_kernel`` is installed
 """
 
-from .common import Unavailable, compiled, family_points, make_inputs, time_kernel
+from .impls import op_function
+from .points import family_points
+from .timing import make_inputs, time_kernel
 
 FAMILY = "layer_norm"
 OP = "layer_norm"
@@ -36,24 +38,11 @@ def _reference(x, w, b):
     return F.layer_norm(x.float(), w.shape, w.float(), b.float(), EPS)
 
 
-def function(impl, ctx):
-    if impl == "eager":
-        return _eager
-    if impl == "compile":
-        return compiled(_eager, ctx)
-    if impl == "triton":
-        try:
-            from kernels import layer_norm as fn
-        except ImportError as e:
-            raise Unavailable(f"kernels.layer_norm not importable: {e}") from e
-        return lambda x, w, b: fn(x, w, b, EPS)
-    if impl == "liger":
-        try:
-            from liger_kernel.ops.layer_norm import LigerLayerNormFunction
-        except ImportError as e:
-            raise Unavailable(f"liger_kernel not installed ({e})") from e
-        return lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, EPS)
-    raise ValueError(f"unknown {FAMILY} impl {impl!r}")
+IMPORTED = {
+    "triton": ("kernels", "layer_norm", lambda fn: lambda x, w, b: fn(x, w, b, EPS)),
+    "liger": ("liger_kernel.ops.layer_norm", "LigerLayerNormFunction",
+              lambda fn: lambda x, w, b: fn.apply(x, w, b, EPS)),
+}
 
 
 def inputs(point, ctx):
@@ -62,4 +51,5 @@ def inputs(point, ctx):
 
 
 def run(point, impl, ctx):
-    return time_kernel(point, impl, ctx, function(impl, ctx), *inputs(point, ctx), reference=_reference)
+    f = op_function(impl, ctx, _eager, IMPORTED)
+    return time_kernel(point, impl, ctx, f, *inputs(point, ctx), reference=_reference)

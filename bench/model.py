@@ -25,10 +25,10 @@ so a peak-memory reading holds that model, its gradients, optimizer state and ac
 
 import time
 
-from .common import (
-    GEN_BATCH, GEN_NEW, GEN_PROMPT, SMOKE_TARGETS, Point, Unavailable, family_points, free_memory,
-    model_config, package_version, peak_memory, synchronize, torch_dtype,
-)
+from .impls import Unavailable
+from .points import GEN_BATCH, GEN_NEW, GEN_PROMPT, SMOKE_TARGETS, Point, family_points, model_config, torch_dtype
+from .run_meta import package_version
+from .timing import free_memory, peak_memory, synchronize
 
 FAMILY = "model"
 PASSES = ("fwd", "train")
@@ -156,7 +156,7 @@ def run(point, impl, ctx):
         if impl == "compile":
             out["compile_s"] = time.perf_counter() - t0
         # The interpreter takes seconds per step: one timed step is enough to exercise the path.
-        out["ms"] = ctx.timer(step, slow=True, reps=1 if ctx.smoke else None)
+        out.update(ctx.timer(step, slow=True, reps=1 if ctx.smoke else None).fields())
         out["peak_mem_bytes"] = peak_memory(step, ctx.device)
         out["tokens_per_s"] = point.batch * point.seq_len / (out["ms"] * 1e-3)
     finally:
@@ -199,12 +199,12 @@ def _run_generate(point, impl, ctx):
     first = gen(new)  # warm-up: compiles every kernel variant the decode steps meet
     if first.shape[1] != prompt + new:
         raise RuntimeError(f"{impl} generated {first.shape[1] - prompt} tokens, expected {new}")
-    total_ms = ctx.timer(lambda: gen(new), slow=True, warmup=0, reps=1 if ctx.smoke else 3)
+    total = ctx.timer(lambda: gen(new), slow=True, warmup=0, reps=1 if ctx.smoke else 3)
     peak = peak_memory(lambda: gen(new), ctx.device)
     free_memory(ctx.device)
     return {
-        "ms": total_ms / new,
-        "tokens_per_s": point.batch * new / (total_ms * 1e-3),
+        **total.scaled(1 / new).fields(),
+        "tokens_per_s": point.batch * new / (total.ms * 1e-3),
         "peak_mem_bytes": peak,
         "note": (note + "; " if note else "") + f"prompt {prompt}, {new} new tokens, greedy, ms per new token",
     }

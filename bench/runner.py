@@ -16,9 +16,10 @@ import time
 import traceback
 import warnings
 
-from .common import (
-    Unavailable, counts, fill_rates, fill_speedups, free_memory, is_oom, make_row,
-)
+from .counts import counts
+from .impls import Unavailable
+from .results import fill_rates, fill_speedups, make_row
+from .timing import free_memory, is_oom
 from .sweep import cost_class, estimate, family_module
 
 

@@ -2,7 +2,7 @@
 
 from collections import Counter
 
-from .common import best_baseline
+from .results import best_baseline
 from .targets import evaluate, format_value
 
 

@@ -2,7 +2,8 @@
 
 A sweep is families x sizes x sequence lengths x passes, and every implementation at each
 point: one *task* is one (point, implementation). Tasks run most important first, so that a
-run cut short by ``--budget`` (or killed) has already measured what the targets need:
+run cut short by ``--budget`` (or killed) has already measured what the targets (stated in
+``bench/targets.py``) need:
 
     tier 0  what the targets are stated on: attention fwd and fwd+bwd at gpt2, S=1024, every
             implementation; LayerNorm and GELU at gpt2's and gpt2-xl's widths (768, 1600);
@@ -25,8 +26,8 @@ import math
 from dataclasses import dataclass, field
 from importlib import import_module
 
-from .common import (
-    FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, DTYPES, Point,
+from .points import (
+    DTYPES, FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, Point,
 )
 
 FAMILY_MODULES = {f: f"bench.{f}" for f in FAMILIES}
@@ -142,9 +143,9 @@ def tier(point, impl):
             t = 1 if size == "gpt2-xl" else 3
     elif p == "train" and S == 1024 and size in ("gpt2", SMOKE_SIZE) and impl in (
             "triton", "eager", "eager+sdpa", "compile"):
-        t = 0  # >= 1.25x eager, >= 1.05x torch.compile
+        t = 0  # targets train_eager, train_eager_sdpa, train_compile (bench/targets.py)
     elif p == "train" and S == 1024 and size == "gpt2-xl" and impl in ("triton", "eager+sdpa"):
-        t = 0  # MFU >= 50%, memory <= eager with SDPA
+        t = 0  # targets train_mfu_xl, train_memory
     elif S == 1024:
         t = 1 if big2 else 2
     else:
@@ -156,7 +157,7 @@ def tier(point, impl):
 
 def _compile_in_tier0(point):
     """torch.compile tasks that a target compares against: LayerNorm/GELU fwd and fwd+bwd
-    (>= torch.compile) and the gpt2 training step (>= 1.05x torch.compile)."""
+    (ln_/gelu_*_compile) and the gpt2 training step (train_compile)."""
     if point.family in ("layer_norm", "gelu"):
         return point.pass_ in ("fwd", "fwd+bwd")
     return point.family == "model" and point.pass_ == "train"

@@ -1,28 +1,38 @@
 """The project's performance targets, checked against a results file.
 
 Each target compares our all-Triton rows ("triton") with a reference at the same point and
-says, point by point, whether the threshold is met. The plots draw the thresholds and mark
-each point met (filled) or missed (red cross); ``summary.md`` lists them.
+says, point by point, whether the threshold is met. This table is the one place a target is
+stated: the plots (``target(id)``, ``threshold_at``), ``summary.md`` and the sweep's order
+read it from here.
 """
 
 from dataclasses import dataclass
 
-from .common import by_point, row_key
+from .attention import SDPA_BACKENDS
+from .points import model_config
+from .results import by_point, row_key
 
-SDPA = ("sdpa-flash", "sdpa-efficient", "sdpa-cudnn", "sdpa-math")
-KERNEL_WIDTHS = {"layer_norm": (768, 1600), "gelu": (4 * 768, 4 * 1600)}
+SDPA = tuple(SDPA_BACKENDS)
+# The row widths the kernel targets are stated for: gpt2's to gpt2-xl's.
+_N = (model_config("gpt2").n_embd, model_config("gpt2-xl").n_embd)
+KERNEL_WIDTHS = {"layer_norm": _N, "gelu": tuple(4 * n for n in _N)}
+# How a reference is called in plots and tables.
+REFERENCE_LABELS = {SDPA: "fastest SDPA backend", ("sdpa-flash",): "SDPA flash", ("compile",): "torch.compile",
+                    ("liger",): "Liger-Kernel", ("eager",): "eager PyTorch", ("eager+sdpa",): "eager+SDPA",
+                    ("hf",): "Hugging Face"}
 
 
 @dataclass(frozen=True)
 class Target:
     id: str
-    text: str
+    what: str  # the measured thing: "attention fwd", "training step", ...
     family: str
     pass_: str
     metric: str  # "speedup" (reference ms / ours), "frac_bw", "frac_flops", "mem_ratio" (ours / reference)
     threshold: float
     versus: tuple = ()  # reference impls; the fastest of them that ran
     where: str = ""  # "S>=1024", "S<1024", "width", "xl", "bf16"
+    note: str = ""  # said after the target, in brackets
 
     def applies(self, row):
         if row["family"] != self.family or row["pass"] != self.pass_ or row["dtype"] != "bf16":
@@ -42,40 +52,71 @@ class Target:
     def lower_is_better(self):
         return self.metric == "mem_ratio"
 
+    @property
+    def versus_label(self):
+        return REFERENCE_LABELS.get(self.versus, ", ".join(self.versus))
+
+    @property
+    def short(self):
+        """The threshold and its reference: "1.10x fastest SDPA backend", "90% of copy bandwidth"."""
+        if self.metric == "frac_bw":
+            return f"{self.threshold:.0%} of copy bandwidth"
+        if self.metric == "frac_flops":
+            return f"{self.threshold:.0%} of measured matmul rate (MFU)"
+        if self.metric == "mem_ratio":
+            return self.versus_label + ("" if self.threshold == 1 else f" x {self.threshold:g}")
+        if self.threshold == 1:
+            return self.versus_label
+        x = f"{self.threshold:g}" if self.threshold == int(self.threshold) else f"{self.threshold:.2f}"
+        return f"{x}x {self.versus_label}"
+
+    @property
+    def text(self):
+        where = {"S>=1024": "S >= 1024", "S<1024": "S < 1024"}.get(self.where, "")
+        brackets = "; ".join(x for x in (where, self.note) if x)
+        sign = "<=" if self.lower_is_better else ">="
+        return f"{self.what} {sign} {self.short}" + (f" ({brackets})" if brackets else "")
+
 
 TARGETS = (
-    Target("ln_fwd_bw", "LayerNorm fwd >= 90% of copy bandwidth", "layer_norm", "fwd", "frac_bw", 0.90, where="width"),
-    Target("ln_fwdbwd_bw", "LayerNorm fwd+bwd >= 90% of copy bandwidth", "layer_norm", "fwd+bwd", "frac_bw", 0.90,
-           where="width"),
-    Target("ln_fwd_compile", "LayerNorm fwd >= torch.compile", "layer_norm", "fwd", "speedup", 1.0, ("compile",),
-           "width"),
-    Target("ln_fwdbwd_compile", "LayerNorm fwd+bwd >= torch.compile", "layer_norm", "fwd+bwd", "speedup", 1.0,
-           ("compile",), "width"),
-    Target("ln_bwd_liger", "LayerNorm backward >= 2x Liger-Kernel", "layer_norm", "bwd", "speedup", 2.0, ("liger",),
-           "width"),
-    Target("gelu_fwd_bw", "GELU+bias fwd >= 90% of copy bandwidth", "gelu", "fwd", "frac_bw", 0.90, where="width"),
-    Target("gelu_fwdbwd_bw", "GELU+bias fwd+bwd >= 90% of copy bandwidth", "gelu", "fwd+bwd", "frac_bw", 0.90,
-           where="width"),
-    Target("gelu_fwd_compile", "GELU+bias fwd >= torch.compile", "gelu", "fwd", "speedup", 1.0, ("compile",), "width"),
-    Target("gelu_fwdbwd_compile", "GELU+bias fwd+bwd >= torch.compile", "gelu", "fwd+bwd", "speedup", 1.0,
-           ("compile",), "width"),
-    Target("attn_fwd_long", "attention fwd >= 1.10x fastest SDPA backend (S >= 1024)", "attention", "fwd", "speedup",
-           1.10, SDPA, "S>=1024"),
-    Target("attn_fwd_short", "attention fwd >= 1.0x fastest SDPA backend (S 128-512)", "attention", "fwd", "speedup",
-           1.0, SDPA, "S<1024"),
-    Target("attn_fwdbwd_flash", "attention fwd+bwd >= SDPA flash", "attention", "fwd+bwd", "speedup", 1.0,
-           ("sdpa-flash",)),
-    Target("train_eager", "training step >= 1.25x eager PyTorch", "model", "train", "speedup", 1.25, ("eager",)),
-    Target("train_eager_sdpa", "training step >= 1.25x eager with SDPA (stricter reading)", "model", "train",
-           "speedup", 1.25, ("eager+sdpa",)),
-    Target("train_compile", "training step >= 1.05x torch.compile", "model", "train", "speedup", 1.05, ("compile",)),
-    Target("train_mfu_xl", "gpt2-xl training step >= 50% of measured matmul rate (MFU)", "model", "train",
-           "frac_flops", 0.50, where="xl"),
-    Target("gen_hf", "generation tokens/s >= 2x Hugging Face transformers (batch 1)", "model", "generate", "speedup",
-           2.0, ("hf",)),
-    Target("train_memory", "training step peak memory <= eager with SDPA", "model", "train", "mem_ratio", 1.0,
-           ("eager+sdpa",)),
+    Target("ln_fwd_bw", "LayerNorm fwd", "layer_norm", "fwd", "frac_bw", 0.90, where="width"),
+    Target("ln_fwdbwd_bw", "LayerNorm fwd+bwd", "layer_norm", "fwd+bwd", "frac_bw", 0.90, where="width"),
+    Target("ln_fwd_compile", "LayerNorm fwd", "layer_norm", "fwd", "speedup", 1.0, ("compile",), "width"),
+    Target("ln_fwdbwd_compile", "LayerNorm fwd+bwd", "layer_norm", "fwd+bwd", "speedup", 1.0, ("compile",), "width"),
+    Target("ln_bwd_liger", "LayerNorm backward", "layer_norm", "bwd", "speedup", 2.0, ("liger",), "width"),
+    Target("gelu_fwd_bw", "GELU+bias fwd", "gelu", "fwd", "frac_bw", 0.90, where="width"),
+    Target("gelu_fwdbwd_bw", "GELU+bias fwd+bwd", "gelu", "fwd+bwd", "frac_bw", 0.90, where="width"),
+    Target("gelu_fwd_compile", "GELU+bias fwd", "gelu", "fwd", "speedup", 1.0, ("compile",), "width"),
+    Target("gelu_fwdbwd_compile", "GELU+bias fwd+bwd", "gelu", "fwd+bwd", "speedup", 1.0, ("compile",), "width"),
+    Target("attn_fwd_long", "attention fwd", "attention", "fwd", "speedup", 1.10, SDPA, "S>=1024"),
+    Target("attn_fwd_short", "attention fwd", "attention", "fwd", "speedup", 1.0, SDPA, "S<1024"),
+    Target("attn_fwdbwd_flash", "attention fwd+bwd", "attention", "fwd+bwd", "speedup", 1.0, ("sdpa-flash",)),
+    Target("train_eager", "training step", "model", "train", "speedup", 1.25, ("eager",)),
+    Target("train_eager_sdpa", "training step", "model", "train", "speedup", 1.25, ("eager+sdpa",),
+           note="stricter reading"),
+    Target("train_compile", "training step", "model", "train", "speedup", 1.05, ("compile",)),
+    Target("train_mfu_xl", "gpt2-xl training step", "model", "train", "frac_flops", 0.50, where="xl"),
+    Target("gen_hf", "generation tokens/s", "model", "generate", "speedup", 2.0, ("hf",), note="batch 1"),
+    Target("train_memory", "training step peak memory", "model", "train", "mem_ratio", 1.0, ("eager+sdpa",)),
 )
+
+
+def target(tid):
+    """The target with this id."""
+    for t in TARGETS:
+        if t.id == tid:
+            return t
+    raise KeyError(f"no target {tid!r}; the ids are {', '.join(t.id for t in TARGETS)}")
+
+
+def speedup_targets(family, pass_):
+    """The speedup targets of a kernel's pass (e.g. attention fwd: S < 1024 and S >= 1024)."""
+    return [t for t in TARGETS if t.family == family and t.pass_ == pass_ and t.metric == "speedup"]
+
+
+def threshold_at(row):
+    """The speedup threshold that applies to a row, or None."""
+    return next((t.threshold for t in speedup_targets(row["family"], row["pass"]) if t.applies(row)), None)
 
 
 def _value(target, ours, same):

@@ -15,7 +15,7 @@ import os
 import sys
 
 from .config import SIZES, GPT2Config
-from .model import KERNEL_CHOICES
+from .switch import KERNELS
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -63,9 +63,9 @@ def build_parser():
                    help="continuations to write (default 1)")
     g.add_argument("--kernels", choices=("torch", "triton"), default="torch",
                    help="all three ops at once (default torch)")
-    g.add_argument("--attention", choices=KERNEL_CHOICES["attention"], help="overrides --kernels for attention")
-    g.add_argument("--layernorm", choices=KERNEL_CHOICES["layernorm"], help="overrides --kernels for LayerNorm")
-    g.add_argument("--gelu", choices=KERNEL_CHOICES["gelu"], help="overrides --kernels for GELU")
+    g.add_argument("--attention", choices=tuple(KERNELS["attention"]), help="overrides --kernels for attention")
+    g.add_argument("--layernorm", choices=tuple(KERNELS["layernorm"]), help="overrides --kernels for LayerNorm")
+    g.add_argument("--gelu", choices=tuple(KERNELS["gelu"]), help="overrides --kernels for GELU")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (no KV cache)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda when available)")
     g.add_argument("--dtype", choices=DTYPES, default="float32", help="parameter dtype (default float32)")
@@ -83,9 +83,9 @@ def build_parser():
 # ---- info --------------------------------------------------------------------------------
 def meta_model(name):
     """The model of a published size, built on the meta device: shapes only, no memory, no init."""
-    from .checkpoint import meta_model
+    from .model import GPT2
 
-    return meta_model(GPT2Config.from_name(name))
+    return GPT2.meta(GPT2Config.from_name(name))
 
 
 def counts(model):
@@ -157,7 +157,6 @@ def info_all(out):
 def generate(args, parser):
     import torch
 
-    from .checkpoint import load_pretrained
     from .model import GPT2
     from .tokenizer import Tokenizer
 
@@ -169,7 +168,7 @@ def generate(args, parser):
         torch.manual_seed(args.seed)  # also makes the random weights reproducible
 
     if args.checkpoint:
-        model = load_pretrained(args.checkpoint, dtype=dtype, device=device)
+        model = GPT2.from_pretrained(args.checkpoint, dtype=dtype, device=device)
     else:
         print("no checkpoint: random weights, the text will be gibberish", file=sys.stderr)
         with device:

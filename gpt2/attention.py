@@ -8,29 +8,29 @@ concatenated and projected back to d_model. Dividing by √d_k keeps the scores'
 1 whatever d_k is, so the softmax does not saturate. M is the mask: 0 where a query may look,
 -inf where it may not; GPT-2 is causal, so query i sees keys 0..i only.
 
-Where the arithmetic runs is one switch, ``impl`` (``model.set_kernels(attention=...)``):
+Where the arithmetic runs is one switch, ``model.set_kernels(attention=...)``, which sets the
+module's ``kernel`` to one function of the table in ``gpt2.switch``:
 
-- ``"torch"``: the textbook formula above, with the (Sq, Sk) score matrix materialised. It
-  is the reference every fused kernel is tested against, and the only path that can return
-  the attention weights (heatmaps) or take an arbitrary mask.
-- ``"sdpa"``: ``torch.nn.functional.scaled_dot_product_attention``, PyTorch's fused kernels.
+- ``"torch"``: ``attend``, the textbook formula above, with the (Sq, Sk) score matrix
+  materialised. It is the reference every fused kernel is tested against, and the only path that
+  can return the attention weights (heatmaps, ``record_attention``) or take an arbitrary mask.
+- ``"sdpa"``: ``attend_sdpa``, PyTorch's fused ``scaled_dot_product_attention``.
 - ``"triton"``: ``kernels.attention``, this project's FlashAttention-2 kernel, which never
   forms the scores.
 
-A fused path is taken only when the mask is none or causal; an arbitrary ``mask`` (or a
-request for the weights) falls back to the eager path, whatever ``impl`` says.
+A fused kernel is used only when the mask is none or causal; an arbitrary ``mask`` (or a
+request for the weights) takes ``attend``, whatever the switch says.
 
 With a KV cache (generation), the queries are the newest Sq tokens and the keys are all Sk
 tokens so far, so the causal mask is aligned to the end: query i sees keys j <= i + Sk - Sq.
 """
 
 import math
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-ATTENTION_IMPLS = ("torch", "sdpa", "triton")
 
 
 def causal_mask(Sq, Sk, device=None):
@@ -46,40 +46,20 @@ def _is_causal(mask, Sq, Sk):
     return m.shape == (Sq, Sk) and torch.equal(m != 0, causal_mask(Sq, Sk, m.device))
 
 
-def attend(q, k, v, *, causal=False, mask=None, impl="torch", dropout_p=0.0, need_weights=False):
-    """Scaled dot-product attention over heads.
+def _check_causal(causal, Sq, Sk):
+    if causal and Sq > Sk:
+        raise ValueError(f"causal attention needs Sq <= Sk, got Sq={Sq}, Sk={Sk}")
+
+
+def attend(q, k, v, *, causal=False, mask=None, dropout_p=0.0, need_weights=False):
+    """Scaled dot-product attention over heads, the formula written out (the eager reference).
 
     q: (B, nh, Sq, hs); k, v: (B, nh, Sk, hs), Sq <= Sk when causal; one floating dtype.
     mask: optional, broadcastable to (B, nh, Sq, Sk); 0/False marks a blocked position.
     Returns y (B, nh, Sq, hs), and the weights (B, nh, Sq, Sk) too when need_weights.
     """
     Sq, Sk = q.size(-2), k.size(-2)
-    if causal and Sq > Sk:
-        raise ValueError(f"causal attention needs Sq <= Sk, got Sq={Sq}, Sk={Sk}")
-    if mask is not None and causal is False and impl != "torch" and _is_causal(mask, Sq, Sk):
-        mask, causal = None, True
-    if impl == "torch" or need_weights or mask is not None:
-        return _attend_eager(q, k, v, causal, mask, dropout_p, need_weights)
-    if impl == "sdpa":
-        # SDPA's is_causal aligns the mask to the top-left corner; ours is aligned to the end,
-        # which is the same only when Sq == Sk (otherwise pass the mask explicitly).
-        attn_mask = causal_mask(Sq, Sk, q.device) if causal and Sq != Sk else None
-        return F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal and Sq == Sk
-        )
-    if impl == "triton":
-        if dropout_p > 0:
-            raise ValueError(
-                "the Triton attention kernel has no dropout; use dropout=0 or attention='sdpa'/'torch'"
-            )
-        import kernels
-
-        return kernels.attention(q, k, v, causal=causal)
-    raise ValueError(f"unknown attention impl {impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}")
-
-
-def _attend_eager(q, k, v, causal, mask, dropout_p, need_weights):
-    Sq, Sk = q.size(-2), k.size(-2)
+    _check_causal(causal, Sq, Sk)
     scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.size(-1)))  # (B, nh, Sq, Sk)
     if causal:
         scores = scores.masked_fill(~causal_mask(Sq, Sk, q.device), float("-inf"))
@@ -88,6 +68,18 @@ def _attend_eager(q, k, v, causal, mask, dropout_p, need_weights):
     weights = torch.softmax(scores, dim=-1)  # (B, nh, Sq, Sk); a fully masked row gives NaN
     y = F.dropout(weights, dropout_p) @ v if dropout_p > 0 else weights @ v  # (B, nh, Sq, hs)
     return (y, weights) if need_weights else y
+
+
+def attend_sdpa(q, k, v, *, causal=False, dropout_p=0.0):
+    """``attend`` (no mask, no weights) by PyTorch's fused ``scaled_dot_product_attention``."""
+    Sq, Sk = q.size(-2), k.size(-2)
+    _check_causal(causal, Sq, Sk)
+    # SDPA's is_causal aligns the mask to the top-left corner; ours is aligned to the end,
+    # which is the same only when Sq == Sk (otherwise pass the mask explicitly).
+    attn_mask = causal_mask(Sq, Sk, q.device) if causal and Sq != Sk else None
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=causal and Sq == Sk
+    )
 
 
 class MultiHeadAttention(nn.Module):
@@ -101,6 +93,8 @@ class MultiHeadAttention(nn.Module):
     three, cross-attention uses the three slices of the weight separately.
     """
 
+    op = "attention"  # this module's row of the kernel table (gpt2.switch.KERNELS)
+
     def __init__(self, d_model, num_heads, dropout=0.0, bias=True):
         super().__init__()
         if d_model % num_heads:
@@ -110,7 +104,9 @@ class MultiHeadAttention(nn.Module):
         self.c_proj = nn.Linear(d_model, d_model, bias=bias)
         self.dropout = dropout
         self.resid_dropout = nn.Dropout(dropout)
-        self.impl = "torch"
+        # f(q, k, v, *, causal, dropout_p) -> y: the attention without mask or weights; set by
+        # the model's switch (gpt2.switch), eager by default.
+        self.kernel = attend
         self.layer_idx = 0  # which slot of a KVCache this module uses; set by the model
 
     def _project(self, query, key, value):
@@ -132,10 +128,15 @@ class MultiHeadAttention(nn.Module):
         q, k, v = (self._heads(t) for t in self._project(query, key, value))  # (B, nh, S, hs) each
         if cache is not None:
             k, v = cache.update(self.layer_idx, k, v)  # all keys so far: (B, nh, Sk, hs)
-        out = attend(
-            q, k, v, causal=is_causal, mask=mask, impl=self.impl,
-            dropout_p=self.dropout if self.training else 0.0, need_weights=need_weights,
-        )
+        Sk = k.size(-2)
+        _check_causal(is_causal, Sq, Sk)
+        if mask is not None and not is_causal and _is_causal(mask, Sq, Sk):
+            mask, is_causal = None, True  # a causal mask: the fused kernels can take it
+        dropout_p = self.dropout if self.training else 0.0
+        if mask is None and not need_weights:
+            out = self.kernel(q, k, v, causal=is_causal, dropout_p=dropout_p)
+        else:
+            out = attend(q, k, v, causal=is_causal, mask=mask, dropout_p=dropout_p, need_weights=need_weights)
         y, weights = out if need_weights else (out, None)
         y = y.transpose(1, 2).reshape(B, Sq, self.d_model)  # re-assemble the heads side by side
         y = self.resid_dropout(self.c_proj(y))
@@ -156,3 +157,33 @@ class CausalSelfAttention(MultiHeadAttention):
         if total > self.max_seq_len:
             raise ValueError(f"sequence of {total} tokens exceeds max_seq_len={self.max_seq_len}")
         return super().forward(x, x, x, is_causal=True, need_weights=need_weights, cache=cache)
+
+
+@contextmanager
+def record_attention(model):
+    """Record the attention weights of every attention module in ``model`` (a GPT2, or any module).
+
+        with record_attention(model) as weights:
+            model(idx)
+        weights[layer]  # (B, nh, Sq, Sk), one entry per attention call, in call order
+
+    Inside the block each module computes its attention with ``attend``, the eager formula (the
+    only one that forms the weights), whatever kernel the switch chose; the kernels come back
+    on exit. The forward pass itself is not changed, so this is how the heatmaps see inside.
+    """
+    weights = []
+
+    def recording(q, k, v, *, causal, dropout_p=0.0):
+        y, w = attend(q, k, v, causal=causal, dropout_p=dropout_p, need_weights=True)
+        weights.append(w)
+        return y
+
+    modules = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    saved = [m.kernel for m in modules]
+    for m in modules:
+        m.kernel = recording
+    try:
+        yield weights
+    finally:
+        for m, kernel in zip(modules, saved):
+            m.kernel = kernel

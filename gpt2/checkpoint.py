@@ -2,7 +2,10 @@
 
     model = GPT2.from_pretrained("path/to/dir")          # config.json + model.safetensors
     model = GPT2.from_pretrained("gpt2-medium")           # from the Hub, when online
-    save_pretrained(model, "out/")                         # readable by transformers too
+    model.save_pretrained("out/")                          # readable by transformers too
+
+The model calls this module (``GPT2.from_pretrained``, ``GPT2.save_pretrained``); this module does
+not import the model, so the two do not import each other.
 
 A checkpoint is a directory holding Hugging Face's ``config.json`` and the weights, as
 ``model.safetensors`` (preferred: a plain tensor format) or ``pytorch_model.bin`` (a pickle, read
@@ -32,8 +35,6 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
-from torch.overrides import TorchFunctionMode
 
 from .config import SIZES, GPT2Config
 
@@ -197,43 +198,14 @@ def _list(names, limit=8):
     return ", ".join(names[:limit]) + more
 
 
-# ---- a model without memory --------------------------------------------------------------
-class _SkipInitOnMeta(TorchFunctionMode):
-    """Turns the weight-init fills into no-ops on meta tensors, which have no values to fill.
-
-    PyTorch runs a fill on a meta tensor through its Python reference implementation, which costs
-    ~0.5 s for gpt2-xl's parameters and, the first time, imports torch._dynamo (seconds more).
-    """
-
-    FILLS = {
-        nn.init.normal_, nn.init.uniform_, nn.init.trunc_normal_, nn.init.kaiming_uniform_,
-        nn.init.kaiming_normal_, nn.init.xavier_uniform_, nn.init.xavier_normal_,
-        nn.init.zeros_, nn.init.ones_, nn.init.constant_,
-        torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_,
-    }
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        t = args[0] if args else kwargs.get("tensor")  # nn.init.* pass the tensor by keyword
-        if func in self.FILLS and isinstance(t, torch.Tensor) and t.is_meta:
-            return t
-        return func(*args, **kwargs)
-
-
-def meta_model(config, model_cls=None):
-    """``model_cls(config)`` on the meta device: every shape, no memory, no random init."""
-    if model_cls is None:
-        from .model import GPT2 as model_cls
-    with torch.device("meta"), _SkipInitOnMeta():
-        return model_cls(config)
-
-
 # ---- HF names and layout -> this model ---------------------------------------------------
-def convert_hf_state_dict(hf_sd, config):
-    """Check an HF GPT-2 state dict against ``config`` and return it in this model's layout:
-    ``transformer.*`` names, nn.Linear weights (out, in), no lm_head (it is tied)."""
+def convert_hf_state_dict(hf_sd, model):
+    """Check an HF GPT-2 state dict against ``model`` (its names and shapes; a meta model does) and
+    return it in the model's layout: ``transformer.*`` names, nn.Linear weights (out, in), no
+    lm_head (it is tied)."""
+    config = model.config
     expected = {}  # checkpoint name (with "transformer.") -> shape as HF stores it
-    for name, p in meta_model(config).state_dict().items():
+    for name, p in model.state_dict().items():
         if name == "lm_head.weight":
             continue
         transposed = name.endswith(CONV1D_WEIGHTS)
@@ -282,8 +254,9 @@ def convert_hf_state_dict(hf_sd, config):
     return {n: (t.t() if n.endswith(CONV1D_WEIGHTS) else t) for n, t in sd.items()}
 
 
-def load_pretrained(path_or_name, model_cls=None, *, dtype=torch.float32, device="cpu", dropout=None):
-    """A GPT-2 with a Hugging Face checkpoint's weights, in eval mode.
+def load_pretrained(path_or_name, model_cls, *, dtype=torch.float32, device="cpu", dropout=None):
+    """A ``model_cls`` (``gpt2.GPT2``, which calls this as ``GPT2.from_pretrained``) with a Hugging
+    Face checkpoint's weights, in eval mode.
 
     path_or_name: a directory with config.json and model.safetensors / pytorch_model.bin, or one
         of "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl" (downloaded with huggingface_hub).
@@ -291,8 +264,6 @@ def load_pretrained(path_or_name, model_cls=None, *, dtype=torch.float32, device
     device: where the parameters go.
     dropout: overrides the checkpoint's dropout rate (used in train mode only).
     """
-    if model_cls is None:
-        from .model import GPT2 as model_cls
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     directory = resolve(path_or_name)
@@ -302,11 +273,10 @@ def load_pretrained(path_or_name, model_cls=None, *, dtype=torch.float32, device
     config = config_from_hf(json.loads(config_path.read_text()))
     if dropout is not None:
         config = dataclasses.replace(config, dropout=dropout)
-    sd = convert_hf_state_dict(read_state_dict(directory), config)
-
     # Built on the meta device, the model allocates nothing and skips its random init (seconds
     # for gpt2-xl); load_state_dict(assign=True) then makes the checkpoint's tensors its parameters.
-    model = meta_model(config, model_cls)
+    model = model_cls.meta(config)
+    sd = convert_hf_state_dict(read_state_dict(directory), model)
     sd = {n: t.to(device=device, dtype=dtype).contiguous() for n, t in sd.items()}
     sd["lm_head.weight"] = sd["transformer.wte.weight"]
     model.load_state_dict(sd, strict=True, assign=True)

@@ -9,7 +9,9 @@ layers of a block as ``Conv1D`` with the weight transposed, which the loader und
 
 The kernels are one switch: ``model.set_kernels(attention=..., layernorm=..., gelu=...)`` with
 "torch" (eager PyTorch, the reference), "triton" (this project's kernels) or, for attention,
-"sdpa" (PyTorch's fused attention). ``model.set_kernels("triton")`` sets all three.
+"sdpa" (PyTorch's fused attention). ``model.set_kernels("triton")`` sets all three. Each
+LayerNorm, MLP and attention module calls its ``kernel``, a function the switch binds once from
+the table in ``gpt2.switch``.
 """
 
 import math
@@ -17,54 +19,45 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
-from .attention import ATTENTION_IMPLS, CausalSelfAttention
+from . import checkpoint
+from .attention import CausalSelfAttention
 from .config import GPT2Config
 from .positional import LearnedPositionalEncoding
-
-KERNEL_CHOICES = {
-    "attention": ATTENTION_IMPLS,
-    "layernorm": ("torch", "triton"),
-    "gelu": ("torch", "triton"),
-}
+from .switch import DEFAULT, bind, layer_norm, linear_gelu, resolve_kernels
 
 
 class LayerNorm(nn.Module):
     """y = (x - mean) / sqrt(var + eps) * weight + bias over the last dimension."""
+
+    op = "layernorm"  # this module's row of the kernel table (gpt2.switch.KERNELS)
 
     def __init__(self, n_embd, eps=1e-5):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(n_embd))
         self.bias = nn.Parameter(torch.zeros(n_embd))
         self.eps = eps
-        self.impl = "torch"
+        self.kernel = layer_norm  # f(x, weight, bias, eps), set by the switch
 
     def forward(self, x):
-        if self.impl == "triton":
-            import kernels
-
-            return kernels.layer_norm(x, self.weight, self.bias, self.eps)
-        return F.layer_norm(x, self.weight.shape, self.weight, self.bias, self.eps)
+        return self.kernel(x, self.weight, self.bias, self.eps)
 
 
 class MLP(nn.Module):
     """Position-wise feed-forward: Linear(d -> 4d) -> GELU (tanh form) -> Linear(4d -> d)."""
+
+    op = "gelu"  # this module's row of the kernel table (gpt2.switch.KERNELS)
 
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
         self.dropout = nn.Dropout(config.dropout)
-        self.impl = "torch"
+        self.kernel = linear_gelu  # f(x, weight, bias) = gelu(x weightᵀ + bias), set by the switch
 
     def forward(self, x):  # (B, T, d) -> (B, T, d)
-        if self.impl == "triton":
-            import kernels
-
-            # The matmul without its bias; the Triton GELU adds c_fc's bias in the same pass.
-            h = kernels.gelu(F.linear(x, self.c_fc.weight), self.c_fc.bias)  # (B, T, 4d)
-        else:
-            h = F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4d)
+        h = self.kernel(x, self.c_fc.weight, self.c_fc.bias)  # gelu(c_fc(x)): (B, T, 4d)
         return self.dropout(self.c_proj(h))
 
 
@@ -77,12 +70,10 @@ class Block(nn.Module):
         self.ln_2 = LayerNorm(config.n_embd, config.layer_norm_epsilon)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, need_weights=False):  # (B, T, d) -> (B, T, d)
-        a = self.attn(self.ln_1(x), cache=cache, need_weights=need_weights)
-        a, weights = a if need_weights else (a, None)
-        x = x + a
+    def forward(self, x, cache=None):  # (B, T, d) -> (B, T, d)
+        x = x + self.attn(self.ln_1(x), cache=cache)
         x = x + self.mlp(self.ln_2(x))
-        return (x, weights) if need_weights else x
+        return x
 
 
 class KVCache:
@@ -127,6 +118,7 @@ class GPT2(nn.Module):
         # Weight tying (Press & Wolf, 2017): the same matrix maps ids to vectors and vectors to
         # logits, which saves vocab_size x n_embd parameters (38.6M in gpt2) and is what GPT-2 did.
         self.lm_head.weight = self.transformer.wte.weight
+        self._kernels = dict(DEFAULT)  # what set_kernels chose; every module starts on torch
         self.apply(self._init_weights)
         # GPT-2 scales the projections that write into the residual stream by 1/sqrt(2 n_layer),
         # so the stream's variance does not grow with depth (two such writes per block).
@@ -148,75 +140,47 @@ class GPT2(nn.Module):
         """Choose where each op runs: "torch", "triton" or (attention only) "sdpa".
 
         ``model.set_kernels("triton")`` sets all three; keywords set one each and override it.
-        Returns the model, so ``GPT2(cfg).set_kernels("triton")`` works.
+        Returns the model, so ``GPT2(cfg).set_kernels("triton")`` works. A refused request
+        (``gpt2.switch.resolve_kernels`` names what is allowed) changes nothing.
         """
-        choice = dict(self.kernels)
-        if all is not None:
-            for op in choice:
-                choice[op] = all
-        for op, name in (("attention", attention), ("layernorm", layernorm), ("gelu", gelu)):
-            if name is not None:
-                choice[op] = name
-        for op, name in choice.items():
-            if name not in KERNEL_CHOICES[op]:
-                raise ValueError(f"unknown {op} kernel {name!r}; choose one of {', '.join(KERNEL_CHOICES[op])}")
-            if name == "triton":
-                _require_triton_kernels(op)
-                if op == "attention":
-                    from kernels.attention import HEAD_DIMS
-
-                    if self.config.head_size not in HEAD_DIMS:
-                        raise ValueError(
-                            f"the Triton attention kernel does not support head size {self.config.head_size} "
-                            f"(n_embd / n_head); supported: {', '.join(map(str, HEAD_DIMS))}. "
-                            "Use attention='sdpa' or 'torch'"
-                        )
+        choice = resolve_kernels(
+            self._kernels, all, head_size=self.config.head_size,
+            attention=attention, layernorm=layernorm, gelu=gelu,
+        )
         for m in self.modules():
-            if isinstance(m, CausalSelfAttention):
-                m.impl = choice["attention"]
-            elif isinstance(m, LayerNorm):
-                m.impl = choice["layernorm"]
-            elif isinstance(m, MLP):
-                m.impl = choice["gelu"]
+            if getattr(m, "op", None) in choice:
+                bind(m, choice[m.op])
+        self._kernels = choice
         return self
 
     @property
     def kernels(self):
         """The current choice, e.g. {"attention": "sdpa", "layernorm": "triton", "gelu": "torch"}."""
-        block = self.transformer.h[0]
-        return {"attention": block.attn.impl, "layernorm": block.ln_1.impl, "gelu": block.mlp.impl}
+        return dict(self._kernels)
 
     # ---- forward -------------------------------------------------------------------------
-    def forward(self, idx, targets=None, *, cache=None, return_attention=False):
+    def forward(self, idx, targets=None, *, cache=None):
         """idx: (B, T) integer token ids. Returns logits (B, T, vocab_size) float.
 
         With ``targets`` (B, T) ids, returns ``(logits, loss)``, the mean cross-entropy of
         predicting targets[b, t] from idx[b, :t+1]; targets of -1 are ignored. With a
         ``KVCache``, idx holds only the new tokens and the cache supplies the ones before.
-        With ``return_attention=True``, also returns every layer's attention weights, a list
-        of (B, nh, T, T_total) tensors (computed by the eager path).
+        (The attention weights, for heatmaps: ``gpt2.attention.record_attention``.)
         """
         offset = cache.pos if cache is not None else 0
         self._check_ids(idx, offset)
         x = self.transformer.wpe(self.transformer.wte(idx), offset)  # (B, T, d)
         x = self.transformer.drop(x)
-        attentions = []
         for block in self.transformer.h:
-            x = block(x, cache=cache, need_weights=return_attention)
-            if return_attention:
-                x, w = x
-                attentions.append(w)
+            x = block(x, cache=cache)
         if cache is not None:
             cache.pos += idx.size(1)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, vocab_size)
-        out = logits
-        if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
-            out = (logits, loss)
-        if return_attention:
-            return (*out, attentions) if isinstance(out, tuple) else (out, attentions)
-        return out
+        if targets is None:
+            return logits
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-1)
+        return logits, loss
 
     def _check_ids(self, idx, offset=0):
         if not isinstance(idx, torch.Tensor):
@@ -297,18 +261,39 @@ class GPT2(nn.Module):
         return cls(GPT2Config.from_name(name, **overrides))
 
     @classmethod
+    def meta(cls, config):
+        """``cls(config)`` on the meta device: every shape, no memory, no random init. For counting
+        parameters, and as the empty shell a checkpoint's tensors are loaded into."""
+        with torch.device("meta"), _SkipInitOnMeta():
+            return cls(config)
+
+    @classmethod
     def from_pretrained(cls, path_or_name, **kwargs):
         """Load a Hugging Face GPT-2 checkpoint; see ``gpt2.checkpoint.load_pretrained``."""
-        from .checkpoint import load_pretrained
+        return checkpoint.load_pretrained(path_or_name, cls, **kwargs)
 
-        return load_pretrained(path_or_name, model_cls=cls, **kwargs)
+    def save_pretrained(self, directory):
+        """Write the model as a Hugging Face checkpoint; see ``gpt2.checkpoint.save_pretrained``."""
+        return checkpoint.save_pretrained(self, directory)
 
 
-def _require_triton_kernels(op):
-    try:
-        import kernels  # noqa: F401  (imports every op; one that fails to import fails here)
-    except ImportError as e:
-        raise RuntimeError(
-            f"the Triton {op} kernel is not available (kernels: {e}); "
-            f"use {op}='torch'" + (" or 'sdpa'" if op == "attention" else "")
-        ) from e
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Turns the weight-init fills into no-ops on meta tensors, which have no values to fill.
+
+    PyTorch runs a fill on a meta tensor through its Python reference implementation, which costs
+    ~0.5 s for gpt2-xl's parameters and, the first time, imports torch._dynamo (seconds more).
+    """
+
+    FILLS = {
+        nn.init.normal_, nn.init.uniform_, nn.init.trunc_normal_, nn.init.kaiming_uniform_,
+        nn.init.kaiming_normal_, nn.init.xavier_uniform_, nn.init.xavier_normal_,
+        nn.init.zeros_, nn.init.ones_, nn.init.constant_,
+        torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.zero_, torch.Tensor.fill_,
+    }
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        t = args[0] if args else kwargs.get("tensor")  # nn.init.* pass the tensor by keyword
+        if func in self.FILLS and isinstance(t, torch.Tensor) and t.is_meta:
+            return t
+        return func(*args, **kwargs)

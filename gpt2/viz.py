@@ -4,8 +4,8 @@
     python -m gpt2.viz attention --prompt "..." --checkpoint path/to/gpt2 --layer 5 --head 1 -o h.png
     python -m gpt2.viz architecture -o docs/architecture.png
 
-``attention`` runs the prompt through the model with ``return_attention=True`` (the eager path,
-the only one that forms the (T, T) weights) and draws one head, or with no ``--head`` a grid of
+``attention`` runs the prompt through the model inside ``gpt2.attention.record_attention`` (the
+eager path, the only one that forms the (T, T) weights) and draws one head, or with no ``--head`` a grid of
 all the heads of the layer, with the prompt's tokens as tick labels: row i is query token i,
 column j key token j, and the colour is how much of token i's output comes from token j's value.
 Without ``--checkpoint`` the weights are random (``--model`` picks the shape) and the title says
@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .attention import record_attention
 from .config import SIZES, GPT2Config
 from .model import GPT2
 
@@ -55,8 +56,9 @@ def attention_weights(model, ids, layer):
         raise ValueError(f"layer must be in [0, {n_layer}), got {layer}")
     p = model.transformer.wte.weight
     idx = torch.as_tensor(list(ids), dtype=torch.long, device=p.device)[None]  # (1, T)
-    _, attentions = model(idx, return_attention=True)
-    return attentions[layer][0].float().cpu()  # (nh, T, T)
+    with record_attention(model) as weights:
+        model(idx)
+    return weights[layer][0].float().cpu()  # (nh, T, T)
 
 
 def plot_attention(weights, labels, head=None, title=None, layer=None):

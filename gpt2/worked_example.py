@@ -2,7 +2,6 @@
 
     python -m gpt2.worked_example                                # the walk-through, as text
     python -m gpt2.worked_example --walkthrough                  # the same as Markdown
-    python -m gpt2.worked_example --update docs/worked-example.md
     python -m gpt2.worked_example --sizes                        # the model-size table
     python -m gpt2.worked_example --bpe                          # BPE's merge loop on one word
 
@@ -11,14 +10,12 @@ vocabulary) in float64, with its weights drawn from a fixed seed and rounded to 
 that a reader can redo any step by hand. ``trace`` calls the model's own submodules one at a
 time (ln_1, c_attn, causal_mask, c_proj, ln_2, c_fc, c_proj, ln_f, lm_head) and keeps every
 intermediate; it then checks that the attention weights equal what the attention module
-returns with ``need_weights=True``, that the block output equals ``block(x)`` and that the
+returns with ``need_weights=True`` and what ``record_attention`` records, that the block output equals ``block(x)`` and that the
 logits equal ``model(idx)``, so the walk-through cannot drift from the code.
 
-docs/worked-example.md holds the Markdown between two marker lines; a test regenerates it and
-fails if the file differs (``--update`` rewrites it). The size table and the BPE example of the
-other docs come from ``sizes_markdown`` and ``bpe_markdown`` and are checked the same way: every
-generated part of a doc sits between ``<!-- BEGIN GENERATED name ... -->`` and
-``<!-- END GENERATED name -->``, where name is a key of ``GENERATORS``.
+docs/worked-example.md holds the Markdown (``markdown``) between two marker lines, and the other
+docs hold the size table (``sizes_markdown``) and the BPE example (``bpe_markdown``) the same way;
+``python docs/generate.py`` rewrites those parts and tests/test_docs.py fails if one is stale.
 """
 
 import argparse
@@ -26,12 +23,11 @@ import functools
 import math
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from .attention import causal_mask
+from .attention import causal_mask, record_attention
 from .config import SIZES, GPT2Config
 from .model import GPT2
 
@@ -152,7 +148,8 @@ def trace(model=None, ids=None):
     assert model.lm_head.weight is tr.wte.weight
     t["logits"] = logits
     t["probs"] = torch.softmax(logits, dim=-1)
-    model_logits, model_w = model(idx, return_attention=True)
+    with record_attention(model) as model_w:
+        model_logits = model(idx)
     torch.testing.assert_close(model_logits, logits, rtol=0, atol=1e-12)
     torch.testing.assert_close(model_w[0], weights, rtol=0, atol=1e-12)
     return t
@@ -398,8 +395,7 @@ def markdown():
 def _model_sizes():
     out = {}
     for name in SIZES:
-        with torch.device("meta"):
-            model = GPT2.from_name(name)
+        model = GPT2.meta(GPT2Config.from_name(name))
         out[name] = (model.config, model.num_parameters())
     return out
 
@@ -449,64 +445,17 @@ def bpe_markdown(word=BPE_WORD):
     return "\n".join(lines) + "\n"
 
 
-# ---- files ------------------------------------------------------------------------------
-# name -> the function that writes that generated part of the docs
-GENERATORS = {"walkthrough": markdown, "sizes": sizes_markdown, "bpe": bpe_markdown}
-
-
-def begin_mark(name):
-    return f"<!-- BEGIN GENERATED {name} by `python -m gpt2.worked_example --{name}`; do not edit by hand -->"
-
-
-def end_mark(name):
-    return f"<!-- END GENERATED {name} -->"
-
-
-def generated(text, name):
-    """What lies between the marker lines of part ``name`` in ``text``."""
-    try:
-        return text.split(begin_mark(name) + "\n", 1)[1].split(end_mark(name), 1)[0]
-    except IndexError:
-        raise ValueError(f"no generated part {name!r} (markers {begin_mark(name)!r} ... {end_mark(name)!r})") from None
-
-
-def parts(text):
-    """Names of the generated parts in ``text``, in GENERATORS order."""
-    return [name for name in GENERATORS if begin_mark(name) in text]
-
-
-def update(text):
-    """``text`` with every generated part regenerated."""
-    for name in parts(text):
-        head, rest = text.split(begin_mark(name) + "\n", 1)
-        _, tail = rest.split(end_mark(name), 1)
-        text = f"{head}{begin_mark(name)}\n{GENERATORS[name]()}{end_mark(name)}{tail}"
-    return text
-
-
+# ---- command line -----------------------------------------------------------------------
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m gpt2.worked_example", description=__doc__.split("\n")[0])
     p.add_argument("--walkthrough", "--markdown", dest="walkthrough", action="store_true",
                    help="print the walk-through as Markdown (the body of docs/worked-example.md)")
     p.add_argument("--sizes", action="store_true", help="print the model-size table (Markdown)")
     p.add_argument("--bpe", action="store_true", help="print the BPE merge example (Markdown)")
-    p.add_argument("--update", metavar="DOC", action="append", default=[],
-                   help="regenerate the generated parts of DOC in place (repeatable)")
     args = p.parse_args(argv)
-    for path in map(Path, args.update):
-        text = path.read_text(encoding="utf-8")
-        if not parts(text):
-            print(f"{path}: no generated part", file=sys.stderr)
-            continue
-        new = update(text)
-        if new != text:
-            path.write_text(new, encoding="utf-8")
-        print(f"{path}: {'updated' if new != text else 'up to date'} ({', '.join(parts(text))})", file=sys.stderr)
-    if args.update:
-        return
-    chosen = [name for name in GENERATORS if getattr(args, name)]
-    for name in chosen:
-        sys.stdout.write(GENERATORS[name]())
+    chosen = [f for flag, f in ((args.walkthrough, markdown), (args.sizes, sizes_markdown), (args.bpe, bpe_markdown)) if flag]
+    for f in chosen:
+        sys.stdout.write(f())
     if not chosen:
         sys.stdout.write(render(sections()))
 

@@ -4,6 +4,7 @@ the TikZ diagram compiles (when pdflatex is installed) and matches its PNG, and 
 runs from start to finish."""
 
 import ast
+import importlib.util
 import json
 import re
 import shutil
@@ -17,6 +18,9 @@ from gpt2 import worked_example as we
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
+_spec = importlib.util.spec_from_file_location("docs_generate", DOCS / "generate.py")
+generate = importlib.util.module_from_spec(_spec)  # docs/generate.py: the generated parts' markers
+_spec.loader.exec_module(generate)
 # The README is checked too: it is where a newcomer starts.
 MARKDOWN = sorted(DOCS.glob("*.md")) + [p for p in [ROOT / "README.md"] if p.is_file()]
 FENCE = re.compile(r"^(```|~~~).*?^\1[ \t]*$", re.MULTILINE | re.DOTALL)
@@ -152,14 +156,24 @@ def test_generated_parts_are_what_the_code_prints():
     seen = {}
     for doc in MARKDOWN:
         text = doc.read_text(encoding="utf-8")
-        for name in we.parts(text):
+        for name in generate.parts(text):
             seen.setdefault(name, []).append(doc.name)
-            assert we.generated(text, name) == we.GENERATORS[name](), (
-                f"{doc.name}: generated part {name!r} is stale; run "
-                f"python -m gpt2.worked_example --update {doc.relative_to(ROOT)}"
+            assert generate.generated(text, name) == generate.GENERATORS[name](), (
+                f"{doc.name}: generated part {name!r} is stale; run python docs/generate.py"
             )
     assert "worked-example.md" in seen.get("walkthrough", [])
     assert "theory.md" in seen.get("bpe", []) and "theory.md" in seen.get("sizes", [])
+
+
+def test_generate_rewrites_a_stale_part(tmp_path, capsys):
+    body = (DOCS / "worked-example.md").read_text(encoding="utf-8")
+    stale = tmp_path / "doc.md"
+    stale.write_text(body.replace(generate.generated(body, "walkthrough"), "old numbers\n"), encoding="utf-8")
+    generate.main([str(stale)])
+    assert stale.read_text(encoding="utf-8") == body
+    assert "updated (walkthrough)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no generated part 'sizes'"):
+        generate.generated(body, "sizes")
 
 
 def test_numbers_in_the_prose_are_computed():

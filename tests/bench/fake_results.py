@@ -10,9 +10,9 @@ never to bench/results/.
 import math
 import random
 
-from bench.common import (
-    DEFAULT_DEVICE, DeviceInfo, counts, fill_rates, fill_speedups, make_row, model_config,
-)
+from bench.counts import counts
+from bench.points import DEFAULT_DEVICE, DeviceInfo, model_config
+from bench.results import fill_rates, fill_speedups, make_row
 from bench.sweep import make_sweep, plan
 
 FAKE_DEVICE = "FAKE GPU (test data, not a measurement)"
@@ -37,10 +37,12 @@ def fake_meta():
     }
 
 
-def fake_rows(seed=0, sizes=None, seq_lens=None):
+def fake_rows(seed=0, sizes=None, seq_lens=None, smoke=False, slower=None):
+    """smoke: the smoke run's points (the tiny model, S 16 and 32); slower: {impl: factor}
+    multiplies the invented times of those implementations (a change to compare)."""
     rng = random.Random(seed)
     info = DeviceInfo(**DEFAULT_DEVICE)
-    sweep = make_sweep(sizes=sizes, seq_lens=seq_lens)
+    sweep = make_sweep(sizes=sizes, seq_lens=seq_lens, smoke=smoke)
     rows = []
     for task in plan(sweep, info):
         p, impl = task.point, task.impl
@@ -81,7 +83,11 @@ def fake_rows(seed=0, sizes=None, seq_lens=None):
                 act = p.batch * p.seq_len * cfg.n_layer * cfg.n_embd * 34 * (1.15 if impl == "eager" else 1.0)
                 extra["peak_mem_bytes"] = int(params * 8 + act * (0.97 if impl == "triton" else 1.0))
                 extra["tokens_per_s"] = p.batch * p.seq_len / (ms * 1e-3)
+        if ms and slower:
+            ms *= slower.get(impl, 1.0)
+        spread = {"ms": ms, "ms_p20": ms and ms * (1 - 0.03 * rng.random()),
+                  "ms_p80": ms and ms * (1 + 0.05 * rng.random())}
         row = make_row(p, impl, task.role, status=status, note=note, flops=flops, bytes=nbytes,
-                       **({"ms": ms, **extra} if status == "ok" else {}))
+                       **({**spread, **extra} if status == "ok" else {}))
         rows.append(fill_rates(row, LIMITS))
     return fill_speedups(rows)

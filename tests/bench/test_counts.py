@@ -2,10 +2,10 @@
 
 import torch
 
-from bench.common import (
-    Point, attention_bytes, attention_flops, counts, gelu_bytes, layer_norm_bytes, model_config, model_flops,
-    model_matmul_params,
+from bench.counts import (
+    attention_bytes, attention_flops, counts, gelu_bytes, layer_norm_bytes, model_flops, model_matmul_params,
 )
+from bench.points import Point, model_config
 
 
 def test_layer_norm_bytes_by_hand():

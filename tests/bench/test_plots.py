@@ -6,7 +6,8 @@ import pytest
 
 import bench.__main__ as cli
 from bench import plots
-from bench.common import SMOKE_LABEL, load_results, write_results
+from bench.points import SMOKE_LABEL
+from bench.results import load_results, write_results
 
 from .fake_results import FAKE_DEVICE, fake_meta, fake_rows
 
@@ -26,7 +27,9 @@ def fake_dir(tmp_path_factory):
 def figures(monkeypatch):
     """What each plot draws: its title, and the axis labels of every panel with data."""
     seen = {}
-    finish = plots._finish
+    from bench.plots import style
+
+    finish = style.finish
 
     def spy(fig, meta, path):
         axes = [ax for ax in fig.axes if ax.get_visible() and ax.axison and (ax.lines or ax.patches)]
@@ -36,7 +39,7 @@ def figures(monkeypatch):
         )
         return finish(fig, meta, path)
 
-    monkeypatch.setattr(plots, "_finish", spy)
+    monkeypatch.setattr(style, "finish", spy)
     return seen
 
 
@@ -111,3 +114,47 @@ def test_dry_run_prints_the_plan_in_order(capsys):
     assert out.startswith("64 tasks")
     first = out.splitlines()[2].split()
     assert first[2:8] == ["attention", "fwd", "gpt2", "1024", "16", "triton"]
+
+
+def test_speedup_axes_are_log2_centred_on_1x_and_unmeasured_points_are_marked(fake_dir, tmp_path, monkeypatch):
+    from bench.plots import style
+
+    meta, rows = load_results(fake_dir)
+    attention = [r for r in rows if r["family"] == "attention"]
+    # one point out of memory for ours, and one speedup of 0.001x (a smoke-like value)
+    oom = next(r for r in attention if r["impl"] == "triton" and r["pass"] == "fwd" and r["seq_len"] == 512)
+    oom.update(status="oom", ms=None, ms_p20=None, ms_p80=None)
+    slow = next(r for r in attention if r["impl"] == "triton" and r["pass"] == "fwd" and r["seq_len"] == 2048)
+    slow.update(ms=slow["ms"] * 1000, ms_p20=slow["ms_p20"] * 1000, ms_p80=slow["ms_p80"] * 1000)
+    seen = {}
+
+    def spy(fig, meta, path):
+        seen["axes"] = [(ax.get_yscale(), ax.get_ylim(), [t.get_text() for t in ax.get_yticklabels()],
+                         [tuple(line.get_xdata()) for line in ax.lines]) for ax in fig.axes]
+        return path
+
+    monkeypatch.setattr(style, "finish", spy)
+    plots.plot_kernel_speedups(meta, attention, "attention", tmp_path / "a.png")
+    top = seen["axes"][0]  # forward: Triton vs the fastest SDPA backend
+    scale, (lo, hi), labels, xs = top
+    assert scale == "log" and lo * hi == pytest.approx(1.0)  # centred on 1x
+    assert lo < 0.001 and "1x" in labels
+    assert any(x == (512,) for x in xs)  # the out-of-memory point is a marker, not a gap
+
+
+def test_speedup_axis_reads_small_differences():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bench.plots.style import speedup_axis
+
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [1.07, 1.12])
+    speedup_axis(ax, [1.07, 1.12], "speedup (x)")
+    lo, hi = ax.get_ylim()
+    assert hi < 1.25 and lo * hi == pytest.approx(1.0)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert "1.05x" in labels and "1.1x" in labels
+    plt.close(fig)

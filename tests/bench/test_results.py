@@ -7,10 +7,13 @@ import pytest
 import torch
 
 import bench.runner as runner
-from bench.common import (
-    FIELDS, STATUSES, Context, DeviceInfo, Point, Progress, Timer, Unavailable, fill_rates, fill_speedups,
-    load_csv, load_results, make_row, results_paths, write_results,
+from bench.impls import Unavailable
+from bench.points import DeviceInfo, Point
+from bench.results import (
+    FIELDS, STATUSES, fill_rates, fill_speedups, load_csv, load_results, make_row, results_paths, write_results,
 )
+from bench.run_meta import Progress
+from bench.timing import Context, Timer
 from bench.sweep import Task
 from bench.targets import TARGETS, evaluate
 
@@ -37,6 +40,8 @@ def test_rows_round_trip_through_json_and_csv(tmp_path):
     assert meta2 == meta
     assert rows2 == rows
     assert list(rows2[0]) == list(FIELDS)
+    ok = [r for r in rows2 if r["status"] == "ok"]
+    assert ok and all(r["ms_p20"] <= r["ms"] <= r["ms_p80"] for r in ok)
     assert load_csv(cpath) == rows
     with open(cpath) as f:
         assert f.readline().strip().split(",") == list(FIELDS)
@@ -238,3 +243,30 @@ def test_progress_line(capsys):
     lines = buf.getvalue().splitlines()
     assert len(lines) == 3 and lines[0].startswith("[1/3]") and lines[-1].startswith("[3/3] 100%")
     assert lines[1].endswith(" b")
+
+
+def test_timer_keeps_the_spread_of_the_runs():
+    from bench.timing import summarize
+
+    t = summarize([5.0, 1.0, 2.0, 4.0, 3.0])
+    assert (t.ms, t.p20, t.p80) == (3.0, 1.8, 4.2)  # numpy.percentile's linear interpolation
+    assert t.fields() == {"ms": 3.0, "ms_p20": 1.8, "ms_p80": 4.2}
+    assert t.scaled(0.5).fields() == {"ms": 1.5, "ms_p20": 0.9, "ms_p80": 2.1}
+    calls = []
+    timing = Timer("cpu", slow_warmup=1, slow_reps=4)(lambda: calls.append(1))
+    assert len(calls) == 5 and 0 <= timing.p20 <= timing.ms <= timing.p80
+
+
+def test_timer_asks_do_bench_for_the_median_and_the_20th_and_80th_percentiles(monkeypatch):
+    import triton.testing
+
+    asked = {}
+
+    def do_bench(fn, warmup, rep, grad_to_none=None, quantiles=None, return_mode="mean"):
+        asked.update(quantiles=quantiles, warmup=warmup, rep=rep)
+        return [2.0, 1.5, 3.0]  # in the order asked: 0.5, 0.2, 0.8
+
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    t = Timer("cuda")(lambda: None)
+    assert asked["quantiles"] == [0.5, 0.2, 0.8]
+    assert t.fields() == {"ms": 2.0, "ms_p20": 1.5, "ms_p80": 3.0}

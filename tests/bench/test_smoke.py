@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from bench.common import SMOKE_LABEL, STATUSES, load_csv, load_results
+from bench.points import SMOKE_LABEL
+from bench.results import STATUSES, load_csv, load_results
 
 from ..conftest import ON_GPU
 
@@ -47,6 +48,10 @@ def test_smoke_run_writes_labelled_results_and_plots(tmp_path):
     assert load_csv(tmp_path / "results.csv") == rows
     assert {r["family"] for r in rows} == {"attention", "layer_norm", "gelu", "model"}
     assert all(r["status"] in STATUSES for r in rows)
+    # every timing keeps its spread (the 20th and 80th percentile of the timed runs)
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["ms_p20"] <= r["ms"] <= r["ms_p80"], r
     # the PyTorch baselines run anywhere
     for r in rows:
         if r["impl"] in ("eager", "compile", "sdpa-math", "eager+sdpa"):

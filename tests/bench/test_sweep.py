@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from bench.common import (
-    ATTN_TILE_M, DEFAULT_DEVICE, MEM_FRACTION, MODEL_TOKENS_TARGET, PROGRAMS_PER_SM, SEQ_LENS, SIZES,
-    DeviceInfo, batch_for, dtype_bytes, model_config,
+from bench.points import (
+    ATTN_TILE_M, DEFAULT_DEVICE, MEM_FRACTION, MODEL_TOKENS_TARGET, PROGRAMS_PER_SM, SEQ_LENS, SIZES, DeviceInfo,
+    batch_for, dtype_bytes, model_config,
 )
 from bench.sweep import make_sweep, plan, seq_rank, tier
 

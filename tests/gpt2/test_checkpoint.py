@@ -19,7 +19,7 @@ import torch  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from gpt2 import GPT2, GPT2Config  # noqa: E402
-from gpt2.checkpoint import load_pretrained, save_pretrained  # noqa: E402
+from gpt2.checkpoint import save_pretrained  # noqa: E402
 
 from .test_generate import assert_same_greedy  # noqa: E402
 
@@ -131,7 +131,7 @@ def test_loaded_model(checkpoints, hf_model):
     unique_hf = {p.data_ptr(): p.numel() for p in hf_model.parameters()}
     assert model.num_parameters() == sum(unique_hf.values())
     assert all(p.device.type == "cpu" and p.dtype == torch.float32 for p in model.parameters())
-    assert load_pretrained(checkpoints["safetensors"], dropout=0.0).config.dropout == 0.0
+    assert GPT2.from_pretrained(checkpoints["safetensors"], dropout=0.0).config.dropout == 0.0
 
 
 @pytest.mark.parametrize("attention", CPU_ATTENTION)
@@ -151,7 +151,7 @@ def test_greedy_generation_matches_transformers(attention, checkpoints, hf_model
 def test_dtype_and_device(checkpoints, hf_model):
     idx = torch.randint(0, VOCAB, (2, 9))
     want = hf_logits(hf_model, idx)
-    m64 = load_pretrained(checkpoints["bin"], dtype=torch.float64, device="cpu")
+    m64 = GPT2.from_pretrained(checkpoints["bin"], dtype=torch.float64, device="cpu")
     assert all(p.dtype == torch.float64 for p in m64.parameters())
     with torch.no_grad():
         assert (m64(idx) - want.double()).abs().max().item() <= 1e-4
@@ -163,7 +163,7 @@ def test_dtype_and_device(checkpoints, hf_model):
     # bf16 keeps 8 bits of mantissa: errors of a few 1e-2 on logits of size ~1
     assert (got - want).abs().max().item() <= 0.1 * want.abs().max().item()
     with pytest.raises(TypeError, match="floating torch.dtype"):
-        load_pretrained(checkpoints["safetensors"], dtype=torch.int32)
+        GPT2.from_pretrained(checkpoints["safetensors"], dtype=torch.int32)
 
 
 def test_save_pretrained_round_trip(tmp_path):
@@ -190,7 +190,7 @@ def test_save_pretrained_round_trip(tmp_path):
 def load_modified(tmp_path, hf_config, hf_sd, change, fmt="safetensors"):
     sd = dict(hf_sd)
     change(sd)
-    return load_pretrained(write_checkpoint(tmp_path / "bad", hf_config, sd, fmt))
+    return GPT2.from_pretrained(write_checkpoint(tmp_path / "bad", hf_config, sd, fmt))
 
 
 def test_missing_tensor(tmp_path, hf_config, hf_sd):
@@ -266,23 +266,23 @@ def test_name_twice(tmp_path, hf_config, hf_sd):
 )
 def test_unsupported_config(tmp_path, hf_config, hf_sd, change, match):
     with pytest.raises(ValueError, match=match):
-        load_pretrained(write_checkpoint(tmp_path / "c", {**hf_config, **change}, hf_sd))
+        GPT2.from_pretrained(write_checkpoint(tmp_path / "c", {**hf_config, **change}, hf_sd))
 
 
 def test_config_shape_mismatch_names_tensors(tmp_path, hf_config, hf_sd):
     want = r"n_embd=64.*transformer\.wte\.weight: expected shape \(503, 64\), got \(503, 32\)"
     with pytest.raises(ValueError, match=want):
-        load_pretrained(write_checkpoint(tmp_path / "c", {**hf_config, "n_embd": 64}, hf_sd))
+        GPT2.from_pretrained(write_checkpoint(tmp_path / "c", {**hf_config, "n_embd": 64}, hf_sd))
 
 
 def test_missing_files(tmp_path, hf_config, hf_sd):
     d = write_checkpoint(tmp_path / "c", hf_config, hf_sd)
     (d / "model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="model.safetensors or pytorch_model.bin"):
-        load_pretrained(d)
+        GPT2.from_pretrained(d)
     (d / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match="no config.json"):
-        load_pretrained(d)
+        GPT2.from_pretrained(d)
 
 
 class Payload:
@@ -301,23 +301,23 @@ def test_pickle_with_code_is_refused(tmp_path, hf_config, hf_sd):
     d = write_checkpoint(tmp_path / "evil", hf_config, sd, fmt="bin")
     assert not marker.exists()
     with pytest.raises(ValueError, match="weights_only=True"):
-        load_pretrained(d)
+        GPT2.from_pretrained(d)
     assert not marker.exists()
 
 
 def test_pickle_that_is_not_a_state_dict(tmp_path, hf_config):
     d = write_checkpoint(tmp_path / "list", hf_config, [torch.zeros(3)], fmt="bin")
     with pytest.raises(ValueError, match="not a state dict"):
-        load_pretrained(d)
+        GPT2.from_pretrained(d)
 
 
 def test_unknown_name_and_file_path(tmp_path, checkpoints):
     with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a GPT-2 name.*gpt2-medium"):
-        load_pretrained("gpt5-ultra")
+        GPT2.from_pretrained("gpt5-ultra")
     with pytest.raises(FileNotFoundError, match="neither"):
-        load_pretrained(tmp_path / "does-not-exist")
+        GPT2.from_pretrained(tmp_path / "does-not-exist")
     with pytest.raises(NotADirectoryError, match="is a file"):
-        load_pretrained(checkpoints["safetensors"] / "model.safetensors")
+        GPT2.from_pretrained(checkpoints["safetensors"] / "model.safetensors")
 
 
 def test_hub_download_failure_is_a_clear_error(monkeypatch):
@@ -336,13 +336,13 @@ def test_hub_download_failure_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=r"could not get 'gpt2-large' \(openai-community/gpt2-large\).*"
                        r"HF_HUB_OFFLINE is set.*local directory.*LocalEntryNotFoundError") as e:
-        load_pretrained("gpt2-large")
+        GPT2.from_pretrained("gpt2-large")
     assert len(calls) == 1 and calls[0][0] == "openai-community/gpt2-large"
     assert {"config.json", "model.safetensors"} <= set(calls[0][1]["allow_patterns"])
     assert isinstance(e.value.__cause__, LocalEntryNotFoundError)
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     with pytest.raises(OSError, match="is the machine online"):
-        load_pretrained("openai-community/gpt2")
+        GPT2.from_pretrained("openai-community/gpt2")
 
 
 def test_hub_name_is_not_shadowed_by_a_folder(monkeypatch, tmp_path):
@@ -352,10 +352,10 @@ def test_hub_name_is_not_shadowed_by_a_folder(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)
     with pytest.raises(ModuleNotFoundError, match="huggingface_hub"):
-        load_pretrained("gpt2")
+        GPT2.from_pretrained("gpt2")
 
 
 def test_hub_name_without_huggingface_hub(monkeypatch):
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)  # makes the import fail
     with pytest.raises(ModuleNotFoundError, match="pip install huggingface_hub"):
-        load_pretrained("gpt2")
+        GPT2.from_pretrained("gpt2")

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt2 import GPT2, GPT2Config, KVCache, LearnedPositionalEncoding, PositionalEncoding
-from gpt2.attention import CausalSelfAttention, MultiHeadAttention
+from gpt2.attention import CausalSelfAttention, MultiHeadAttention, attend, attend_sdpa, record_attention
+from gpt2.switch import KERNELS, bind, resolve_kernels
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, vocab_size=101, block_size=48)
 
@@ -28,8 +29,8 @@ def test_sizes_and_parameter_count(name):
     cfg = GPT2Config.from_name(name)
     assert (cfg.n_layer, cfg.n_head, cfg.n_embd) == PUBLISHED[name]
     assert cfg.head_size == 64 and cfg.vocab_size == 50257 and cfg.block_size == 1024
-    with torch.device("meta"):
-        model = GPT2(cfg)
+    model = GPT2.meta(cfg)
+    assert all(p.is_meta for p in model.parameters())
     L, d, V, P = cfg.n_layer, cfg.n_embd, cfg.vocab_size, cfg.block_size
     # Per block: c_attn d*3d+3d, c_proj d*d+d, c_fc d*4d+4d, mlp c_proj 4d*d+d, two LNs 4d.
     per_block = 12 * d * d + 13 * d
@@ -97,7 +98,7 @@ def test_set_kernels_choices_and_errors():
     assert model.kernels == {"attention": "torch", "layernorm": "torch", "gelu": "torch"}
     assert model.set_kernels(attention="sdpa") is model
     assert model.kernels == {"attention": "sdpa", "layernorm": "torch", "gelu": "torch"}
-    assert all(b.attn.impl == "sdpa" for b in model.transformer.h)
+    assert all(b.attn.kernel is attend_sdpa for b in model.transformer.h)
     model.set_kernels("torch")
     assert model.kernels == {"attention": "torch", "layernorm": "torch", "gelu": "torch"}
     with pytest.raises(ValueError, match="torch, sdpa, triton"):
@@ -105,6 +106,7 @@ def test_set_kernels_choices_and_errors():
     with pytest.raises(ValueError, match="layernorm kernel 'sdpa'.*torch, triton"):
         model.set_kernels("sdpa")
     assert model.kernels["attention"] == "torch"  # a refused call changes nothing
+    assert all(b.attn.kernel is attend for b in model.transformer.h)
     assert tiny().set_kernels(attention="triton").kernels["attention"] == "triton"  # head size 16
     with pytest.raises(ValueError, match="head size 8 .*16, 32, 64, 128"):
         tiny(n_embd=40, n_head=5).set_kernels(attention="triton")
@@ -144,10 +146,35 @@ def test_cache_prefill_and_decode_match_full_forward(impl):
         model(idx[:, :1], cache=cache)
 
 
-def test_return_attention():
-    model = tiny()
+def test_switch_table_and_its_checks():
+    """The table's choices are what set_kernels and resolve_kernels accept; resolve_kernels is the
+    one check (others, e.g. a Hugging Face patcher, call it too)."""
+    assert list(KERNELS) == ["attention", "layernorm", "gelu"]
+    assert resolve_kernels(None) == {"attention": "torch", "layernorm": "torch", "gelu": "torch"}
+    assert resolve_kernels({"attention": "sdpa"}, gelu="triton") == {"attention": "sdpa", "layernorm": "torch", "gelu": "triton"}
+    assert resolve_kernels({"gelu": "triton"}, "torch", attention="sdpa")["gelu"] == "torch"
+    with pytest.raises(ValueError, match="unknown op.*'loss'.*attention, layernorm, gelu"):
+        resolve_kernels(None, loss="triton")
+    with pytest.raises(ValueError, match="head size 8"):
+        resolve_kernels(None, "triton", head_size=8)
+    model = tiny().set_kernels(layernorm="triton", gelu="triton")
+    import kernels
+
+    for m in model.modules():  # the function each module calls is the table's, bound once
+        if isinstance(m, MultiHeadAttention):
+            assert m.kernel is attend
+        elif getattr(m, "op", None) == "layernorm":
+            assert m.kernel is kernels.layer_norm
+        elif getattr(m, "op", None) == "gelu":
+            assert m.kernel.__module__ == "gpt2.triton_ops"
+
+
+def test_record_attention():
+    model = tiny().set_kernels(attention="sdpa")
     idx = torch.randint(0, TINY["vocab_size"], (2, 7))
-    logits, attn = model(idx, return_attention=True)
+    with record_attention(model) as attn:
+        logits = model(idx)
+    assert all(b.attn.kernel is attend_sdpa for b in model.transformer.h)  # restored
     torch.testing.assert_close(logits, model(idx))
     assert len(attn) == TINY["n_layer"] and attn[0].shape == (2, TINY["n_head"], 7, 7)
     torch.testing.assert_close(attn[0].sum(-1), torch.ones(2, TINY["n_head"], 7))
@@ -198,7 +225,7 @@ def test_multi_head_attention_cross_and_masked():
 @pytest.mark.parametrize("impl", ["torch", "sdpa", "triton"])
 def test_causal_self_attention_and_causal_mask_path(impl):
     csa = CausalSelfAttention(d_model=64, num_heads=4, max_seq_len=32)
-    csa.impl = impl
+    bind(csa, impl)
     x = torch.randn(3, 11, 64)
     y_ref, _ = reference_mha(csa, x, x, x, causal=True)
     torch.testing.assert_close(csa(x).double(), y_ref, atol=1e-5, rtol=1e-5)

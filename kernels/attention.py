@@ -534,9 +534,10 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
             "bwd_dq": [launch(128, 64, 8, 2, True), launch(64, 64, 4, 3, True)],
         }[kernel]
     # sm_80 family. On sm_80 a warp's mma.sync B operand (K^T, V) spans the whole key tile,
-    # so D=128 halves BLOCK_N to stay within 255 registers.
+    # so D=128 halves BLOCK_N to stay within 255 registers; dK/dV at D <= 64 keeps 2 stages
+    # (with 3, Triton 3.6 spills 2 words).
     return [{"fwd": launch(128, 32 if big else 64, 8, 3),
-             "bwd_dkdv": launch(16 if big else 32, 128, 8, 3),
+             "bwd_dkdv": launch(16 if big else 32, 128, 8, 3 if big else 2),
              "bwd_dq": launch(128, 32 if big else 64, 8, 2 if big else 3)}[kernel]]
 
 

@@ -211,12 +211,14 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
 
 
 # delta_i = sum_d dO_id * O_id, which equals sum_j P_ij dP_ij (since dP = dO V^T and O = P V):
-# the row term of the softmax derivative dS = P * (dP - delta).
+# the row term of the softmax derivative dS = P * (dP - delta). It is written, with a copy of
+# the forward's lse2, into rows of `stride_stat` (a multiple of 16) floats per head, so that
+# the dK/dV kernel can read both by TMA (a descriptor's rows must start 16-byte aligned).
 @triton.jit
-def _attn_bwd_preprocess_kernel(O, DO, DELTA,
+def _attn_bwd_preprocess_kernel(O, DO, LSE, LSE_PAD, DELTA,
                                 stride_ob, stride_oh, stride_om,
                                 stride_dob, stride_doh, stride_dom,
-                                n_heads, seq_q,
+                                stride_stat, n_heads, seq_q,
                                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     num_m = tl.cdiv(seq_q, BLOCK_M)
     bh = tl.program_id(0) // num_m
@@ -231,18 +233,22 @@ def _attn_bwd_preprocess_kernel(O, DO, DELTA,
     o = tl.load(O + rows[:, None] * stride_om + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(DELTA + bh.to(tl.int64) * seq_q + start_m + rows, delta, mask=row_ok)
+    tl.store(DELTA + bh.to(tl.int64) * stride_stat + start_m + rows, delta, mask=row_ok)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * seq_q + start_m + rows, mask=row_ok)
+    tl.store(LSE_PAD + bh.to(tl.int64) * stride_stat + start_m + rows, lse2, mask=row_ok)
 
 
 @triton.jit
 def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
                          start, end, seq_q, diag, qk_scale, scale,
                          BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
-                         MASKED: tl.constexpr, TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr, DOT: tl.constexpr):
+                         MASKED: tl.constexpr, TMA: tl.constexpr, STATS_TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                         DOT: tl.constexpr):
     # The transposed view: this program owns BLOCK_N keys (rows of k, v, dk, dv) and query
     # tiles [start, end) pass. Q and DO are tensor descriptors (TMA), or pointers to the tile
-    # at query row 0. ATOMIC_DQ also adds this key tile's share of dQ = scale * dS K into
-    # the fp32 DQ_ACC (a pointer to row 0).
+    # at query row 0; LSE and DELTA are descriptors with STATS_TMA, else pointers. ATOMIC_DQ
+    # also adds this key tile's share of dQ = scale * dS K into the fp32 DQ_ACC (a pointer
+    # to row 0).
     offs_d = tl.arange(0, HEAD_DIM)
     if not TMA:
         Q += start * stride_qm.to(tl.int64)
@@ -262,7 +268,12 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, str
         else:
             q = tl.load(Q)
             do = tl.load(DO)
-        if MASKED:
+        if STATS_TMA:
+            # Rows past the end read as 0, and so do their q and dO rows, which zeroes
+            # their share of dV (P^T dO) and dK (dS = P * (dO V^T - delta)).
+            lse2 = LSE.load([0, start_m]).reshape([BLOCK_M])
+            delta = DELTA.load([0, start_m]).reshape([BLOCK_M])
+        elif MASKED:
             # +inf makes P = exp2(s - inf) = 0 on query rows past the end.
             lse2 = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
             delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
@@ -304,9 +315,10 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                           stride_dob, stride_doh, stride_dom,
                           stride_dkb, stride_dkh, stride_dkn,
                           stride_dvb, stride_dvh, stride_dvn,
-                          n_heads, seq_q, seq_k, scale, qk_scale,
+                          stride_stat, n_heads, seq_q, seq_k, scale, qk_scale,
                           HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
-                          TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr, INTERPRET: tl.constexpr):
+                          TMA: tl.constexpr, STATS_TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                          INTERPRET: tl.constexpr):
     num_n = tl.cdiv(seq_k, BLOCK_N)
     bh = tl.program_id(0) // num_n
     start_n = tl.program_id(0) % num_n * BLOCK_N
@@ -319,8 +331,8 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
     V += b * stride_vb + h * stride_vh
     DK += b * stride_dkb + h * stride_dkh + start_n * stride_dkn.to(tl.int64)
     DV += b * stride_dvb + h * stride_dvh + start_n * stride_dvn.to(tl.int64)
-    LSE += bh.to(tl.int64) * seq_q
-    DELTA += bh.to(tl.int64) * seq_q
+    LSE += bh.to(tl.int64) * stride_stat
+    DELTA += bh.to(tl.int64) * stride_stat
     DQ_ACC += bh.to(tl.int64) * seq_q * HEAD_DIM  # contiguous (B, H, seq_q, HEAD_DIM), fp32
     cols = tl.arange(0, BLOCK_N)
     offs_n = start_n + cols
@@ -333,6 +345,12 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
         v = tl.make_tensor_descriptor(V, [seq_k, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM]).load([start_n, 0])
         Q = tl.make_tensor_descriptor(Q, [seq_q, HEAD_DIM], [stride_qm, 1], [BLOCK_M, HEAD_DIM])
         DO = tl.make_tensor_descriptor(DO, [seq_q, HEAD_DIM], [stride_dom, 1], [BLOCK_M, HEAD_DIM])
+        if STATS_TMA:
+            # Which is cheaper per iteration depends on the Triton version (3.6 reads the
+            # pointer loads one float at a time, 3.9 stages them in shared memory): the
+            # candidates try both.
+            LSE = tl.make_tensor_descriptor(LSE, [1, seq_q], [stride_stat, 1], [1, BLOCK_M])
+            DELTA = tl.make_tensor_descriptor(DELTA, [1, seq_q], [stride_stat, 1], [1, BLOCK_M])
     else:
         K += start_n * stride_kn.to(tl.int64)
         V += start_n * stride_vn.to(tl.int64)
@@ -360,13 +378,13 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
     full_end = mid + tl.maximum(seq_q - mid, 0) // BLOCK_M * BLOCK_M
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
                                   start, mid, seq_q, diag, qk_scale, scale,
-                                  BLOCK_M, HEAD_DIM, CAUSAL, True, TMA, ATOMIC_DQ, DOT)
+                                  BLOCK_M, HEAD_DIM, CAUSAL, True, TMA, STATS_TMA, ATOMIC_DQ, DOT)
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
                                   mid, full_end, seq_q, diag, qk_scale, scale,
-                                  BLOCK_M, HEAD_DIM, CAUSAL, False, TMA, ATOMIC_DQ, DOT)
+                                  BLOCK_M, HEAD_DIM, CAUSAL, False, TMA, STATS_TMA, ATOMIC_DQ, DOT)
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
                                   full_end, seq_q, seq_q, diag, qk_scale, scale,
-                                  BLOCK_M, HEAD_DIM, False, True, TMA, ATOMIC_DQ, DOT)
+                                  BLOCK_M, HEAD_DIM, False, True, TMA, STATS_TMA, ATOMIC_DQ, DOT)
 
     tl.store(DK + cols[:, None] * stride_dkn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
     tl.store(DV + cols[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok)
@@ -419,7 +437,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                         stride_vb, stride_vh, stride_vn,
                         stride_dob, stride_doh, stride_dom,
                         stride_dqb, stride_dqh, stride_dqm,
-                        n_heads, seq_q, seq_k, scale, qk_scale,
+                        stride_stat, n_heads, seq_q, seq_k, scale, qk_scale,
                         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
                         TMA: tl.constexpr, INTERPRET: tl.constexpr):
     num_m = tl.cdiv(seq_q, BLOCK_M)
@@ -440,8 +458,8 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
     do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
     # +inf makes P = 0 on query rows past the end (their dq is never stored anyway).
-    lse2 = tl.load(LSE + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=float("inf"))
-    delta = tl.load(DELTA + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * stride_stat + offs_m, mask=offs_m < seq_q, other=float("inf"))
+    delta = tl.load(DELTA + bh.to(tl.int64) * stride_stat + offs_m, mask=offs_m < seq_q, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if TMA:
         K = tl.make_tensor_descriptor(K, [seq_k, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
@@ -495,13 +513,15 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
         raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
     big = head_dim == 128
 
-    def launch(block_m, block_n, num_warps, num_stages, tma=False, pipeline=False):
+    def launch(block_m, block_n, num_warps, num_stages, tma=False, pipeline=False, stats_tma=False):
         cx = {"BLOCK_M": block_m}
         if kernel != "bwd_preprocess":
             cx["BLOCK_N"] = block_n
             cx["TMA"] = tma
         if kernel == "fwd":
             cx["PIPELINE"] = pipeline
+        if kernel == "bwd_dkdv":
+            cx["STATS_TMA"] = stats_tma
         return Launch(cx, num_warps, num_stages)
 
     if kernel == "bwd_preprocess":
@@ -511,9 +531,10 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
         # Small, unequal tiles: the tests' short sequences then cross several tiles, the
         # diagonal falls inside tiles in every way, and BLOCK_M != BLOCK_N is exercised.
         # fp16/bf16 take the sm_90 code paths (TMA descriptors, the pipelined forward) and
-        # fp32 the pointer loads, so the tests run both.
+        # fp32 the pointer loads, so the tests run both (and deterministic=False, 16-bit,
+        # descriptors for Q and dO with pointer loads of the logsumexp and delta).
         tma = dtype != torch.float32
-        return [{"fwd": launch(32, 16, 4, 1, tma, tma), "bwd_dkdv": launch(16, 32, 4, 1, tma),
+        return [{"fwd": launch(32, 16, 4, 1, tma, tma), "bwd_dkdv": launch(16, 32, 4, 1, tma, stats_tma=tma and not atomic_dq),
                  "bwd_dq": launch(32, 16, 4, 1, tma)}[kernel]]
     if dtype == torch.float32:
         # TF32 operands are twice the bytes of 16-bit ones: half the key (or query) tile.
@@ -529,8 +550,10 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
             "fwd": [launch(128, 64 if big else 128, 8, 2, True, True),
                     launch(128, 64 if big else 128, 8, 2, True, False)],
             # dK and dV accumulators are BLOCK_N x D fp32 each: at D=128 a 64-query tile spills.
+            # The logsumexp and delta by TMA, or by pointers: see _attn_bwd_dkdv_kernel.
             "bwd_dkdv": ([launch(32, 128, 8, 3, True), launch(64, 64, 4, 2, True)] if big
-                         else [launch(64, 128, 8, 2, True), launch(32, 128, 8, 3, True)]),
+                         else [launch(64, 128, 8, 2, True, stats_tma=True), launch(64, 128, 8, 2, True),
+                               launch(32, 128, 8, 3, True)]),
             "bwd_dq": [launch(128, 64, 8, 2, True), launch(64, 64, 4, 3, True)],
         }[kernel]
     # sm_80 family. On sm_80 a warp's mma.sync B operand (K^T, V) spans the whole key tile,
@@ -550,13 +573,14 @@ def _compile_config(kernel, arch, head_dim, dtype, causal, cfg, atomic_dq=False)
     constexprs = {"HEAD_DIM": head_dim, **cx}
     if kernel == "bwd_preprocess":
         return registry.CompileConfig(fn, "attention", f"{kernel} D={head_dim} {ty} M={cx['BLOCK_M']}", ty, constexprs,
-                                      cfg.num_warps, cfg.num_stages,
+                                      cfg.num_warps, cfg.num_stages, types={"LSE": "*fp32", "LSE_PAD": "*fp32",
+                                                                           "DELTA": "*fp32"},
                                       divisible_by_16=tuple(n for n in fn.arg_names if n.startswith("stride_")))
     constexprs.update(CAUSAL=causal, INTERPRET=False)
     if kernel == "bwd_dkdv":
         constexprs["ATOMIC_DQ"] = atomic_dq
     tile = (cx["BLOCK_N"], cx["BLOCK_M"]) if kernel == "bwd_dkdv" else (cx["BLOCK_M"], cx["BLOCK_N"])
-    flags = [name.lower() for name in ("TMA", "PIPELINE", "ATOMIC_DQ") if constexprs.get(name)]
+    flags = [name.lower() for name in ("TMA", "STATS_TMA", "PIPELINE", "ATOMIC_DQ") if constexprs.get(name)]
     label = (f"{kernel} D={head_dim} {ty} {'causal' if causal else 'full'} {cx['BLOCK_M']}x{cx['BLOCK_N']} "
              f"w{cfg.num_warps}s{cfg.num_stages}{''.join(' ' + f for f in flags)} sm_{arch}")
     types = {"LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32", "scale": "fp32", "qk_scale": "fp32"}
@@ -701,22 +725,25 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
     Sk = k.shape[2]
     dk = torch.empty((B, H, Sk, D), dtype=k.dtype, device=q.device)
     dv = torch.empty((B, H, Sk, D), dtype=v.dtype, device=q.device)
-    delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
+    # delta and a copy of lse, in rows padded to a multiple of 16 floats (see the preprocess kernel)
+    stride_stat = triton.cdiv(Sq, 16) * 16
+    delta = torch.empty((B * H, stride_stat), dtype=torch.float32, device=q.device)
+    lse_pad = torch.empty((B * H, stride_stat), dtype=torch.float32, device=q.device)
     # deterministic=False: dQ is accumulated in fp32 by atomic adds inside the dK/dV kernel.
     dq_acc = torch.zeros((B, H, Sq, D) if not deterministic else (1,), dtype=torch.float32, device=q.device)
 
     def run_dkdv(cfg):
         grid = (triton.cdiv(Sk, cfg.constexprs["BLOCK_N"]) * B * H,)
         _attn_bwd_dkdv_kernel[grid](
-            q, k, v, do, lse, delta, dk, dv, dq_acc,
+            q, k, v, do, lse_pad, delta, dk, dv, dq_acc,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-            H, Sq, Sk, scale, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, ATOMIC_DQ=not deterministic,
+            stride_stat, H, Sq, Sk, scale, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, ATOMIC_DQ=not deterministic,
             INTERPRET=INTERPRET, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     def run_dq(cfg):
         _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
-            q, k, v, do, lse, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-            H, Sq, Sk, scale, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET,
+            q, k, v, do, lse_pad, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+            *_strides(dq), stride_stat, H, Sq, Sk, scale, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET,
             **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
     with device_guard(q):
@@ -724,7 +751,7 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
             _ensure_allocator()
         cfg = _candidates("bwd_preprocess", _arch(q.device), D, q.dtype, causal)[0]
         _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
-            o, do, delta, *_strides(o), *_strides(do), H, Sq,
+            o, do, lse, lse_pad, delta, *_strides(o), *_strides(do), stride_stat, H, Sq,
             HEAD_DIM=D, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         if deterministic:

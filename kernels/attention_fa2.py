@@ -445,7 +445,9 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale):
     with device_guard(q):
         cfg = _launch_config("bwd_preprocess", D, q.dtype)
         _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
-            o, do, delta, *_strides(o), *_strides(do), H, Sq,
+            # kernels.attention's preprocess: with rows of Sq floats (stride_stat = Sq) its
+            # copy of lse lands on lse itself, and delta comes out as this backward reads it.
+            o, do, lse, lse, delta, *_strides(o), *_strides(do), Sq, H, Sq,
             HEAD_DIM=D, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         cfg = _launch_config("bwd_dkdv", D, q.dtype)

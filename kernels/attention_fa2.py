@@ -406,7 +406,7 @@ def _compile_configs():
                     yield registry.CompileConfig(
                         fn, "attention_fa2", label, TRITON_TYPE[dtype],
                         {"HEAD_DIM": head_dim, **cfg.constexprs, "CAUSAL": causal, "INTERPRET": False},
-                        cfg.num_warps, cfg.num_stages, types=types,
+                        cfg.num_warps, cfg.num_stages, types={k: t for k, t in types.items() if k in fn.arg_names},
                         divisible_by_16=tuple(a for a in fn.arg_names if a.startswith("stride_")),
                         tile=(n, m) if kernel == "bwd_dkdv" else (m, n))
 

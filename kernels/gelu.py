@@ -12,11 +12,11 @@ Triton interpreter lacks). All arithmetic is fp32; y and dx are stored in x's dt
 Kernels:
   without bias  a flat elementwise kernel over x.numel() elements, forward and backward.
   with bias     (BLOCK_M, BLOCK_N) tiles of the (M, N) rows, so the bias is loaded once a tile.
-                The backward also returns dbias = sum over rows of dx, by a two-stage
-                reduction with no atomics: a fixed grid of (G row groups) x (column blocks)
-                programs, each looping over its row tiles and writing its column sums once
-                into an fp32 (G, N) buffer; then a small kernel sums that over G in a fixed
-                order, so dbias is bitwise identical run to run on the same GPU.
+                The backward also returns dbias = sum over rows of dx, in two steps with
+                no atomics: a fixed grid of (G row groups) x (column blocks) programs, each
+                looping over its row tiles and writing its column sums once into an fp32
+                (G, N) buffer; then torch's sum over G, which adds in a fixed order, so
+                dbias is bitwise identical run to run on the same GPU.
   The forward saves only its inputs; the backward recomputes u and the tanh term, which is
   cheaper than writing and re-reading them.
 
@@ -26,7 +26,7 @@ Bytes moved (global memory; n = x.numel() = M*N elements of s bytes, G row group
   backward          no bias: read dy, x, write dx              = 3*n*s
                     bias:    + read bias, write and re-read the
                              partial sums, write dbias          = 3*n*s + 2*N*s + 8*G*N
-`gelu_io_bytes` computes them.
+                             (and for 16-bit dtypes 8*N more through an fp32 sum then cast)
 
 Limits: any shape; float32, float16, bfloat16; bias 1-D of size N = x.shape[-1], same dtype,
 N <= 65535 * 256.
@@ -44,14 +44,19 @@ import triton.language as tl
 
 from kernels import registry
 from kernels._common import (
-    TRITON_TYPE, as_rows, check_float_dtype, check_runnable, check_same_dtype, num_sms, device_guard,
+    TRITON_TYPE, Launch, as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard, num_sms,
 )
 
-_C = math.sqrt(2.0 / math.pi)
-_A = 0.044715
 MAX_BIAS_N = 65535 * 256  # column blocks of 256 along the grid's second axis, at most 65535
 
-# In the kernels c and a are literals: a global tl.constexpr breaks Triton's interpreter.
+# c and a of the formula above, for the reference and, as constexprs, for the kernels. Under
+# Triton 3.9's interpreter `constexpr * tensor` gives back a constexpr, so the kernels keep a
+# tensor on the left of every product with one (`u * _A_K`, not `_A_K * u`).
+_C = math.sqrt(2.0 / math.pi)
+_A = 0.044715
+_TWO_C = tl.constexpr(2.0 * _C)
+_A_K = tl.constexpr(_A)
+_THREE_A = tl.constexpr(3.0 * _A)
 
 
 @triton.jit
@@ -64,8 +69,8 @@ def _sigmoid(v):
 
 @triton.jit
 def _gelu_gate(u):
-    # sigmoid(2z), z = c * (u + a * u^3); 2 * c = 2 * sqrt(2 / pi) = 1.5957691216057308, a = 0.044715
-    return _sigmoid(1.5957691216057308 * (u + 0.044715 * u * u * u))
+    # sigmoid(2z), z = c * (u + a * u^3)
+    return _sigmoid((u + u * _A_K * u * u) * _TWO_C)
 
 
 @triton.jit
@@ -80,8 +85,7 @@ def _gelu(u):
 @triton.jit
 def _gelu_grad(u):
     s = _gelu_gate(u)
-    # 2 * c = 1.5957691216057308; 3 * a = 0.134145
-    return s + 1.5957691216057308 * u * s * (1.0 - s) * (1.0 + 0.134145 * u * u)
+    return s + u * _TWO_C * s * (1.0 - s) * (1.0 + u * u * _THREE_A)
 
 
 @triton.jit
@@ -96,13 +100,13 @@ def _gelu_fwd_kernel(X, Y, numel, BLOCK: tl.constexpr):
 @triton.jit
 def _gelu_bias_fwd_kernel(
     X, BIAS, Y,
-    stride_x_row, stride_y_row, M, N,
+    stride_x_row, stride_y_row, n_rows, n_cols,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < N
-    mask = (rows < M)[:, None] & col_mask[None, :]
+    col_mask = cols < n_cols
+    mask = (rows < n_rows)[:, None] & col_mask[None, :]
     b = tl.load(BIAS + cols, mask=col_mask, other=0.0).to(tl.float32)
     x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     y = _gelu(x + b[None, :])
@@ -124,78 +128,57 @@ def _gelu_bwd_kernel(DY, X, DX, numel, BLOCK: tl.constexpr):
 @triton.jit
 def _gelu_bias_bwd_kernel(
     DY, X, BIAS, DX, DB_PARTIAL,
-    stride_dy_row, stride_x_row, stride_dx_row, M, N, TILES_PER_PROGRAM,
+    stride_dy_row, stride_x_row, stride_dx_row, n_rows, n_cols, tiles_per_program,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < N
+    col_mask = cols < n_cols
     b = tl.load(BIAS + cols, mask=col_mask, other=0.0).to(tl.float32)
     db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-    first_tile = pid_m.to(tl.int64) * TILES_PER_PROGRAM
-    for t in range(0, TILES_PER_PROGRAM):
+    first_tile = pid_m.to(tl.int64) * tiles_per_program
+    for t in range(0, tiles_per_program):
         rows = (first_tile + t) * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask = (rows < M)[:, None] & col_mask[None, :]
+        mask = (rows < n_rows)[:, None] & col_mask[None, :]
         x = tl.load(X + rows[:, None] * stride_x_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DY + rows[:, None] * stride_dy_row + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         # Masked entries have dy = 0, so they add nothing to dbias.
         dx = dy * _gelu_grad(x + b[None, :])
         tl.store(DX + rows[:, None] * stride_dx_row + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
         db_acc += tl.sum(dx, axis=0)
-    tl.store(DB_PARTIAL + pid_m * N + cols, db_acc, mask=col_mask)
-
-
-@triton.jit
-def _gelu_bwd_reduce_kernel(DB_PARTIAL, DB, G, N, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr):
-    # Each program owns BLOCK_N columns and walks all G partial rows in a fixed order.
-    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    col_mask = cols < N
-    acc = tl.zeros([BLOCK_G, BLOCK_N], dtype=tl.float32)
-    for g0 in range(0, G, BLOCK_G):
-        gs = g0 + tl.arange(0, BLOCK_G)
-        mask = (gs < G)[:, None] & col_mask[None, :]
-        acc += tl.load(DB_PARTIAL + gs[:, None] * N + cols[None, :], mask=mask, other=0.0)
-    tl.store(DB + cols, tl.sum(acc, axis=0).to(DB.dtype.element_ty), mask=col_mask)
+    tl.store(DB_PARTIAL + pid_m * n_cols + cols, db_acc, mask=col_mask)
 
 
 # ----------------------------------------------------------------------------- launch heuristics
 
+# The bias backward uses at most 128 registers a thread, so this many of its warps fit in an
+# SM's 64K registers: that sets how many of its programs share an SM.
+_BWD_WARPS_PER_SM = 16
 
-def _launch_config(N=1, G=1):
-    """Every launch parameter of the five kernels, in one place: for x.shape[-1] = N (only
-    the bias kernels depend on it; the flat ones, for any shape, take the default) and, for the reduce kernel, G partial rows (the bias
-    backward's row groups, `_bias_bwd_grid`).
 
-    Returns dict(flat=(BLOCK, num_warps), tile=(BLOCK_M, BLOCK_N, num_warps),
-    bwd_programs_per_sm=int, reduce=(BLOCK_G, BLOCK_N, num_warps)).
+def _launch_config(kernel, N=1):
+    """How `kernel` (any of the four above) is launched, for x.shape[-1] = N (only the bias
+    kernels depend on it; the flat ones, for any shape, take the default): the one place
+    block sizes and warps are chosen, for the launchers and for `python -m kernels.sass`.
 
     Each thread handles 8 elements (one 16-byte vector of bf16/fp16) in the flat kernels
     and 16 in a bias tile (two vectors, so a tile holds several rows of 256 columns); the
     tile is as wide as N up to 256 columns and has 2048 elements, so narrow rows get more
-    rows. The bias backward uses at most 128 registers a thread, so 16 warps fit in an SM's
-    64K registers: that sets how many programs share an SM. The reduce is latency-bound:
-    its 4096-element tile spans as many of the G rows as possible (16 to 128), so it needs
-    few serial loads, and its columns are split over as many programs as that leaves.
+    rows.
     """
+    if kernel in (_gelu_fwd_kernel, _gelu_bwd_kernel):
+        return Launch({"BLOCK": 1024}, num_warps=4, num_stages=1)
     BLOCK_N = min(256, triton.next_power_of_2(N))
-    tile_warps = 4
-    BLOCK_G = min(128, max(16, triton.next_power_of_2(G)))
-    return {
-        "flat": (1024, 4),
-        "tile": (2048 // BLOCK_N, BLOCK_N, tile_warps),
-        "bwd_programs_per_sm": 16 // tile_warps,
-        "reduce": (BLOCK_G, 4096 // BLOCK_G, 8),
-    }
+    return Launch({"BLOCK_M": 2048 // BLOCK_N, "BLOCK_N": BLOCK_N}, num_warps=4, num_stages=1)
 
 
-def _bias_bwd_grid(M, N, device):
+def _bias_bwd_grid(M, N, launch, device):
     """(G row groups, column blocks, tiles per program) for the bias backward: about
-    `bwd_programs_per_sm` programs per SM in all, each owning a contiguous run of row tiles
+    _BWD_WARPS_PER_SM warps per SM in all, each program owning a contiguous run of row tiles
     of one column block, and no row group left without work."""
-    cfg = _launch_config(N)
-    BLOCK_M, BLOCK_N, _ = cfg["tile"]
-    tiles, col_blocks = triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N)
-    groups = max(1, min(tiles, num_sms(device) * cfg["bwd_programs_per_sm"] // col_blocks))
+    tiles, col_blocks = triton.cdiv(M, launch.constexprs["BLOCK_M"]), triton.cdiv(N, launch.constexprs["BLOCK_N"])
+    programs_per_sm = max(1, _BWD_WARPS_PER_SM // launch.num_warps)
+    groups = max(1, min(tiles, num_sms(device) * programs_per_sm // col_blocks))
     tiles_per_program = triton.cdiv(tiles, groups)
     return triton.cdiv(tiles, tiles_per_program), col_blocks, tiles_per_program
 
@@ -204,103 +187,19 @@ def _bias_bwd_grid(M, N, device):
 def _configs():
     """Every config the launchers pick for GPT-2's MLP widths (4 * 768 .. 4 * 1600) and for
     N = 768..1600, 4096, 8192: all in bf16, fp16 and fp32 at N = 6400."""
+    # These widths (and so the strides and element counts of their launches) are multiples of
+    # 16, which Triton specializes at launch: the hints make the compiled code the code that runs.
     widths = (768, 1024, 1280, 1600, 3072, 4096, 5120, 6400, 8192)
     cases = [(torch.bfloat16, n) for n in widths] + [(torch.float16, 6400), (torch.float32, 6400)]
     for dtype, N in cases:
-        d = TRITON_TYPE[dtype]
-        cfg = _launch_config(N)
-        BLOCK, warps = cfg["flat"]
-        for kernel in (_gelu_fwd_kernel, _gelu_bwd_kernel):
-            yield registry.CompileConfig(kernel, "gelu", f"{d} BLOCK={BLOCK} warps={warps}", d, {"BLOCK": BLOCK},
-                                         warps, 1)
-        BLOCK_M, BLOCK_N, warps = cfg["tile"]
-        label = f"{d} BLOCK_M={BLOCK_M} BLOCK_N={BLOCK_N} warps={warps}"
-        for kernel, types in ((_gelu_bias_fwd_kernel, {"M": "i32", "N": "i32"}),
-                              (_gelu_bias_bwd_kernel, {"DB_PARTIAL": "*fp32", "M": "i32", "N": "i32",
-                                                       "TILES_PER_PROGRAM": "i32"})):
-            yield registry.CompileConfig(kernel, "gelu", label, d, {"BLOCK_M": BLOCK_M, "BLOCK_N": BLOCK_N}, warps, 1,
-                                         types=types)
-        for G in (16, 32, 64, 128):  # every reduce tile, whatever the GPU and M
-            BLOCK_G, BLOCK_N, warps = _launch_config(N, G)["reduce"]
+        for kernel in (_gelu_fwd_kernel, _gelu_bwd_kernel, _gelu_bias_fwd_kernel, _gelu_bias_bwd_kernel):
+            launch = _launch_config(kernel, N)
+            blocks = " ".join(f"{k}={v}" for k, v in launch.constexprs.items())
+            multiples = tuple(a for a in kernel.arg_names if a.startswith("stride_") or a in ("n_cols", "numel"))
             yield registry.CompileConfig(
-                _gelu_bwd_reduce_kernel, "gelu", f"{d} BLOCK_G={BLOCK_G} BLOCK_N={BLOCK_N} warps={warps}", d,
-                {"BLOCK_G": BLOCK_G, "BLOCK_N": BLOCK_N}, warps, 1,
-                types={"DB_PARTIAL": "*fp32", "G": "i32", "N": "i32"})
-
-
-def gelu_io_bytes(shape, dtype, bias=False, backward=False, device="cuda"):
-    """Global-memory bytes the forward (or the backward, all its kernels) moves for an x of
-    `shape` and `dtype`, with or without bias: the counts in the module docstring. The bias
-    backward's depends on the device's SM count, through the number of row groups G."""
-    s = torch.empty((), dtype=dtype).element_size()
-    n = math.prod(shape)
-    if not bias:
-        return (3 if backward else 2) * n * s
-    N = shape[-1]
-    if not backward:
-        return 2 * n * s + N * s
-    G, _, _ = _bias_bwd_grid(n // N, N, torch.device(device))
-    return 3 * n * s + 2 * N * s + 8 * G * N
-
-
-# ----------------------------------------------------------------------------- launchers
-
-
-def _fwd(x, bias):
-    with device_guard(x):
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        if x.numel() == 0:
-            return y
-        if bias is None:  # any shape, 0-d included: the flat kernels do not depend on N
-            x = x.contiguous()
-            BLOCK, num_warps = _launch_config()["flat"]
-            _gelu_fwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-                x, y, x.numel(), BLOCK=BLOCK, num_warps=num_warps, num_stages=1)
-            return y
-        N = x.shape[-1]
-        x2 = as_rows(x, N)
-        M = x2.shape[0]
-        BLOCK_M, BLOCK_N, num_warps = _launch_config(N)["tile"]
-        grid = (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N))
-        _gelu_bias_fwd_kernel[grid](
-            x2, bias, y, x2.stride(0), N, M, N,
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
-        return y
-
-
-def _bwd(dy, x):
-    with device_guard(dy):
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        if x.numel() == 0:
-            return dx
-        dy, x = dy.contiguous(), x.contiguous()
-        BLOCK, num_warps = _launch_config()["flat"]
-        _gelu_bwd_kernel[(triton.cdiv(x.numel(), BLOCK),)](
-            dy, x, dx, x.numel(), BLOCK=BLOCK, num_warps=num_warps, num_stages=1)
-        return dx
-
-
-def _bias_bwd(dy, x, bias):
-    with device_guard(dy):
-        N = x.shape[-1]
-        dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        dbias = torch.empty((N,), dtype=bias.dtype, device=x.device)
-        x2, dy2 = as_rows(x, N), as_rows(dy, N)
-        M = x2.shape[0]
-        if M == 0:
-            return dx, dbias.zero_()
-        G, col_blocks, tiles_per_program = _bias_bwd_grid(M, N, x.device)
-        cfg = _launch_config(N, G)
-        BLOCK_M, BLOCK_N, num_warps = cfg["tile"]
-        db_partial = torch.empty((G, N), dtype=torch.float32, device=x.device)
-        _gelu_bias_bwd_kernel[(G, col_blocks)](
-            dy2, x2, bias, dx, db_partial,
-            dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
-            BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
-        BLOCK_G, BLOCK_N, num_warps = cfg["reduce"]
-        _gelu_bwd_reduce_kernel[(triton.cdiv(N, BLOCK_N),)](
-            db_partial, dbias, G, N, BLOCK_G=BLOCK_G, BLOCK_N=BLOCK_N, num_warps=num_warps, num_stages=1)
-        return dx, dbias
+                kernel, "gelu", f"{TRITON_TYPE[dtype]} {blocks} warps={launch.num_warps}", TRITON_TYPE[dtype],
+                launch.constexprs, launch.num_warps, launch.num_stages,
+                types={"DB_PARTIAL": "*fp32"} if kernel is _gelu_bias_bwd_kernel else {}, divisible_by_16=multiples)
 
 
 # ----------------------------------------------------------------------------- registered ops
@@ -308,8 +207,26 @@ def _bias_bwd(dy, x, bias):
 
 @torch.library.custom_op("gpt2_kernels::gelu_fwd", mutates_args=())
 def _gelu_fwd(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    check_runnable("gelu", *(t for t in (x, bias) if t is not None))
-    return _fwd(x, bias)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return y
+    if bias is None:  # any shape, 0-d included: the flat kernel does not depend on N
+        x = x.contiguous()
+        launch = _launch_config(_gelu_fwd_kernel)
+        with device_guard(x):
+            _gelu_fwd_kernel[(triton.cdiv(x.numel(), launch.constexprs["BLOCK"]),)](
+                x, y, x.numel(), **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+        return y
+    N = x.shape[-1]
+    x2 = as_rows(x, N)
+    M = x2.shape[0]
+    launch = _launch_config(_gelu_bias_fwd_kernel, N)
+    grid = (triton.cdiv(M, launch.constexprs["BLOCK_M"]), triton.cdiv(N, launch.constexprs["BLOCK_N"]))
+    with device_guard(x):
+        _gelu_bias_fwd_kernel[grid](
+            x2, bias, y, x2.stride(0), N, M, N,
+            **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    return y
 
 
 @_gelu_fwd.register_fake
@@ -319,8 +236,15 @@ def _(x, bias):
 
 @torch.library.custom_op("gpt2_kernels::gelu_bwd", mutates_args=())
 def _gelu_bwd(dy: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    check_runnable("gelu backward", dy, x)
-    return _bwd(dy, x)
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if x.numel() == 0:
+        return dx
+    dy, x = dy.contiguous(), x.contiguous()
+    launch = _launch_config(_gelu_bwd_kernel)
+    with device_guard(x):
+        _gelu_bwd_kernel[(triton.cdiv(x.numel(), launch.constexprs["BLOCK"]),)](
+            dy, x, dx, x.numel(), **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    return dx
 
 
 @_gelu_bwd.register_fake
@@ -330,8 +254,22 @@ def _(dy, x):
 
 @torch.library.custom_op("gpt2_kernels::gelu_bias_bwd", mutates_args=())
 def _gelu_bias_bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    check_runnable("gelu backward", dy, x, bias)
-    return _bias_bwd(dy, x, bias)
+    N = x.shape[-1]
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    x2, dy2 = as_rows(x, N), as_rows(dy, N)
+    M = x2.shape[0]
+    if M == 0:
+        return dx, bias.new_zeros((N,))
+    launch = _launch_config(_gelu_bias_bwd_kernel, N)
+    G, col_blocks, tiles_per_program = _bias_bwd_grid(M, N, launch, x.device)
+    db_partial = torch.empty((G, N), dtype=torch.float32, device=x.device)
+    with device_guard(x):
+        _gelu_bias_bwd_kernel[(G, col_blocks)](
+            dy2, x2, bias, dx, db_partial, dy2.stride(0), x2.stride(0), N, M, N, tiles_per_program,
+            **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
+    # torch's sum uses no atomics: for a given shape on a given GPU it adds the G rows in one
+    # fixed order, so dbias is the same bits run to run (as a Triton reduce would be).
+    return dx, db_partial.sum(0).to(bias.dtype)
 
 
 @_gelu_bias_bwd.register_fake
@@ -348,8 +286,8 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dy):
     x, bias = ctx.saved_tensors
     if not ctx.has_bias:
-        return torch.ops.gpt2_kernels.gelu_bwd(dy, x), None
-    return torch.ops.gpt2_kernels.gelu_bias_bwd(dy, x, bias)
+        return _gelu_bwd(dy, x), None
+    return _gelu_bias_bwd(dy, x, bias)
 
 
 _gelu_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -390,10 +328,8 @@ def gelu(x, bias=None):
         if x.shape[-1] > MAX_BIAS_N:
             raise ValueError(f"{op}: with a bias, N = x.shape[-1] must be <= {MAX_BIAS_N} (the column blocks "
                              f"fill one grid axis), got {x.shape[-1]}")
-        check_runnable(op, x, bias)
-    else:
-        check_runnable(op, x)
-    return torch.ops.gpt2_kernels.gelu_fwd(x, bias)
+    check_runnable(op, *(t for t in (x, bias) if t is not None))
+    return _gelu_fwd(x, bias)
 
 
 # ----------------------------------------------------------------------------- reference

@@ -11,8 +11,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels import registry
 from kernels._common import as_rows
-from kernels.gelu import MAX_BIAS_N, gelu, gelu_reference
+from kernels.gelu import (
+    MAX_BIAS_N, _gelu_bias_bwd_kernel, _gelu_bias_fwd_kernel, _gelu_bwd_kernel, _gelu_fwd_kernel, _launch_config, gelu,
+    gelu_reference,
+)
 from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
@@ -190,6 +194,22 @@ def test_bad_inputs_raise_clear_errors(device):
         gelu(x[0, 0], b[:1])
     with pytest.raises(ValueError, match="one device"):
         gelu(x, b.to("meta"))
+
+
+def test_gpt2_widths_launch_registered_configs():
+    # What `python -m kernels.sass` compiles must be what the launchers pick, for every kernel
+    # at GPT-2's MLP widths, with a signature that names every kernel argument.
+    configs = registry.configs("gelu")
+    kernels = (_gelu_fwd_kernel, _gelu_bwd_kernel, _gelu_bias_fwd_kernel, _gelu_bias_bwd_kernel)
+    for N in (3072, 4096, 5120, 6400):
+        for kernel in kernels:
+            launch = _launch_config(kernel, N)
+            found = [c for c in configs if c.kernel is kernel and c.dtype == "bf16"
+                     and (c.constexprs, c.num_warps, c.num_stages) == tuple(launch)]
+            assert len(found) == 1, (kernel, N)
+            assert list(found[0].signature()) + list(found[0].constexprs) == kernel.arg_names
+    (bwd,) = [c for c in configs if c.kernel is _gelu_bias_bwd_kernel and c.dtype == "fp16"]
+    assert bwd.signature()["DB_PARTIAL"] == "*fp32" and bwd.signature()["DX"] == "*fp16"
 
 
 def test_cpu_without_interpreter_raises():

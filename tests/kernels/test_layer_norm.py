@@ -10,8 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels import registry
 from kernels._common import as_rows
-from kernels.layer_norm import MAX_N, layer_norm, layer_norm_reference
+from kernels.layer_norm import (
+    MAX_N, _launch_config, _layer_norm_bwd_kernel, _layer_norm_fwd_kernel, layer_norm, layer_norm_reference,
+)
 from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
@@ -196,6 +199,25 @@ def test_bad_inputs_raise_clear_errors(device):
         layer_norm(x, w, b, eps=-1.0)
     with pytest.raises(ValueError, match="one device"):
         layer_norm(x, w.to("meta"), b)
+
+
+def test_gpt2_widths_launch_registered_configs():
+    # What `python -m kernels.sass` compiles must be what the launchers pick, with a signature
+    # that names every kernel argument: the statistics and partial sums fp32, the rest x's dtype.
+    configs = registry.configs("layer_norm")
+    for dtype in ("bf16", "fp16", "fp32"):
+        for kernel in (_layer_norm_fwd_kernel, _layer_norm_bwd_kernel):
+            launch = _launch_config(kernel, 1600)
+            (cfg,) = [c for c in configs if c.kernel is kernel and c.dtype == dtype
+                      and (c.constexprs, c.num_warps, c.num_stages) == tuple(launch)]
+            sig = cfg.signature()
+            assert list(sig) + list(cfg.constexprs) == kernel.arg_names
+            assert sig["X"] == f"*{dtype}" and sig["RSTD"] == "*fp32" and sig["n_cols"] == "i32"
+    for N in (768, 1024, 1280):
+        for kernel in (_layer_norm_fwd_kernel, _layer_norm_bwd_kernel):
+            launch = _launch_config(kernel, N)
+            assert any(c.kernel is kernel and c.dtype == "bf16" and (c.constexprs, c.num_warps) == launch[:2]
+                       for c in configs), (kernel, N)
 
 
 def test_cpu_without_interpreter_raises():

@@ -173,18 +173,16 @@ def test_saved_logsumexp_is_base_2(device):
     torch.testing.assert_close(lse2.double() * math.log(2), torch.logsumexp(s, -1), **_tol("attention", torch.float32))
 
 
-@pytest.mark.parametrize("arch", [90, 80])
-def test_gpu_tile_configs_under_the_interpreter(arch, monkeypatch, device):
+def test_gpu_tile_configs_under_the_interpreter(monkeypatch, device):
     # The interpreter normally runs small tiles; here each architecture's first candidates
     # (sm_90: 128x128 pipelined TMA forward, 64x128 dK/dV; sm_80: 128x64 and 32x128 with
     # pointer loads) run too, over lengths that cross several tiles with ragged ends and an
     # offset diagonal.
     if ON_GPU:
         pytest.skip("on a GPU every test runs the GPU's own tiles")
-    monkeypatch.setattr(attn_mod, "_arch", lambda device: arch)
-    cases = {90: ((64, torch.bfloat16, (150, 270)), (128, torch.float16, (131, 131))),
-             80: ((64, torch.float16, (150, 270)), (64, torch.float32, (97, 200)))}[arch]
-    for D, dtype, (Sq, Sk) in cases:
+    for arch, D, dtype, (Sq, Sk) in ((90, 64, torch.bfloat16, (150, 270)), (90, 128, torch.float16, (131, 131)),
+                                     (80, 64, torch.float16, (150, 270))):
+        monkeypatch.setattr(attn_mod, "_arch", lambda device: arch)
         q, k, v, do = _inputs(1, 1, Sq, Sk, D, dtype, device)
         for causal in (True, False):
             _check(q, k, v, do, causal)

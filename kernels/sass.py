@@ -376,7 +376,7 @@ def inspect_config(cfg, arch, dump=None):
                                           "loop_instructions", "mma", "tma", "waits")})
         row["shared_mem"] = ck.metadata.shared
         cost = instructions_per_element(stats["loop_instructions"], cfg.num_warps, cfg.tile, cfg.constexprs)
-        row["per_score" if cfg.tile else "per_element"] = cost
+        row["per_score"], row["per_element"] = (cost, None) if cfg.tile else (None, cost)
         row["ctas"] = resident_ctas(arch, stats["registers"], ck.metadata.shared, cfg.num_warps)
         row["warps_per_sm"] = row["ctas"] * cfg.num_warps
         limit = MAX_SHARED_MEM.get(arch)

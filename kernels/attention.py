@@ -537,8 +537,9 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
         return [{"fwd": launch(32, 16, 4, 1, tma, tma), "bwd_dkdv": launch(16, 32, 4, 1, tma, stats_tma=tma and not atomic_dq),
                  "bwd_dq": launch(32, 16, 4, 1, tma)}[kernel]]
     if dtype == torch.float32:
-        # TF32 operands are twice the bytes of 16-bit ones: half the key (or query) tile.
-        return [{"fwd": launch(64, 16 if big else 32, 4, 2),
+        # TF32 operands are twice the bytes of 16-bit ones: half the key (or query) tile (the
+        # forward's 64x32 spills 6 words with Triton 3.9 on sm_80; 64x16 does not).
+        return [{"fwd": launch(64, 16, 4, 2),
                  "bwd_dkdv": launch(16, 32 if big else 64, 4, 2),
                  "bwd_dq": launch(64, 16 if big else 32, 4, 2)}[kernel]]
     if arch == 90:
@@ -549,9 +550,10 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
             # accumulator: past 255 registers.
             "fwd": [launch(128, 64 if big else 128, 8, 2, True, True),
                     launch(128, 64 if big else 128, 8, 2, True, False)],
-            # dK and dV accumulators are BLOCK_N x D fp32 each: at D=128 a 64-query tile spills.
-            # The logsumexp and delta by TMA, or by pointers: see _attn_bwd_dkdv_kernel.
-            "bwd_dkdv": ([launch(32, 128, 8, 3, True), launch(64, 64, 4, 2, True)] if big
+            # dK and dV accumulators are BLOCK_N x D fp32 each: at D=128 a 64-query tile spills
+            # (64x128 with 8 warps, 64x64 with 4). The logsumexp and delta by TMA, or by
+            # pointers: see _attn_bwd_dkdv_kernel.
+            "bwd_dkdv": ([launch(32, 128, 8, 3, True)] if big
                          else [launch(64, 128, 8, 2, True, stats_tma=True), launch(64, 128, 8, 2, True),
                                launch(32, 128, 8, 3, True)]),
             "bwd_dq": [launch(128, 64, 8, 2, True), launch(64, 64, 4, 3, True)],

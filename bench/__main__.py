@@ -267,6 +267,7 @@ def run(args, sweep, info, budget, t_start):
         if progress is not None:
             progress.close()
     rows = fill_speedups([dict(r) for r in done])
+    meta["attention_configs"] = _attention_configs()
     meta["status"] = status
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     jpath, cpath = write_results(out, meta, rows)
@@ -280,6 +281,13 @@ def run(args, sweep, info, budget, t_start):
     print(f"bench: {meta['status']} in {meta['elapsed_s']:.0f} s; wrote {jpath}, {cpath}, summary.md and "
           f"{len(paths)} plots in {out}")
     return rc
+
+
+def _attention_configs():
+    """The candidate tiles kernels.attention's first-call tuner chose in this run (empty when
+    nothing was timed, e.g. without a GPU)."""
+    module = sys.modules.get("kernels.attention")
+    return module.chosen_configs() if module is not None else []
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ Limits and numerics:
 - Under torch.autocast, q, k and v are cast to autocast's dtype first, as for torch's SDPA.
 """
 
+import logging
 import math
 
 import torch
@@ -75,42 +76,59 @@ LN2 = tl.constexpr(0.6931471805599453)  # ln(2) = 1 / log2(e)
 
 
 @triton.jit
-def _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-                    start, end, seq_k, diag, qk_scale,
-                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT: tl.constexpr):
-    # Key tiles [start, end), with k_ptrs / v_ptrs at key row `start`. MASKED tiles check the
-    # causal diagonal (query i sees key j iff j <= i + diag) and the end of the keys; the
-    # others need not.
+def _attn_fwd_inner(acc, l_i, m_i, qk, q, K, V, stride_kn, stride_vn, offs_m, start, end, seq_k, diag, qk_scale,
+                    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr,
+                    PIPELINE: tl.constexpr, DOT: tl.constexpr):
+    # Key tiles [start, end). K and V are tensor descriptors (TMA; rows past the end of the
+    # keys read as zeros, so no load needs a mask), or pointers to the tile at key row 0.
+    # MASKED tiles check the causal diagonal (query i sees key j iff j <= i + diag)
+    # and the end of the keys; the others need not.
+    # PIPELINE (with TMA): `qk` arrives holding tile `start`'s Q K^T, and each iteration issues
+    # the NEXT tile's Q K^T before this tile's softmax, so the tensor cores run it while the
+    # exp units work (FlashAttention-3's intra-warpgroup overlap). What it returns in `qk` is
+    # tile `end`'s product: the caller's next loop starts there.
+    offs_n = tl.arange(0, BLOCK_N)
+    if not TMA:
+        K += start * stride_kn.to(tl.int64)
+        V += start * stride_vn.to(tl.int64)
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        if MASKED:
-            k = tl.load(k_ptrs, mask=cols[:, None] < seq_k, other=0.0)
+        if PIPELINE:
+            s = qk
+            qk = tl.dot(q, tl.trans(K.load([start_n + BLOCK_N, 0]).to(DOT)))
         else:
-            k = tl.load(k_ptrs)
-        qk = tl.dot(q, tl.trans(k.to(DOT)))
+            if TMA:
+                k = K.load([start_n, 0])
+            elif MASKED:
+                k = tl.load(K, mask=cols[:, None] < seq_k, other=0.0)
+            else:
+                k = tl.load(K)
+            s = tl.dot(q, tl.trans(k.to(DOT)))
         if MASKED:
             keep = cols[None, :] < seq_k
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            qk = tl.where(keep, qk, float("-inf"))
-        # Base-2 scores s = qk * qk_scale. The max is taken before scaling (scale > 0) so
-        # that qk * qk_scale - m is a single fused multiply-add per score.
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        p = tl.math.exp2(qk * qk_scale - m_new[:, None])
+            s = tl.where(keep, s, float("-inf"))
+        # Base-2 scores s * qk_scale. The max is taken before scaling (scale > 0) so that
+        # s * qk_scale - m is a single fused multiply-add per score.
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        p = tl.math.exp2(s * qk_scale - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        if MASKED:
-            v = tl.load(v_ptrs, mask=cols[:, None] < seq_k, other=0.0)
+        if TMA:
+            v = V.load([start_n, 0])
+        elif MASKED:
+            v = tl.load(V, mask=cols[:, None] < seq_k, other=0.0)
         else:
-            v = tl.load(v_ptrs)
+            v = tl.load(V)
         # P is rounded to V's dtype for the tensor cores (fp32 accumulation), as FA2 does.
-        p = p.to(v_ptrs.dtype.element_ty).to(DOT)
-        acc = tl.dot(p, v.to(DOT), acc * alpha[:, None])
+        acc = tl.dot(p.to(v.dtype).to(DOT), v.to(DOT), acc * alpha[:, None])
         m_i = m_new
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
-    return acc, l_i, m_i
+        if not TMA:
+            K += BLOCK_N * stride_kn
+            V += BLOCK_N * stride_vn
+    return acc, l_i, m_i, qk
 
 
 @triton.jit
@@ -120,8 +138,8 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
                      stride_vb, stride_vh, stride_vn,
                      stride_ob, stride_oh, stride_om,
                      n_heads, seq_q, seq_k, qk_scale,
-                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                     CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
+                     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                     TMA: tl.constexpr, PIPELINE: tl.constexpr, INTERPRET: tl.constexpr):
     # A 1-D grid of (batch*head) x query tiles. Within a head the tiles run last-first: under
     # the causal mask the last query tiles have the most keys, and starting the longest
     # programs first keeps the GPU's tail short.
@@ -130,20 +148,34 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
     start_m = (num_m - 1 - tl.program_id(0) % num_m) * BLOCK_M
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
-    DOT: tl.constexpr = tl.float32 if INTERPRET else Q.dtype.element_ty
-    # The scalar bases carry the 64-bit offsets; per-element offsets stay small 32-bit numbers.
-    Q += b * stride_qb + h * stride_qh + start_m * stride_qm.to(tl.int64)
-    O += b * stride_ob + h * stride_oh + start_m * stride_om.to(tl.int64)
-    K += b * stride_kb + h * stride_kh
-    V += b * stride_vb + h * stride_vh
+    DTYPE: tl.constexpr = Q.dtype.element_ty
+    DOT: tl.constexpr = tl.float32 if INTERPRET else DTYPE
     rows = tl.arange(0, BLOCK_M)
     offs_m = start_m + rows
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m[:, None] < seq_q
-    q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
-    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
+    # This head's matrices. The scalar bases carry the 64-bit offsets; per-element offsets
+    # stay small 32-bit numbers.
+    Q += b * stride_qb + h * stride_qh
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
+    O += b * stride_ob + h * stride_oh
+    if TMA:
+        Q = tl.make_tensor_descriptor(Q, [seq_q, HEAD_DIM], [stride_qm, 1], [BLOCK_M, HEAD_DIM])
+        K = tl.make_tensor_descriptor(K, [seq_k, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
+        V = tl.make_tensor_descriptor(V, [seq_k, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
+        O = tl.make_tensor_descriptor(O, [seq_q, HEAD_DIM], [stride_om, 1], [BLOCK_M, HEAD_DIM])
+        q = Q.load([start_m, 0])
+    else:
+        Q += start_m * stride_qm.to(tl.int64)
+        O += start_m * stride_om.to(tl.int64)
+        q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :], mask=row_ok, other=0.0)
+        K += tl.arange(0, BLOCK_N)[:, None] * stride_kn + offs_d[None, :]
+        V += tl.arange(0, BLOCK_N)[:, None] * stride_vn + offs_d[None, :]
+    q = q.to(DOT)
+    qk = 0.0
+    if PIPELINE:
+        qk = tl.dot(q, tl.trans(K.load([0, 0]).to(DOT)))
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -160,18 +192,19 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
         end = seq_k
     # Key 0 is in the first tile swept and every row sees it, so no row's max is still
     # -inf after it (no -inf - -inf = NaN in the rescaling).
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-                                    0, full_end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, False, DOT)
-    acc, l_i, m_i = _attn_fwd_inner(acc, l_i, m_i, q,
-                                    k_ptrs + full_end * stride_kn.to(tl.int64),
-                                    v_ptrs + full_end * stride_vn.to(tl.int64),
-                                    stride_kn, stride_vn, offs_m, offs_n,
-                                    full_end, end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, True, DOT)
+    acc, l_i, m_i, qk = _attn_fwd_inner(acc, l_i, m_i, qk, q, K, V, stride_kn, stride_vn, offs_m, 0, full_end,
+                                        seq_k, diag, qk_scale, BLOCK_N, CAUSAL, False, TMA, PIPELINE, DOT)
+    acc, l_i, m_i, qk = _attn_fwd_inner(acc, l_i, m_i, qk, q, K, V, stride_kn, stride_vn, offs_m, full_end, end,
+                                        seq_k, diag, qk_scale, BLOCK_N, CAUSAL, True, TMA, PIPELINE, DOT)
 
-    acc = acc * (1.0 / l_i)[:, None]
-    # Natural-log logsumexp of the scaled scores: m and log2(l) are in base 2.
-    tl.store(LSE + bh.to(tl.int64) * seq_q + offs_m, (m_i + tl.math.log2(l_i)) * LN2, mask=offs_m < seq_q)
-    tl.store(O + rows[:, None] * stride_om + offs_d[None, :], acc.to(O.dtype.element_ty), mask=row_ok)
+    # The logsumexp stays in base 2 (m and log2(l) are), so the backward recomputes
+    # P = exp2(s - lse2) with no conversion.
+    tl.store(LSE + bh.to(tl.int64) * seq_q + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < seq_q)
+    o = (acc * (1.0 / l_i)[:, None]).to(DTYPE)
+    if TMA:
+        O.store([start_m, 0], o)
+    else:
+        tl.store(O + rows[:, None] * stride_om + offs_d[None, :], o, mask=row_ok)
 
 
 # ----------------------------------------------------------------------------------------
@@ -180,12 +213,14 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
 
 
 # delta_i = sum_d dO_id * O_id, which equals sum_j P_ij dP_ij (since dP = dO V^T and O = P V):
-# the row term of the softmax derivative dS = P * (dP - delta).
+# the row term of the softmax derivative dS = P * (dP - delta). It is written, with a copy of
+# the forward's lse2, into rows of `stride_stat` (a multiple of 16) floats per head, so that
+# the dK/dV kernel can read both by TMA (a descriptor's rows must start 16-byte aligned).
 @triton.jit
-def _attn_bwd_preprocess_kernel(O, DO, DELTA,
+def _attn_bwd_preprocess_kernel(O, DO, LSE, LSE_PAD, DELTA,
                                 stride_ob, stride_oh, stride_om,
                                 stride_dob, stride_doh, stride_dom,
-                                n_heads, seq_q,
+                                stride_stat, n_heads, seq_q,
                                 HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr):
     num_m = tl.cdiv(seq_q, BLOCK_M)
     bh = tl.program_id(0) // num_m
@@ -200,59 +235,92 @@ def _attn_bwd_preprocess_kernel(O, DO, DELTA,
     o = tl.load(O + rows[:, None] * stride_om + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :], mask=row_ok[:, None], other=0.0)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(DELTA + bh.to(tl.int64) * seq_q + start_m + rows, delta, mask=row_ok)
+    tl.store(DELTA + bh.to(tl.int64) * stride_stat + start_m + rows, delta, mask=row_ok)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * seq_q + start_m + rows, mask=row_ok)
+    tl.store(LSE_PAD + bh.to(tl.int64) * stride_stat + start_m + rows, lse2, mask=row_ok)
 
 
 @triton.jit
-def _attn_bwd_dkdv_inner(dk, dv, k, v, q_ptrs, do_ptrs, LSE, DELTA, stride_qm, stride_dom, offs_n,
-                         start, end, seq_q, diag, qk_scale,
-                         BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT: tl.constexpr):
+def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
+                         start, end, seq_q, diag, qk_scale, scale,
+                         BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                         MASKED: tl.constexpr, TMA: tl.constexpr, STATS_TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                         DOT: tl.constexpr):
     # The transposed view: this program owns BLOCK_N keys (rows of k, v, dk, dv) and query
-    # tiles [start, end) pass, with q_ptrs / do_ptrs at query row `start`.
+    # tiles [start, end) pass. Q and DO are tensor descriptors (TMA), or pointers to the tile
+    # at query row 0; LSE and DELTA are descriptors with STATS_TMA, else pointers. ATOMIC_DQ
+    # also adds this key tile's share of dQ = scale * dS K into the fp32 DQ_ACC (a pointer
+    # to row 0).
+    offs_d = tl.arange(0, HEAD_DIM)
+    if not TMA:
+        Q += start * stride_qm.to(tl.int64)
+        DO += start * stride_dom.to(tl.int64)
+    if ATOMIC_DQ:
+        DQ_ACC += start * HEAD_DIM
     for start_m in range(start, end, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + tl.arange(0, BLOCK_M)
-        if MASKED:
-            row_ok = rows < seq_q
-            q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_ptrs, mask=row_ok[:, None], other=0.0)
-            # +inf makes P = exp(S - inf) = 0 on query rows past the end.
-            lse = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
+        row_ok = rows < seq_q
+        if TMA:
+            q = Q.load([start_m, 0])
+            do = DO.load([start_m, 0])
+        elif MASKED:
+            q = tl.load(Q, mask=row_ok[:, None], other=0.0)
+            do = tl.load(DO, mask=row_ok[:, None], other=0.0)
+        else:
+            q = tl.load(Q)
+            do = tl.load(DO)
+        if STATS_TMA:
+            # Rows past the end read as 0, and so do their q and dO rows, which zeroes
+            # their share of dV (P^T dO) and dK (dS = P * (dO V^T - delta)).
+            lse2 = LSE.load([0, start_m]).reshape([BLOCK_M])
+            delta = DELTA.load([0, start_m]).reshape([BLOCK_M])
+        elif MASKED:
+            # +inf makes P = exp2(s - inf) = 0 on query rows past the end.
+            lse2 = tl.load(LSE + rows, mask=row_ok, other=float("inf"))
             delta = tl.load(DELTA + rows, mask=row_ok, other=0.0)
         else:
-            q = tl.load(q_ptrs)
-            do = tl.load(do_ptrs)
-            lse = tl.load(LSE + rows)
+            lse2 = tl.load(LSE + rows)
             delta = tl.load(DELTA + rows)
-        q = q.to(DOT)
-        do = do.to(DOT)
-        # P^T (BLOCK_N, BLOCK_M), recomputed in base 2: exp(S - L) = exp2(qk*scale*log2e - L*log2e).
-        qk_t = tl.dot(k, tl.trans(q))
-        p_t = tl.math.exp2(qk_t * qk_scale - (lse * LOG2E)[None, :])
+        # P^T (BLOCK_N, BLOCK_M), recomputed in base 2 from the forward's base-2 logsumexp.
+        qk_t = tl.dot(k, tl.trans(q.to(DOT)))
+        p_t = tl.math.exp2(qk_t * qk_scale - lse2[None, :])
         if MASKED and CAUSAL:
             p_t = tl.where(rows[None, :] + diag >= offs_n[:, None], p_t, 0.0)
-        dv = tl.dot(p_t.to(do_ptrs.dtype.element_ty).to(DOT), do, dv)
-        dp_t = tl.dot(v, tl.trans(do))
-        ds_t = p_t * (dp_t - delta[None, :])
-        dk = tl.dot(ds_t.to(q_ptrs.dtype.element_ty).to(DOT), q, dk)
-        q_ptrs += BLOCK_M * stride_qm
-        do_ptrs += BLOCK_M * stride_dom
+        dv = tl.dot(p_t.to(do.dtype).to(DOT), do.to(DOT), dv)
+        dp_t = tl.dot(v, tl.trans(do.to(DOT)))
+        ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype).to(DOT)
+        dk = tl.dot(ds_t, q.to(DOT), dk)
+        if ATOMIC_DQ:
+            dq = tl.dot(tl.trans(ds_t), k) * scale
+            dq_ptrs = DQ_ACC + tl.arange(0, BLOCK_M)[:, None] * HEAD_DIM + offs_d[None, :]
+            if MASKED:
+                tl.atomic_add(dq_ptrs, dq, mask=row_ok[:, None], sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
+            DQ_ACC += BLOCK_M * HEAD_DIM
+        if not TMA:
+            Q += BLOCK_M * stride_qm
+            DO += BLOCK_M * stride_dom
     return dk, dv
 
 
 # dV = P^T dO,  dP = dO V^T,  dS = P * (dP - delta),  dK = scale * dS^T Q
-# (P = exp(scale * Q K^T - L), masked, recomputed; delta from the preprocess kernel.)
+# (P = exp2(s - lse2), masked, recomputed; delta from the preprocess kernel.)
+# With ATOMIC_DQ, also dQ += scale * dS K into an fp32 buffer: 5 matrix products a tile, and
+# no dQ kernel, but the order of the additions varies from run to run.
 @triton.jit
-def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
                           stride_qb, stride_qh, stride_qm,
                           stride_kb, stride_kh, stride_kn,
                           stride_vb, stride_vh, stride_vn,
                           stride_dob, stride_doh, stride_dom,
                           stride_dkb, stride_dkh, stride_dkn,
                           stride_dvb, stride_dvh, stride_dvn,
-                          n_heads, seq_q, seq_k, scale, qk_scale,
-                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
+                          stride_stat, n_heads, seq_q, seq_k, scale, qk_scale,
+                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                          TMA: tl.constexpr, STATS_TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
+                          INTERPRET: tl.constexpr):
     num_n = tl.cdiv(seq_k, BLOCK_N)
     bh = tl.program_id(0) // num_n
     start_n = tl.program_id(0) % num_n * BLOCK_N
@@ -261,20 +329,39 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     DOT: tl.constexpr = tl.float32 if INTERPRET else Q.dtype.element_ty
     Q += b * stride_qb + h * stride_qh
     DO += b * stride_dob + h * stride_doh
-    K += b * stride_kb + h * stride_kh + start_n * stride_kn.to(tl.int64)
-    V += b * stride_vb + h * stride_vh + start_n * stride_vn.to(tl.int64)
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
     DK += b * stride_dkb + h * stride_dkh + start_n * stride_dkn.to(tl.int64)
     DV += b * stride_dvb + h * stride_dvh + start_n * stride_dvn.to(tl.int64)
-    LSE += bh.to(tl.int64) * seq_q
-    DELTA += bh.to(tl.int64) * seq_q
+    LSE += bh.to(tl.int64) * stride_stat
+    DELTA += bh.to(tl.int64) * stride_stat
+    DQ_ACC += bh.to(tl.int64) * seq_q * HEAD_DIM  # contiguous (B, H, seq_q, HEAD_DIM), fp32
     cols = tl.arange(0, BLOCK_N)
     offs_n = start_n + cols
     offs_d = tl.arange(0, HEAD_DIM)
     col_ok = offs_n[:, None] < seq_k
     # K and V stay on chip for the whole sweep. Keys past the end load as 0; their dk/dv
     # rows are garbage that is never stored, and other rows never read them.
-    k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=col_ok, other=0.0).to(DOT)
-    v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=col_ok, other=0.0).to(DOT)
+    if TMA:
+        k = tl.make_tensor_descriptor(K, [seq_k, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM]).load([start_n, 0])
+        v = tl.make_tensor_descriptor(V, [seq_k, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM]).load([start_n, 0])
+        Q = tl.make_tensor_descriptor(Q, [seq_q, HEAD_DIM], [stride_qm, 1], [BLOCK_M, HEAD_DIM])
+        DO = tl.make_tensor_descriptor(DO, [seq_q, HEAD_DIM], [stride_dom, 1], [BLOCK_M, HEAD_DIM])
+        if STATS_TMA:
+            # Which is cheaper per iteration depends on the Triton version (3.6 reads the
+            # pointer loads one float at a time, 3.9 stages them in shared memory): the
+            # candidates try both.
+            LSE = tl.make_tensor_descriptor(LSE, [1, seq_q], [stride_stat, 1], [1, BLOCK_M])
+            DELTA = tl.make_tensor_descriptor(DELTA, [1, seq_q], [stride_stat, 1], [1, BLOCK_M])
+    else:
+        K += start_n * stride_kn.to(tl.int64)
+        V += start_n * stride_vn.to(tl.int64)
+        k = tl.load(K + cols[:, None] * stride_kn + offs_d[None, :], mask=col_ok, other=0.0)
+        v = tl.load(V + cols[:, None] * stride_vn + offs_d[None, :], mask=col_ok, other=0.0)
+        Q += tl.arange(0, BLOCK_M)[:, None] * stride_qm + offs_d[None, :]
+        DO += tl.arange(0, BLOCK_M)[:, None] * stride_dom + offs_d[None, :]
+    k = k.to(DOT)
+    v = v.to(DOT)
     dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
 
@@ -289,55 +376,57 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     else:
         start = 0
         mid = 0
+    mid = tl.minimum(mid, seq_q)
     full_end = mid + tl.maximum(seq_q - mid, 0) // BLOCK_M * BLOCK_M
-    q_ptrs = Q + tl.arange(0, BLOCK_M)[:, None] * stride_qm + offs_d[None, :]
-    do_ptrs = DO + tl.arange(0, BLOCK_M)[:, None] * stride_dom + offs_d[None, :]
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
-                                  q_ptrs + start * stride_qm.to(tl.int64), do_ptrs + start * stride_dom.to(tl.int64),
-                                  LSE, DELTA, stride_qm, stride_dom, offs_n,
-                                  start, tl.minimum(mid, seq_q), seq_q, diag, qk_scale, BLOCK_M, CAUSAL, True, DOT)
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
-                                  q_ptrs + mid * stride_qm.to(tl.int64), do_ptrs + mid * stride_dom.to(tl.int64),
-                                  LSE, DELTA, stride_qm, stride_dom, offs_n,
-                                  mid, full_end, seq_q, diag, qk_scale, BLOCK_M, CAUSAL, False, DOT)
-    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v,
-                                  q_ptrs + full_end * stride_qm.to(tl.int64),
-                                  do_ptrs + full_end * stride_dom.to(tl.int64),
-                                  LSE, DELTA, stride_qm, stride_dom, offs_n,
-                                  full_end, seq_q, seq_q, diag, qk_scale, BLOCK_M, False, True, DOT)
+    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
+                                  start, mid, seq_q, diag, qk_scale, scale,
+                                  BLOCK_M, HEAD_DIM, CAUSAL, True, TMA, STATS_TMA, ATOMIC_DQ, DOT)
+    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
+                                  mid, full_end, seq_q, diag, qk_scale, scale,
+                                  BLOCK_M, HEAD_DIM, CAUSAL, False, TMA, STATS_TMA, ATOMIC_DQ, DOT)
+    dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
+                                  full_end, seq_q, seq_q, diag, qk_scale, scale,
+                                  BLOCK_M, HEAD_DIM, False, True, TMA, STATS_TMA, ATOMIC_DQ, DOT)
 
     tl.store(DK + cols[:, None] * stride_dkn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
     tl.store(DV + cols[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok)
 
 
 @triton.jit
-def _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-                       start, end, seq_k, diag, qk_scale,
-                       BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT: tl.constexpr):
-    # Key tiles [start, end), with k_ptrs / v_ptrs at key row `start`.
+def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, start, end, seq_k, diag,
+                       qk_scale, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr,
+                       TMA: tl.constexpr, DOT: tl.constexpr):
+    # Key tiles [start, end); K and V as in _attn_fwd_inner.
+    offs_n = tl.arange(0, BLOCK_N)
+    if not TMA:
+        K += start * stride_kn.to(tl.int64)
+        V += start * stride_vn.to(tl.int64)
     for start_n in range(start, end, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        if MASKED:
-            k = tl.load(k_ptrs, mask=cols[:, None] < seq_k, other=0.0)
-            v = tl.load(v_ptrs, mask=cols[:, None] < seq_k, other=0.0)
+        if TMA:
+            k = K.load([start_n, 0])
+            v = V.load([start_n, 0])
+        elif MASKED:
+            k = tl.load(K, mask=cols[:, None] < seq_k, other=0.0)
+            v = tl.load(V, mask=cols[:, None] < seq_k, other=0.0)
         else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        k = k.to(DOT)
-        qk = tl.dot(q, tl.trans(k))
+            k = tl.load(K)
+            v = tl.load(V)
+        qk = tl.dot(q, tl.trans(k.to(DOT)))
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
         if MASKED:
-            # Keys past the end load as 0 and would get P = exp(-L) > 0: mask them too.
+            # Keys past the end load as 0 and would get P = exp2(-lse2) > 0: mask them too.
             keep = cols[None, :] < seq_k
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             p = tl.where(keep, p, 0.0)
         dp = tl.dot(do, tl.trans(v.to(DOT)))
         ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(k_ptrs.dtype.element_ty).to(DOT), k, dq)
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
+        dq = tl.dot(ds.to(k.dtype).to(DOT), k.to(DOT), dq)
+        if not TMA:
+            K += BLOCK_N * stride_kn
+            V += BLOCK_N * stride_vn
     return dq
 
 
@@ -350,9 +439,9 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                         stride_vb, stride_vh, stride_vn,
                         stride_dob, stride_doh, stride_dom,
                         stride_dqb, stride_dqh, stride_dqm,
-                        n_heads, seq_q, seq_k, scale, qk_scale,
-                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                        CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
+                        stride_stat, n_heads, seq_q, seq_k, scale, qk_scale,
+                        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                        TMA: tl.constexpr, INTERPRET: tl.constexpr):
     num_m = tl.cdiv(seq_q, BLOCK_M)
     bh = tl.program_id(0) // num_m
     start_m = (num_m - 1 - tl.program_id(0) % num_m) * BLOCK_M  # longest (last) query tiles first
@@ -366,15 +455,20 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     V += b * stride_vb + h * stride_vh
     rows = tl.arange(0, BLOCK_M)
     offs_m = start_m + rows
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     row_ok = offs_m[:, None] < seq_q
     q = tl.load(Q + rows[:, None] * stride_qm + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
     do = tl.load(DO + rows[:, None] * stride_dom + offs_d[None, :], mask=row_ok, other=0.0).to(DOT)
     # +inf makes P = 0 on query rows past the end (their dq is never stored anyway).
-    lse2 = tl.load(LSE + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=float("inf")) * LOG2E
-    delta = tl.load(DELTA + bh.to(tl.int64) * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
+    lse2 = tl.load(LSE + bh.to(tl.int64) * stride_stat + offs_m, mask=offs_m < seq_q, other=float("inf"))
+    delta = tl.load(DELTA + bh.to(tl.int64) * stride_stat + offs_m, mask=offs_m < seq_q, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    if TMA:
+        K = tl.make_tensor_descriptor(K, [seq_k, HEAD_DIM], [stride_kn, 1], [BLOCK_N, HEAD_DIM])
+        V = tl.make_tensor_descriptor(V, [seq_k, HEAD_DIM], [stride_vn, 1], [BLOCK_N, HEAD_DIM])
+    else:
+        K += tl.arange(0, BLOCK_N)[:, None] * stride_kn + offs_d[None, :]
+        V += tl.arange(0, BLOCK_N)[:, None] * stride_vn + offs_d[None, :]
 
     # The forward's split: key tiles [0, full_end) are unmasked, [full_end, end) masked.
     diag = seq_k - seq_q
@@ -384,14 +478,10 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     else:
         full_end = seq_k // BLOCK_N * BLOCK_N
         end = seq_k
-    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
-    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-                            0, full_end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, False, DOT)
-    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta,
-                            k_ptrs + full_end * stride_kn.to(tl.int64), v_ptrs + full_end * stride_vn.to(tl.int64),
-                            stride_kn, stride_vn, offs_m, offs_n,
-                            full_end, end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, True, DOT)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, 0, full_end, seq_k, diag,
+                            qk_scale, BLOCK_N, CAUSAL, False, TMA, DOT)
+    dq = _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_m, full_end, end, seq_k, diag,
+                            qk_scale, BLOCK_N, CAUSAL, True, TMA, DOT)
     tl.store(DQ + rows[:, None] * stride_dqm + offs_d[None, :], (dq * scale).to(DQ.dtype.element_ty), mask=row_ok)
 
 
@@ -400,79 +490,195 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
 # ----------------------------------------------------------------------------------------
 
 KERNELS = ("fwd", "bwd_preprocess", "bwd_dkdv", "bwd_dq")
+ARCHS = (80, 90)  # the two families of tiles: sm_90 (Hopper: wgmma, TMA) and everything else from sm_80 on
 
 
-def _launch_config(kernel, head_dim, dtype, interpret=INTERPRET):
-    """Launch(constexprs={BLOCK_M, BLOCK_N}, num_warps, num_stages) for one of KERNELS.
+def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
+    """The ordered candidate launches (best guess first) for one of KERNELS on sm_<arch>,
+    each a Launch whose constexprs hold BLOCK_M, BLOCK_N and the kernel's code-path switches.
     BLOCK_M tiles the queries and BLOCK_N the keys: a bwd_dkdv program owns BLOCK_N keys and
-    sweeps the queries BLOCK_M at a time, a bwd_dq program the other way round.
+    sweeps the queries BLOCK_M at a time, the others the other way round. On a GPU the first
+    call of each shape class measures the candidates and keeps the fastest (`_pick`); under
+    Triton's interpreter (arch None) the first one runs, untimed.
 
-    One family of GPU tiles for every NVIDIA GPU from sm_80 on. Each of them compiles for
-    sm_80 and sm_90 without register spills, with at most 96 KB of shared memory, so it also
-    fits the 99 KB of consumer parts (sm_86/89/120); on sm_90 the dots become wgmma
-    (HGMMA). Every GPU configuration this returns is registered below for
-    ``python -m kernels.sass``. Larger tiles that would suit sm_90 alone (e.g. 128x128
-    forward tiles) spill on sm_80, so they are not used.
+    sm_90 (H100/H200): operands arrive by TMA; 8 warps are two warpgroups of 64 accumulator
+    rows each for wgmma, so a 128x128 forward tile is two 64x128 HGMMAs; with PIPELINE each
+    iteration issues the next tile's Q K^T before this tile's softmax. Every sm_90 candidate
+    compiles with no spills and at most 227 KB of shared memory.
+    sm_80 and every other GPU (A100, consumer parts): pointer loads (cp.async), tiles that
+    fit 255 registers of mma.sync operands and 99 KB of shared memory (so sm_86/89/120 too).
+    ``causal`` is part of the key; the lists are the same today. ``atomic_dq`` (bwd_dkdv with
+    deterministic=False) gets one launch with a query tile small enough for the extra dQ
+    product's registers.
     """
     if kernel not in KERNELS:
         raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
-
-    def launch(block_m, block_n, num_warps, num_stages):
-        tiles = {"BLOCK_M": block_m} if kernel == "bwd_preprocess" else {"BLOCK_M": block_m, "BLOCK_N": block_n}
-        return Launch(tiles, num_warps, num_stages)
-
-    if interpret:
-        # Small, unequal tiles: the tests' short sequences then cross several tiles, the
-        # diagonal falls inside tiles in every way, and BLOCK_M != BLOCK_N is exercised.
-        return launch(*{"fwd": (32, 16, 4, 1), "bwd_preprocess": (32, 0, 4, 1),
-                        "bwd_dkdv": (16, 32, 4, 1), "bwd_dq": (32, 16, 4, 1)}[kernel])
     big = head_dim == 128
+
+    def launch(block_m, block_n, num_warps, num_stages, tma=False, pipeline=False, stats_tma=False):
+        cx = {"BLOCK_M": block_m}
+        if kernel != "bwd_preprocess":
+            cx["BLOCK_N"] = block_n
+            cx["TMA"] = tma
+        if kernel == "fwd":
+            cx["PIPELINE"] = pipeline
+        if kernel == "bwd_dkdv":
+            cx["STATS_TMA"] = stats_tma
+        return Launch(cx, num_warps, num_stages)
+
     if kernel == "bwd_preprocess":
         # Streams O and dO once: 128 rows (64 rows at D=128) of fp32 products per program.
-        return launch(64 if big else 128, 0, 4, 1)
+        return [launch(16, 0, 4, 1) if arch is None else launch(64 if big else 128, 0, 4, 1)]
+    if arch is None:
+        # Small, unequal tiles: the tests' short sequences then cross several tiles, the
+        # diagonal falls inside tiles in every way, and BLOCK_M != BLOCK_N is exercised.
+        # fp16/bf16 take the sm_90 code paths (TMA descriptors, the pipelined forward) and
+        # fp32 the pointer loads, so the tests run both (and deterministic=False, 16-bit,
+        # descriptors for Q and dO with pointer loads of the logsumexp and delta).
+        tma = dtype != torch.float32
+        return [{"fwd": launch(32, 16, 4, 1, tma, tma), "bwd_dkdv": launch(16, 32, 4, 1, tma, stats_tma=tma and not atomic_dq),
+                 "bwd_dq": launch(32, 16, 4, 1, tma)}[kernel]]
     if dtype == torch.float32:
-        # TF32 operands are twice the bytes of 16-bit ones: half the key (or query) tile.
-        return launch(*{"fwd": (64, 16 if big else 32, 4, 2),
-                        "bwd_dkdv": (16, 32 if big else 64, 4, 2),
-                        "bwd_dq": (64, 16 if big else 32, 4, 2)}[kernel])
-    # fp16 / bf16. 8 warps = two warpgroups of 64 accumulator rows each for wgmma. On sm_80 a
-    # warp's mma.sync B operand (K^T, V) spans the whole key tile, so D=128 halves BLOCK_N
-    # to stay within 255 registers.
-    return launch(*{"fwd": (128, 32 if big else 64, 8, 3),
-                    "bwd_dkdv": (16 if big else 32, 128, 8, 3),
-                    "bwd_dq": (128, 32 if big else 64, 8, 2 if big else 3)}[kernel])
+        # TF32 operands are twice the bytes of 16-bit ones: half the key (or query) tile (the
+        # forward's 64x32 spills 6 words with Triton 3.9 on sm_80; 64x16 does not).
+        return [{"fwd": launch(64, 16, 4, 2),
+                 "bwd_dkdv": launch(16, 32 if big else 64, 4, 2),
+                 "bwd_dq": launch(64, 16 if big else 32, 4, 2)}[kernel]]
+    if arch == 90:
+        if kernel == "bwd_dkdv" and atomic_dq:
+            return [launch(16 if big else 32, 128, 8, 3, True)]
+        return {
+            # 128x128 at D=128 would hold two 128x128 fp32 score tiles and the 128x128
+            # accumulator: past 255 registers.
+            "fwd": [launch(128, 64 if big else 128, 8, 2, True, True),
+                    launch(128, 64 if big else 128, 8, 2, True, False)],
+            # dK and dV accumulators are BLOCK_N x D fp32 each: at D=128 a 64-query tile spills
+            # (64x128 with 8 warps, 64x64 with 4). The logsumexp and delta by TMA, or by
+            # pointers: see _attn_bwd_dkdv_kernel.
+            "bwd_dkdv": ([launch(32, 128, 8, 3, True)] if big
+                         else [launch(64, 128, 8, 2, True, stats_tma=True), launch(64, 128, 8, 2, True),
+                               launch(32, 128, 8, 3, True)]),
+            "bwd_dq": [launch(128, 64, 8, 2, True), launch(64, 64, 4, 3, True)],
+        }[kernel]
+    # sm_80 family. On sm_80 a warp's mma.sync B operand (K^T, V) spans the whole key tile,
+    # so D=128 halves BLOCK_N to stay within 255 registers; dK/dV at D <= 64 keeps 2 stages
+    # (with 3, Triton 3.6 spills 2 words).
+    return [{"fwd": launch(128, 32 if big else 64, 8, 3),
+             "bwd_dkdv": launch(16 if big else 32, 128, 8, 3 if big else 2),
+             "bwd_dq": launch(128, 32 if big else 64, 8, 2 if big else 3)}[kernel]]
 
 
 _JIT = {"fwd": _attn_fwd_kernel, "bwd_preprocess": _attn_bwd_preprocess_kernel,
         "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
 
 
+def _compile_config(kernel, arch, head_dim, dtype, causal, cfg, atomic_dq=False):
+    fn, ty, cx = _JIT[kernel], TRITON_TYPE[dtype], cfg.constexprs
+    constexprs = {"HEAD_DIM": head_dim, **cx}
+    if kernel == "bwd_preprocess":
+        return registry.CompileConfig(fn, "attention", f"{kernel} D={head_dim} {ty} M={cx['BLOCK_M']}", ty, constexprs,
+                                      cfg.num_warps, cfg.num_stages, types={"LSE": "*fp32", "LSE_PAD": "*fp32",
+                                                                           "DELTA": "*fp32"},
+                                      divisible_by_16=tuple(n for n in fn.arg_names if n.startswith("stride_")))
+    constexprs.update(CAUSAL=causal, INTERPRET=False)
+    if kernel == "bwd_dkdv":
+        constexprs["ATOMIC_DQ"] = atomic_dq
+    tile = (cx["BLOCK_N"], cx["BLOCK_M"]) if kernel == "bwd_dkdv" else (cx["BLOCK_M"], cx["BLOCK_N"])
+    flags = [name.lower() for name in ("TMA", "STATS_TMA", "PIPELINE", "ATOMIC_DQ") if constexprs.get(name)]
+    label = (f"{kernel} D={head_dim} {ty} {'causal' if causal else 'full'} {cx['BLOCK_M']}x{cx['BLOCK_N']} "
+             f"w{cfg.num_warps}s{cfg.num_stages}{''.join(' ' + f for f in flags)} sm_{arch}")
+    types = {"LSE": "*fp32", "DELTA": "*fp32", "DQ_ACC": "*fp32", "scale": "fp32", "qk_scale": "fp32"}
+    return registry.CompileConfig(fn, "attention", label, ty, constexprs, cfg.num_warps, cfg.num_stages,
+                                  types={n: t for n, t in types.items() if n in fn.arg_names},
+                                  divisible_by_16=tuple(n for n in fn.arg_names if n.startswith("stride_")),
+                                  arch=arch, tile=tile)
+
+
 @registry.configs_of("attention")
 def _compile_configs():
-    # Every GPU launch: the launchers hand the kernels strides that are multiples of 16 (see
-    # _kernel_layout), so they are declared divisible by 16, as a launch specializes them.
-    types = {"LSE": "*fp32", "DELTA": "*fp32", "scale": "fp32", "qk_scale": "fp32"}
-    for kernel, fn in _JIT.items():
-        strides = tuple(n for n in fn.arg_names if n.startswith("stride_"))
-        for dtype in (torch.bfloat16, torch.float16, torch.float32):
-            for head_dim in (HEAD_DIMS if dtype != torch.float32 else (64,)):
-                ty = TRITON_TYPE[dtype]
-                cfg = _launch_config(kernel, head_dim, dtype, interpret=False)
-                tiles = cfg.constexprs
-                for causal in ((None,) if kernel == "bwd_preprocess" else (True, False)):
-                    if causal is None:
-                        constexprs = {"HEAD_DIM": head_dim, **tiles}
-                        label, tile = f"{kernel} D={head_dim} {ty} M={tiles['BLOCK_M']}", None
-                    else:
-                        constexprs = {"HEAD_DIM": head_dim, **tiles, "CAUSAL": causal, "INTERPRET": False}
-                        rows, cols = ((tiles["BLOCK_N"], tiles["BLOCK_M"]) if kernel == "bwd_dkdv"
-                                      else (tiles["BLOCK_M"], tiles["BLOCK_N"]))
-                        label = (f"{kernel} D={head_dim} {ty} {'causal' if causal else 'full'} "
-                                 f"{tiles['BLOCK_M']}x{tiles['BLOCK_N']}")
-                        tile = (rows, cols)
-                    yield registry.CompileConfig(fn, op="attention", label=label, dtype=ty, constexprs=constexprs,
-                                                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, types=types,
-                                                 divisible_by_16=strides, tile=tile)
+    # Every GPU launch, candidates included. The launchers hand the kernels strides that are
+    # multiples of 16 (see _kernel_layout), so they are declared so, as a launch specializes them.
+    combos = [(dt, d) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(torch.float32, 64)]
+    for dtype, head_dim in combos:
+        yield _compile_config("bwd_preprocess", None, head_dim, dtype, None,
+                              _candidates("bwd_preprocess", 90, head_dim, dtype, False)[0])
+        for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
+            for arch in ARCHS:
+                for causal in (True, False):
+                    for cfg in _candidates(kernel, arch, head_dim, dtype, causal):
+                        yield _compile_config(kernel, arch, head_dim, dtype, causal, cfg)
+                    if kernel == "bwd_dkdv":  # deterministic=False
+                        (cfg,) = _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=True)
+                        yield _compile_config(kernel, arch, head_dim, dtype, causal, cfg, atomic_dq=True)
+
+
+# ----------------------------------------------------------------------------------------
+# Choosing among the candidates on a GPU
+# ----------------------------------------------------------------------------------------
+
+_log = logging.getLogger(__name__)
+_CHOSEN = {}  # (kernel, arch, D, dtype, causal, sequence-length class) -> (Launch, {label: ms})
+
+
+def _arch(device):
+    """The candidate family for a device: 90 for Hopper, 80 for every other GPU, None for the interpreter."""
+    if device.type != "cuda":
+        return None
+    return 90 if torch.cuda.get_device_capability(device)[0] == 9 else 80
+
+
+def _describe(cfg):
+    return " ".join(f"{k}={v}" for k, v in cfg.constexprs.items()) + f" warps={cfg.num_warps} stages={cfg.num_stages}"
+
+
+def _pick(kernel, device, head_dim, dtype, causal, seq, run):
+    """The candidate to launch. On a GPU the first call for a (kernel, arch, D, dtype, causal,
+    power-of-two sequence length) times every candidate with ``run(cfg)`` (a launch on the
+    real arguments, which the real launch then overwrites), keeps the fastest and logs it;
+    later calls reuse it. A candidate that fails to launch (e.g. out of shared memory) is
+    skipped."""
+    arch = _arch(device)
+    candidates = _candidates(kernel, arch, head_dim, dtype, causal)
+    if len(candidates) == 1 or device.type != "cuda":
+        return candidates[0]
+    key = (kernel, arch, head_dim, str(dtype).replace("torch.", ""), causal, triton.next_power_of_2(seq))
+    if key not in _CHOSEN:
+        times = {}
+        for cfg in candidates:
+            try:
+                times[_describe(cfg)] = triton.testing.do_bench(lambda: run(cfg), warmup=3, rep=10)
+            except Exception as e:  # a candidate that cannot run here loses; the next one may
+                _log.warning("attention %s: candidate %s failed: %s", kernel, _describe(cfg), e)
+        if not times:
+            raise RuntimeError(f"attention {kernel}: no candidate launch ran on {device}")
+        best = min(candidates, key=lambda c: times.get(_describe(c), float("inf")))
+        _CHOSEN[key] = (best, times)
+        _log.info("attention %s sm_%s D=%d %s causal=%s S<=%d: chose %s (%s)", kernel, arch, head_dim, key[3],
+                  causal, key[5], _describe(best), ", ".join(f"{k}: {v:.3f} ms" for k, v in times.items()))
+    return _CHOSEN[key][0]
+
+
+def chosen_configs():
+    """What the tuner chose so far in this process, for benchmark records: a list of
+    {"kernel", "arch", "head_dim", "dtype", "causal", "seq_pow2", "config", "ms"} where "config"
+    describes the winning launch and "ms" maps every candidate timed to its median time."""
+    return [{"kernel": k[0], "arch": k[1], "head_dim": k[2], "dtype": k[3], "causal": k[4], "seq_pow2": k[5],
+             "config": _describe(cfg), "ms": times} for k, (cfg, times) in _CHOSEN.items()]
+
+
+def _tma_allocator(size, alignment, stream):
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _ensure_allocator():
+    # Descriptors built inside a kernel (tl.make_tensor_descriptor) live in a global scratch
+    # buffer that Triton asks an allocator for at launch. The allocator is a context variable,
+    # so it is set per thread (autograd runs the backward on its own thread), and only when
+    # none is set, so a caller's own allocator wins.
+    from triton.runtime import _allocation
+
+    if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
+        triton.set_allocator(_tma_allocator)
 
 
 # ----------------------------------------------------------------------------------------
@@ -482,15 +688,19 @@ def _compile_configs():
 
 def _kernel_layout(t):
     """t, or a contiguous copy when its layout is not one the kernels are compiled for:
-    unit stride in the last dim, other strides multiples of 16 elements, 16-byte aligned."""
-    if t.stride(-1) != 1 or any(s % 16 for s in _strides(t)) or t.data_ptr() % 16:
+    unit stride in the last dim, other strides multiples of 16 elements (so every row of a
+    TMA descriptor starts 16-byte aligned), rows not broadcast (stride 0, which a descriptor
+    cannot take), 16-byte aligned data."""
+    if t.stride(-1) != 1 or any(s % 16 for s in _strides(t)) or t.data_ptr() % 16 or _strides(t)[2] == 0:
         return t.contiguous()
     return t
 
 
 def _strides(t):
-    """(batch, head, row) strides; 0 for a size-1 dim, whose stride is never used."""
-    return tuple(0 if n == 1 else s for n, s in zip(t.shape[:3], t.stride()[:3]))
+    """(batch, head, row) strides. A size-1 dim's stride is never used to step: batch and head
+    get 0, a single row gets D (a descriptor still wants a valid row stride)."""
+    b, h, s, d = t.shape
+    return (0 if b == 1 else t.stride(0), 0 if h == 1 else t.stride(1), d if s == 1 else t.stride(2))
 
 
 def _attention_fwd(q, k, v, causal, scale):
@@ -499,48 +709,64 @@ def _attention_fwd(q, k, v, causal, scale):
     Sk = k.shape[2]
     o = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
-    cfg = _launch_config("fwd", D, q.dtype)
-    grid = (triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)
+
+    def run(cfg):
+        grid = (triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)
+        _attn_fwd_kernel[grid](q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+                               H, Sq, Sk, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET,
+                               **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
     with device_guard(q):
-        _attn_fwd_kernel[grid](
-            q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-            H, Sq, Sk, scale * LOG2E.value,
-            HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET, **cfg.constexprs,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+        if q.is_cuda:
+            _ensure_allocator()
+        run(_pick("fwd", q.device, D, q.dtype, causal, max(Sq, Sk), run))
     return o, lse
 
 
-def _attention_bwd(do, q, k, v, o, lse, causal, scale):
+def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
     q, k, v, o, do = (_kernel_layout(t) for t in (q, k, v, o, do))
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
-    dq = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
     dk = torch.empty((B, H, Sk, D), dtype=k.dtype, device=q.device)
     dv = torch.empty((B, H, Sk, D), dtype=v.dtype, device=q.device)
-    delta = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
+    # delta and a copy of lse, in rows padded to a multiple of 16 floats (see the preprocess kernel)
+    stride_stat = triton.cdiv(Sq, 16) * 16
+    delta = torch.empty((B * H, stride_stat), dtype=torch.float32, device=q.device)
+    lse_pad = torch.empty((B * H, stride_stat), dtype=torch.float32, device=q.device)
+    # deterministic=False: dQ is accumulated in fp32 by atomic adds inside the dK/dV kernel.
+    dq_acc = torch.zeros((B, H, Sq, D) if not deterministic else (1,), dtype=torch.float32, device=q.device)
+
+    def run_dkdv(cfg):
+        grid = (triton.cdiv(Sk, cfg.constexprs["BLOCK_N"]) * B * H,)
+        _attn_bwd_dkdv_kernel[grid](
+            q, k, v, do, lse_pad, delta, dk, dv, dq_acc,
+            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
+            stride_stat, H, Sq, Sk, scale, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, ATOMIC_DQ=not deterministic,
+            INTERPRET=INTERPRET, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+    def run_dq(cfg):
+        _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
+            q, k, v, do, lse_pad, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
+            *_strides(dq), stride_stat, H, Sq, Sk, scale, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET,
+            **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
     with device_guard(q):
-        cfg = _launch_config("bwd_preprocess", D, q.dtype)
+        if q.is_cuda:
+            _ensure_allocator()
+        cfg = _candidates("bwd_preprocess", _arch(q.device), D, q.dtype, causal)[0]
         _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
-            o, do, delta, *_strides(o), *_strides(do), H, Sq,
+            o, do, lse, lse_pad, delta, *_strides(o), *_strides(do), stride_stat, H, Sq,
             HEAD_DIM=D, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
-        cfg = _launch_config("bwd_dkdv", D, q.dtype)
-        _attn_bwd_dkdv_kernel[(triton.cdiv(Sk, cfg.constexprs["BLOCK_N"]) * B * H,)](
-            q, k, v, do, lse, delta, dk, dv,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
-            H, Sq, Sk, scale, scale * LOG2E.value,
-            HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET, **cfg.constexprs,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
-        cfg = _launch_config("bwd_dq", D, q.dtype)
-        _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
-            q, k, v, do, lse, delta, dq,
-            *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq),
-            H, Sq, Sk, scale, scale * LOG2E.value,
-            HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET, **cfg.constexprs,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        )
+        if deterministic:
+            dq = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
+            run_dkdv(_pick("bwd_dkdv", q.device, D, q.dtype, causal, max(Sq, Sk), run_dkdv))
+            run_dq(_pick("bwd_dq", q.device, D, q.dtype, causal, max(Sq, Sk), run_dq))
+        else:
+            # One launch, untimed: each timing run would add into dq_acc again.
+            (cfg,) = _candidates("bwd_dkdv", _arch(q.device), D, q.dtype, causal, atomic_dq=True)
+            run_dkdv(cfg)
+            dq = dq_acc.to(q.dtype)
     return dq, dk, dv
 
 
@@ -550,42 +776,43 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale):
 
 
 @torch.library.custom_op("gpt2_kernels::attention_fwd", mutates_args=())
-def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
-                      scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
+                      deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    # `deterministic` only travels to the backward (see _setup_context).
     return _attention_fwd(q, k, v, causal, scale)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, causal, scale):
+def _(q, k, v, causal, scale, deterministic):
     B, H, Sq, D = q.shape
     return q.new_empty((B, H, Sq, D)), q.new_empty((B, H, Sq), dtype=torch.float32)
 
 
 @torch.library.custom_op("gpt2_kernels::attention_bwd", mutates_args=())
 def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                      lse: torch.Tensor, causal: bool, scale: float
+                      lse: torch.Tensor, causal: bool, scale: float, deterministic: bool
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _attention_bwd(do, q, k, v, o, lse, causal, scale)
+    return _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic)
 
 
 @_attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, causal, scale):
+def _(do, q, k, v, o, lse, causal, scale, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale = inputs
+    q, k, v, causal, scale, deterministic = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
-    ctx.causal, ctx.scale = causal, scale
+    ctx.causal, ctx.scale, ctx.deterministic = causal, scale, deterministic
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, do, dlse):
     # lse is an internal output (the public function never returns it): no gradient flows in.
     q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.scale)
-    return dq, dk, dv, None, None
+    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.scale, ctx.deterministic)
+    return dq, dk, dv, None, None, None
 
 
 _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -625,8 +852,8 @@ def _check_inputs(q, k, v, causal, scale):
         raise ValueError(f"{op}: scale must be a positive finite number (or None for 1/sqrt(D)), got {scale!r}")
 
 
-def attention(q, k, v, causal=True, scale=None):
-    """Scaled dot-product attention, fused (FlashAttention-2): softmax(scale * q k^T + mask) v.
+def attention(q, k, v, causal=True, scale=None, deterministic=True):
+    """Scaled dot-product attention, fused: softmax(scale * q k^T + mask) v.
 
     q: (B, H, Sq, D); k, v: (B, H, Sk, D). One dtype: float16, bfloat16 or float32. D in
        {16, 32, 64, 128}; Sq, Sk >= 1, and Sq <= Sk when causal. Views with any strides are
@@ -635,6 +862,10 @@ def attention(q, k, v, causal=True, scale=None):
     causal: the mask aligned to the end: query i sees keys j <= i + Sk - Sq (so Sq = 1
        against a KV cache of Sk keys sees all of them). False: every query sees every key.
     scale: defaults to 1/sqrt(D).
+    deterministic: True (the default) makes the backward bitwise reproducible (dQ by its own
+       pass over the keys). False accumulates dQ with fp32 atomic adds inside the dK/dV
+       kernel: 5 matrix products a tile instead of 7 and one launch fewer, but the order of
+       the additions, hence the last bits of dQ, varies from run to run.
     Returns o: (B, H, Sq, D), q's dtype. Differentiable in q, k and v.
 
     fp32 inputs on a GPU run their matrix products in TF32 (fp32 accumulation).
@@ -650,7 +881,7 @@ def attention(q, k, v, causal=True, scale=None):
     if (q.shape[2] <= DECODE_MAX_QUERIES and k.shape[2] >= DECODE_MIN_KEYS
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
         return decode_attention(q, k, v, causal=causal, scale=scale)
-    o, _ = _attention_fwd_op(q, k, v, bool(causal), scale)
+    o, _ = _attention_fwd_op(q, k, v, bool(causal), scale, bool(deterministic))
     return o
 
 

@@ -1,6 +1,7 @@
 """Compile every registered kernel configuration for a GPU that is not here, and read its SASS.
 
-    python -m kernels.sass [--arch 80|90|all] [--op NAME] [--match TEXT] [--json] [--jobs N] [--module MOD]
+    python -m kernels.sass [--arch 80|90|all] [--op NAME] [--match TEXT] [--json] [--dump DIR] [--jobs N]
+                           [--module MOD]
 
 Each configuration that an op registers in ``kernels.registry`` (the ones its launcher can
 pick) is compiled by Triton for the target architecture without a GPU present, the same way
@@ -16,6 +17,24 @@ that ship with Triton, and per configuration we report:
     shared_mem     dynamic shared memory in bytes that Triton launches the kernel with (a
                    config over the architecture's limit is reported as failed: it would not launch)
     hmma, hgmma    tensor-core instructions: HMMA (mma.sync, sm_80+) and HGMMA (wgmma, sm_90)
+
+and the static cost of the main loop, read from the SASS (see `loop_report`):
+
+    per_score      main-loop instructions per score (attention: per element of the (rows, cols)
+                   score tile one iteration computes), i.e. instructions x 32 x warps / tile
+    per_element    the same for kernels without a score tile (LayerNorm, GELU): per element of
+                   the BLOCK_* tile (of the whole kernel when it has no loop)
+    mma            tensor-core instruction shapes (HGMMA.64x128x16, HMMA.16816, ...)
+    tma            whether operands arrive by TMA (UTMALDG)
+    waits          whether the loop waits for its own wgmma (WARPGROUP.DEPBAR.LE gsb0, 0x0
+                   with no group left in flight) before its first exp (MUFU.EX2): yes means
+                   the exp units and the tensor cores take turns; "-" without wgmma
+    ctas, warps    blocks and warps resident per SM, from registers, shared memory and warps
+
+``--dump DIR`` also writes each configuration's SASS (``*.sass``) and cubin (``*.cubin``)
+into DIR, beside ``DIR/index.json``: a JSON list, one object per configuration, with the keys
+op, kernel, arch, dtype, num_warps, num_stages, constexprs, tile and sass (the file name,
+relative to DIR).
 
 The exit status is 1 if any configuration fails to compile or touches local memory (spills),
 so scripts can gate on it; 2 for bad arguments, filters that match no configuration, an op
@@ -135,56 +154,178 @@ def _tool(name):
     return path if os.path.exists(path) else name  # else hope for a CUDA toolkit on PATH
 
 
-def cubin_stats(cubin, name, ptx=None):
-    """Registers, local memory and tensor-core instruction counts of kernel ``name`` in a
-    cubin (``ptx``, its source, lets the disassembly be skipped where it cannot find
-    anything; see below).
+def cubin_stats(cubin, name):
+    """Registers, local memory, tensor-core instruction counts and the main loop's cost
+    (`loop_report`, less what depends on the launch) of kernel ``name`` in a cubin.
 
     Disassembling costs 0.5-1.5 s of CPU a kernel, more than many compiles, so results are
     kept next to Triton's own cache entries, keyed by the cubin's bytes."""
     from triton.runtime.cache import get_cache_manager
 
-    key = hashlib.sha256(b"kernels.sass/1\0" + name.encode() + b"\0" + cubin).hexdigest()
+    key = hashlib.sha256(b"kernels.sass/2\0" + name.encode() + b"\0" + cubin).hexdigest()
     cache = get_cache_manager(key)
     hit = cache.get_file("sass_stats.json")
     if hit is not None:
         with open(hit) as f:
             return json.load(f)
-    stats = _cubin_stats(cubin, name, ptx)
+    stats = _cubin_stats(cubin, name)
     cache.put(json.dumps(stats), "sass_stats.json", binary=False)
     return stats
 
 
-def _cubin_stats(cubin, name, ptx):
+def disassemble(cubin):
+    """The SASS text of a cubin (nvdisasm prints what ``cuobjdump -sass`` does, a little faster)."""
+    with tempfile.TemporaryDirectory(prefix="kernels-sass-") as tmp:
+        path = os.path.join(tmp, "kernel.cubin")
+        with open(path, "wb") as f:
+            f.write(cubin)
+        return subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True).stdout
+
+
+def _cubin_stats(cubin, name):
     with tempfile.TemporaryDirectory(prefix="kernels-sass-") as tmp:
         path = os.path.join(tmp, "kernel.cubin")
         with open(path, "wb") as f:
             f.write(cubin)
         res = subprocess.run([_tool("cuobjdump"), "-res-usage", path], capture_output=True, text=True, check=True)
-        usage = parse_res_usage(res.stdout)
-        if name not in usage:
-            raise RuntimeError(f"cuobjdump -res-usage shows no function {name}: {res.stdout.strip()}")
-        u = usage[name]
-        # LDL/STL need a local-memory frame, and ptxas emits HMMA/HGMMA only for PTX mma /
-        # wgmma instructions, so a kernel with neither has nothing to count. Else read the
-        # SASS (nvdisasm prints what `cuobjdump -sass` does, a little faster).
-        local_bytes = u.get("STACK", 0) + u.get("LOCAL", 0)
-        if ptx is not None and local_bytes == 0 and "mma" not in ptx:
-            ops = Counter()
-        else:
-            sass = subprocess.run([_tool("nvdisasm"), "-c", path], capture_output=True, text=True, check=True)
-            ops = count_opcodes(sass.stdout)
+    usage = parse_res_usage(res.stdout)
+    if name not in usage:
+        raise RuntimeError(f"cuobjdump -res-usage shows no function {name}: {res.stdout.strip()}")
+    u = usage[name]
+    sass = disassemble(cubin)
+    ops = count_opcodes(sass)
     return {
         "registers": u.get("REG", 0),
         # Spilled registers live in the stack frame (STACK); LOCAL is the rest of the local
         # memory. The driver's CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES, which Triton divides by 4
         # into n_spills on a GPU, covers both.
-        "spills": local_bytes // 4,
+        "spills": (u.get("STACK", 0) + u.get("LOCAL", 0)) // 4,
         "local_loads": ops["LDL"],
         "local_stores": ops["STL"],
         "hmma": ops["HMMA"],
         "hgmma": ops["HGMMA"],
+        **loop_report(sass),
     }
+
+
+# ----------------------------------------------------------------------------------------
+# The static cost of the main loop
+# ----------------------------------------------------------------------------------------
+
+# "        /*0a70*/  @!P0 HGMMA.64x64x16.F32 R24, gdesc[UR4], R24 ;" -> "@!P0 HGMMA.64x64x16.F32 R24, ..."
+_SASS_LINE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(.*?)\s*;", re.MULTILINE)
+_SASS_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
+# "@!P0 HGMMA.64x64x16.F32 ..." -> ("HGMMA", ".64x64x16.F32")
+_SASS_PARTS = re.compile(r"^(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)")
+_MMA = ("HGMMA", "HMMA")
+
+
+def sass_instructions(sass):
+    """([instruction text without its address], {label: index of the instruction after it})."""
+    instrs, labels = [], {}
+    for line in sass.splitlines():
+        label = _SASS_LABEL.match(line)
+        if label:
+            labels[label.group(1)] = len(instrs)
+            continue
+        m = _SASS_LINE.match(line)
+        if m:
+            instrs.append(m.group(1))
+    return instrs, labels
+
+
+def _parts(instr):
+    m = _SASS_PARTS.match(instr)
+    return (m.group(1), m.group(2)) if m else ("", "")
+
+
+def loops(instrs, labels):
+    """(first, last) instruction indices of every loop: a branch back to an earlier label.
+    Branches after the first unconditional EXIT are left out: there ptxas puts out-of-line
+    retry code (TMA barrier waits) that jumps back into the middle of the kernel."""
+    exits = [i for i, t in enumerate(instrs) if t.startswith("EXIT")]
+    end = exits[0] if exits else len(instrs)
+    found = []
+    for i, t in enumerate(instrs[:end]):
+        if _parts(t)[0] == "BRA":
+            m = re.search(r"(\.L_x_\d+)", t)
+            if m and labels.get(m.group(1), i + 1) <= i:
+                found.append((labels[m.group(1)], i))
+    return found
+
+
+def main_loop(instrs, labels):
+    """The loop a kernel spends its time in: among loops with tensor-core instructions the
+    shortest (causal attention's unmasked loop: the masked ones around the diagonal do more
+    per tile); in a kernel without any, the longest loop. None when there is no loop."""
+    found = loops(instrs, labels)
+    mma = [(e - s, s, e) for s, e in found if any(_parts(instrs[j])[0] in _MMA for j in range(s, e + 1))]
+    if mma:
+        return min(mma)[1:]
+    return max(((e - s, s, e) for s, e in found), default=(0, None, None))[1:] if found else None
+
+
+def waits_on_own_wgmma(body):
+    """Whether, at the first exp (MUFU.EX2) of an iteration, every wgmma group issued so far
+    has been waited for. Two iterations are walked so that groups left in flight across the
+    back edge count: an HGMMA with gsb0 commits a group, WARPGROUP.DEPBAR.LE gsb0, N leaves
+    at most N in flight. None when the loop has no HGMMA or no exp."""
+    if not any(_parts(t)[0] == "HGMMA" for t in body):
+        return None
+    in_flight = 0
+    for iteration in range(2):
+        for t in body:
+            op, mods = _parts(t)
+            if op == "HGMMA" and "gsb0" in t:
+                in_flight += 1
+            elif op == "WARPGROUP" and mods.startswith(".DEPBAR"):
+                m = re.search(r"gsb0,\s*(0x[0-9a-f]+|\d+)", t)
+                if m:
+                    in_flight = min(in_flight, int(m.group(1), 0))
+            elif op == "MUFU" and mods.startswith(".EX2") and iteration == 1:
+                return in_flight == 0
+    return None
+
+
+def loop_report(sass):
+    """What the cost report needs from a kernel's SASS, independent of its launch:
+    loop_instructions (in the main loop; the whole kernel's when it has none, with
+    in_loop False), mma (tensor-core shapes, e.g. "HGMMA.64x128x16"), tma and waits (see
+    `waits_on_own_wgmma`)."""
+    instrs, labels = sass_instructions(sass)
+    loop = main_loop(instrs, labels)
+    body = instrs[loop[0]:loop[1] + 1] if loop else instrs
+    shapes = sorted({op + mods.split(".F32")[0].split(".F16")[0] for op, mods in map(_parts, instrs) if op in _MMA})
+    return {"loop_instructions": len(body), "in_loop": loop is not None, "mma": shapes,
+            "tma": any(_parts(t)[0] == "UTMALDG" for t in instrs), "waits": waits_on_own_wgmma(body)}
+
+
+def instructions_per_element(loop_instructions, num_warps, tile, constexprs):
+    """Main-loop instructions x threads / elements an iteration handles: the score tile
+    (rows x cols) when the config gives one, else the product of its BLOCK_* constexprs."""
+    if tile:
+        elements = tile[0] * tile[1]
+    else:
+        elements = 1
+        for name, value in constexprs.items():
+            if name.startswith("BLOCK") and isinstance(value, int) and value > 0:
+                elements *= value
+    return round(loop_instructions * 32 * num_warps / elements, 2)
+
+
+# Per SM: 64K registers, 64 warps, 32 blocks; shared memory for blocks (1 KB of it reserved
+# per block). Registers are allocated per warp in units of 256.
+_SM_SHARED = {80: 167936, 86: 102400, 89: 102400, 90: 233472}
+
+
+def resident_ctas(arch, registers, shared_mem, num_warps):
+    """Blocks of this kernel that fit on one SM at once."""
+    per_warp = -(-max(registers, 1) * 32 // 256) * 256
+    by_regs = (65536 // per_warp) // num_warps
+    by_warps = 64 // num_warps
+    smem = _SM_SHARED.get(arch, 102400)
+    by_smem = smem // (shared_mem + 1024) if shared_mem else 32
+    return max(0, min(by_regs, by_warps, by_smem, 32))
 
 
 # ----------------------------------------------------------------------------------------
@@ -203,49 +344,76 @@ def load_ops():
 _CONFIGS = []  # the configurations being inspected; forked workers read them from here
 
 
-def inspect_config(cfg, arch):
-    """One report row: the configuration, and its stats or the error that stopped it."""
+_STATS = ("registers", "spills", "local_loads", "local_stores", "shared_mem", "hmma", "hgmma", "per_score",
+          "per_element", "loop_instructions", "mma", "tma", "waits", "ctas", "warps_per_sm")
+
+
+def dump_name(row):
+    """The file name (without extension) of a row's SASS and cubin under --dump."""
+    slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", f"{row['op']}-{row['kernel']}-{row['label']}").strip("_")
+    return f"{slug}-sm{row['arch']}"
+
+
+def inspect_config(cfg, arch, dump=None):
+    """One report row: the configuration, and its stats or the error that stopped it. With
+    ``dump`` (a folder), the SASS and cubin are written there too (row["sass"] names them)."""
     row = {
         "op": cfg.op,
         "kernel": cfg.name,
         "label": cfg.label,
         "arch": arch,
+        "dtype": cfg.dtype,
         "num_warps": cfg.num_warps,
         "num_stages": cfg.num_stages,
         "constexprs": {k: (v if isinstance(v, (int, float, bool, str)) or v is None else repr(v))
                        for k, v in cfg.constexprs.items()},
+        "tile": list(cfg.tile) if cfg.tile else None,
     }
     t0 = time.perf_counter()
     try:
         ck = compile_kernel(cfg, arch)
-        stats = cubin_stats(ck.asm["cubin"], ck.metadata.name, ck.asm.get("ptx"))
-        row.update(registers=stats["registers"], spills=stats["spills"], local_loads=stats["local_loads"],
-                   local_stores=stats["local_stores"], shared_mem=ck.metadata.shared, hmma=stats["hmma"],
-                   hgmma=stats["hgmma"])
+        stats = cubin_stats(ck.asm["cubin"], ck.metadata.name)
+        row.update({k: stats[k] for k in ("registers", "spills", "local_loads", "local_stores", "hmma", "hgmma",
+                                          "loop_instructions", "mma", "tma", "waits")})
+        row["shared_mem"] = ck.metadata.shared
+        cost = instructions_per_element(stats["loop_instructions"], cfg.num_warps, cfg.tile, cfg.constexprs)
+        row["per_score"], row["per_element"] = (cost, None) if cfg.tile else (None, cost)
+        row["ctas"] = resident_ctas(arch, stats["registers"], ck.metadata.shared, cfg.num_warps)
+        row["warps_per_sm"] = row["ctas"] * cfg.num_warps
         limit = MAX_SHARED_MEM.get(arch)
         if limit is not None and ck.metadata.shared > limit:
             row["error"] = f"needs {ck.metadata.shared} bytes of shared memory; sm_{arch} allows {limit}"
+        if dump:
+            name = dump_name(row)
+            with open(os.path.join(dump, name + ".cubin"), "wb") as f:
+                f.write(ck.asm["cubin"])
+            with open(os.path.join(dump, name + ".sass"), "w") as f:
+                f.write(disassemble(ck.asm["cubin"]))
+            row["sass"] = name + ".sass"
     except Exception as e:
         msg = f"{type(e).__name__}: {e}".strip()
-        row.update(registers=None, spills=None, local_loads=None, local_stores=None, shared_mem=None, hmma=None,
-                   hgmma=None, error=msg[:2000])
+        row.update({k: None for k in _STATS}, error=msg[:2000])
     row["seconds"] = round(time.perf_counter() - t0, 2)  # compile + disassembly; ~0 when cached
     return row
 
 
+_DUMP = []  # the --dump folder, if any; forked workers read it from here
+
+
 def _inspect_index(job):
     index, arch = job
-    return inspect_config(_CONFIGS[index], arch)
+    return inspect_config(_CONFIGS[index], arch, _DUMP[0] if _DUMP else None)
 
 
 def row_ok(row):
     return "error" not in row and row["spills"] == 0 and row["local_loads"] == 0 and row["local_stores"] == 0
 
 
-def inspect_all(configs, archs, jobs=None):
+def inspect_all(configs, archs, jobs=None, dump=None):
     """Rows for every configuration x arch (that it exists for), in order. Compiles in forked worker processes
     (ptxas and the disassemblers are separate processes anyway, so this scales with cores)."""
     _CONFIGS[:] = configs
+    _DUMP[:] = [dump] if dump else []
     work = [(i, arch) for arch in archs for i, cfg in enumerate(configs) if cfg.arch in (None, arch)]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     jobs = min(jobs or cores or 1, len(work))
@@ -265,12 +433,18 @@ def inspect_all(configs, archs, jobs=None):
 
 _COLUMNS = [("op", "op"), ("kernel", "kernel"), ("label", "label"), ("arch", "sm"), ("num_warps", "warps"),
             ("num_stages", "stages"), ("registers", "regs"), ("spills", "spills"), ("local_loads", "LDL"),
-            ("local_stores", "STL"), ("shared_mem", "smem"), ("hmma", "HMMA"), ("hgmma", "HGMMA")]
+            ("local_stores", "STL"), ("shared_mem", "smem"), ("hmma", "HMMA"), ("hgmma", "HGMMA"),
+            ("per_score", "instr/score"), ("per_element", "instr/elem"), ("mma", "mma"), ("tma", "TMA"),
+            ("waits", "waits"), ("ctas", "CTAs/SM"), ("warps_per_sm", "warps/SM")]
 
 
 def format_table(rows):
     def cell(row, key):
         v = row.get(key)
+        if isinstance(v, bool):
+            return "yes" if v else "no"
+        if isinstance(v, list):
+            return ",".join(x.split(".", 1)[-1] for x in v) or "-"
         return "-" if v is None else str(v)
 
     table = [[h for _, h in _COLUMNS] + ["status"]]
@@ -278,7 +452,7 @@ def format_table(rows):
         status = "FAILED" if "error" in r else ("ok" if row_ok(r) else "SPILLS")
         table.append([cell(r, k) for k, _ in _COLUMNS] + [status])
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
-    numeric = {i for i, (k, _) in enumerate(_COLUMNS) if k not in ("op", "kernel", "label")}
+    numeric = {i for i, (k, _) in enumerate(_COLUMNS) if k not in ("op", "kernel", "label", "mma")}
     lines = ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths)))
              .rstrip() for line in table]
     lines.insert(1, "-" * len(lines[0]))
@@ -294,6 +468,8 @@ def main(argv=None):
                         "default 90")
     parser.add_argument("--op", action="append", help="inspect only this op (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    parser.add_argument("--dump", metavar="DIR", help="also write each config's SASS and cubin into DIR, "
+                        "listed in DIR/index.json")
     parser.add_argument("--match", action="append",
                         help="inspect only configs whose label contains this text (repeatable; any matches)")
     parser.add_argument("--module", action="append", default=[],
@@ -361,7 +537,13 @@ def _run(args, archs, parser, report):
               f"see the labels with: python -m kernels.sass --json --op OP", file=sys.stderr)
         return 2
 
-    rows = inspect_all(configs, archs, args.jobs)
+    if args.dump:
+        os.makedirs(args.dump, exist_ok=True)
+    rows = inspect_all(configs, archs, args.jobs, args.dump)
+    if args.dump:
+        keys = ("op", "kernel", "arch", "dtype", "num_warps", "num_stages", "constexprs", "tile", "sass")
+        with open(os.path.join(args.dump, "index.json"), "w") as f:
+            json.dump([{k: r.get(k) for k in keys} for r in rows if "sass" in r], f, indent=1)
     elapsed = time.perf_counter() - t0
     n_failed = sum("error" in r for r in rows)
     total_spills = sum((r["spills"] or 0) for r in rows)

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from kernels import registry
-from kernels.attention import HEAD_DIMS, KERNELS, attention, attention_reference
+from kernels.attention import ARCHS, HEAD_DIMS, KERNELS, attention, attention_reference
+from kernels.attention_fa2 import attention_fa2
 from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
@@ -163,24 +164,25 @@ def test_online_softmax_with_growing_scores(device):
     _check(q * 3, k, v, do, False)
 
 
-def test_saved_logsumexp(device):
+def test_saved_logsumexp_is_base_2(device):
     q, k, v, _ = _inputs(2, 2, 23, 57, 64, torch.float32, device)
-    o, lse = torch.ops.gpt2_kernels.attention_fwd(q, k, v, True, 0.2)
-    assert lse.dtype == torch.float32 and lse.shape == (2, 2, 23)
+    o, lse2 = torch.ops.gpt2_kernels.attention_fwd(q, k, v, True, 0.2, True)
+    assert lse2.dtype == torch.float32 and lse2.shape == (2, 2, 23)
     s = torch.einsum("bhqd,bhkd->bhqk", q.double(), k.double()) * 0.2
     s = s.masked_fill(torch.ones(23, 57, dtype=torch.bool, device=device).tril(57 - 23).logical_not(), float("-inf"))
-    torch.testing.assert_close(lse.double(), torch.logsumexp(s, -1), **_tol("attention", torch.float32))
+    torch.testing.assert_close(lse2.double() * math.log(2), torch.logsumexp(s, -1), **_tol("attention", torch.float32))
 
 
 def test_gpu_tile_configs_under_the_interpreter(monkeypatch, device):
-    # The interpreter normally runs small tiles; here the GPU's own tiles (128-row query
-    # tiles, 64/32-key tiles, 16/32-row backward tiles) run too, over lengths that cross
-    # several of them with ragged ends and an offset diagonal.
-    if not ON_GPU:
-        real = attn_mod._launch_config
-        monkeypatch.setattr(attn_mod, "_launch_config", lambda *a: real(*a, interpret=False))
-    for D, dtype, (Sq, Sk) in ((64, torch.float16, (150, 270)), (128, torch.bfloat16, (131, 131)),
-                               (64, torch.float32, (97, 200))):
+    # The interpreter normally runs small tiles; here each architecture's first candidates
+    # (sm_90: 128x128 pipelined TMA forward, 64x128 dK/dV; sm_80: 128x64 and 32x128 with
+    # pointer loads) run too, over lengths that cross several tiles with ragged ends and an
+    # offset diagonal.
+    if ON_GPU:
+        pytest.skip("on a GPU every test runs the GPU's own tiles")
+    for arch, D, dtype, (Sq, Sk) in ((90, 64, torch.bfloat16, (150, 270)), (90, 128, torch.float16, (131, 131)),
+                                     (80, 64, torch.float16, (150, 270))):
+        monkeypatch.setattr(attn_mod, "_arch", lambda device: arch)
         q, k, v, do = _inputs(1, 1, Sq, Sk, D, dtype, device)
         for causal in (True, False):
             _check(q, k, v, do, causal)
@@ -207,6 +209,18 @@ def test_views_of_a_fused_qkv_projection(device):
     yr.backward(dy.double())
     torch.testing.assert_close(y.double(), yr, **_tol("attention", torch.float32))
     torch.testing.assert_close(qkv.grad.double(), ref.grad, **_tol("attention_bwd", torch.float32))
+
+
+def test_strided_views_on_the_tma_path(device):
+    # 16-bit inputs take the descriptor (TMA) path: q, k, v as views of one (B, T, 3, H, D)
+    # projection (row stride 3*H*D), K/V heads broadcast (stride 0), a single query row.
+    B, T, H, D = 2, 29, 2, 32
+    qkv = torch.randn(B, T, 3, H, D, device=device).to(torch.bfloat16)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    do = torch.randn(B, H, T, D, device=device).to(torch.bfloat16)
+    _check(q, k, v, do, True)
+    _check(q, k[:, :1].expand(B, H, T, D), v[:, :1].expand(B, H, T, D), do, False)
+    _check(q[:, :, -1:], k, v, do[:, :, -1:], True)
 
 
 @pytest.mark.parametrize("layout", ["transposed_last_dim", "odd_row_stride", "heads_broadcast", "row_broadcast_grad",
@@ -242,13 +256,25 @@ def test_backward_is_bitwise_deterministic(dtype, device):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("dtype, causal", [(torch.bfloat16, True), (torch.float32, False)], ids=str)
+def test_atomic_dq_backward(dtype, causal, device):
+    # deterministic=False: dQ by fp32 atomic adds inside the dK/dV kernel, same tolerances.
+    shape = (2, 4, 300, 333) if ON_GPU else (1, 2, 37, 45)
+    q, k, v, do = _inputs(*shape, 64, dtype, device)
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    attention(q, k, v, causal=causal, deterministic=False).backward(do)
+    want = _ref64(q, k, v, causal, 1 / 8, do)
+    for got, ref, name in zip((q.grad, k.grad, v.grad), want[1:], ("dq", "dk", "dv")):
+        torch.testing.assert_close(got.double(), ref, **_tol("attention_bwd", dtype), msg=lambda m: f"{name}: {m}")
+
+
 def test_opcheck_forward_and_backward_ops(device):
     q, k, v, do = _inputs(1, 2, 19, 27, 16, torch.float32, device)
     torch.library.opcheck(torch.ops.gpt2_kernels.attention_fwd.default,
-                          (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), True, 0.25))
-    o, lse = torch.ops.gpt2_kernels.attention_fwd(q.detach(), k.detach(), v.detach(), True, 0.25)
+                          (q.requires_grad_(), k.requires_grad_(), v.requires_grad_(), True, 0.25, True))
+    o, lse = torch.ops.gpt2_kernels.attention_fwd(q.detach(), k.detach(), v.detach(), True, 0.25, True)
     torch.library.opcheck(torch.ops.gpt2_kernels.attention_bwd.default,
-                          (do, q.detach(), k.detach(), v.detach(), o, lse, True, 0.25))
+                          (do, q.detach(), k.detach(), v.detach(), o, lse, True, 0.25, True))
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
@@ -272,20 +298,41 @@ def test_torch_compile_fullgraph(backend, device):
         torch.testing.assert_close(compiled, eager, **_tol("attention_bwd", torch.float32))
 
 
-def test_every_gpu_config_is_registered():
-    # The configs `python -m kernels.sass` compiles must be the ones the launchers pick.
-    registered = {(c.kernel, tuple(sorted(c.constexprs.items())), c.num_warps, c.num_stages)
+def test_every_gpu_candidate_is_registered():
+    # What `python -m kernels.sass` compiles must be every launch the launchers can pick:
+    # each architecture's candidates, and the deterministic=False dK/dV kernel.
+    registered = {(c.kernel, c.arch, tuple(sorted(c.constexprs.items())), c.num_warps, c.num_stages)
                   for c in registry.configs("attention")}
     combos = [(d, dt) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(64, torch.float32)]
     for kernel in KERNELS:
-        for D, dtype in combos:
-            cfg = attn_mod._launch_config(kernel, D, dtype, interpret=False)
-            for causal in (True, False):
-                cx = {"HEAD_DIM": D, **cfg.constexprs}
-                if kernel != "bwd_preprocess":
-                    cx.update(CAUSAL=causal, INTERPRET=False)
-                key = (attn_mod._JIT[kernel], tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
-                assert key in registered, f"{kernel} D={D} {dtype} causal={causal}: {cfg} is not registered"
+        for arch in ARCHS:
+            for D, dtype in combos:
+                for causal in (True, False):
+                    launches = [(cfg, False) for cfg in attn_mod._candidates(kernel, arch, D, dtype, causal)]
+                    if kernel == "bwd_dkdv":
+                        launches += [(cfg, True) for cfg in attn_mod._candidates(kernel, arch, D, dtype, causal, True)]
+                    for cfg, atomic in launches:
+                        cx = {"HEAD_DIM": D, **cfg.constexprs}
+                        if kernel != "bwd_preprocess":
+                            cx.update(CAUSAL=causal, INTERPRET=False)
+                        if kernel == "bwd_dkdv":
+                            cx["ATOMIC_DQ"] = atomic
+                        key = (attn_mod._JIT[kernel], None if kernel == "bwd_preprocess" else arch,
+                               tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
+                        assert key in registered, f"{kernel} sm_{arch} D={D} {dtype} causal={causal}: {cfg} {atomic}"
+
+
+def test_sm90_candidates_use_tma_and_the_pipelined_forward_comes_first():
+    for D in HEAD_DIMS:
+        for dtype in (torch.bfloat16, torch.float16):
+            fwd = attn_mod._candidates("fwd", 90, D, dtype, True)
+            assert fwd[0].constexprs["PIPELINE"] and fwd[0].constexprs["TMA"] and fwd[0].num_warps == 8
+            for kernel in ("bwd_dkdv", "bwd_dq"):
+                assert all(c.constexprs["TMA"] for c in attn_mod._candidates(kernel, 90, D, dtype, True))
+            assert not any(c.constexprs["TMA"] for c in attn_mod._candidates("fwd", 80, D, dtype, True))
+    # Nothing was timed without a GPU.
+    if not ON_GPU:
+        assert attn_mod.chosen_configs() == []
 
 
 def test_reference_matches_sdpa_with_end_aligned_mask():
@@ -343,6 +390,18 @@ def test_cpu_without_interpreter_raises():
     assert out.returncode == 0, out.stderr
     assert "ValueError: kernels.attention: got CPU tensors" in out.stdout, out.stdout
     assert "TRITON_INTERPRET=1" in out.stdout, out.stdout
+
+
+def test_fa2_benchmark_line_matches_the_reference(device):
+    # The previous kernel, kept for `python -m bench --only attention`, still computes attention.
+    for dtype in (torch.float32, torch.bfloat16):
+        q, k, v, do = _inputs(1, 2, 37, 45, 64, dtype, device)
+        q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+        o = attention_fa2(q, k, v)
+        o.backward(do)
+        want = _ref64(q, k, v, True, 1 / 8, do)
+        for got, ref in zip((o, q.grad, k.grad, v.grad), want):
+            torch.testing.assert_close(got.double(), ref, **_tol("attention_bwd", dtype))
 
 
 def test_public_function_is_exported():

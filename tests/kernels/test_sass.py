@@ -18,7 +18,8 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels.sass import ast_source_args, count_opcodes, format_table, parse_res_usage
+from kernels.sass import (ast_source_args, count_opcodes, format_table, instructions_per_element, loop_report,
+                          parse_res_usage, resident_ctas)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +63,7 @@ def shipped():
         return proc, _json(proc)
     small = _sass("--arch", "all", "--json", "--op", "layer_norm", "--op", "gelu", "--op", "add_layer_norm",
                   "--op", "linear_cross_entropy")
-    attn = _sass("--arch", "all", "--json", "--op", "attention", "--match", "D=64 bf16")
+    attn = _sass("--arch", "all", "--json", "--op", "attention", "--match", "D=64 bf16 causal")
     doc = _json(small)
     doc["kernels"] += _json(attn)["kernels"]
     return (small if small.returncode else attn), doc
@@ -97,6 +98,23 @@ def test_attention_runs_on_tensor_cores(shipped):
             assert r["hmma"] > 0, r
         else:
             assert r["hgmma"] > 0, r
+
+
+def test_attention_static_cost_on_sm90(shipped):
+    # Issue 11's bar for D=64 bf16 causal on sm_90: a forward candidate at <= 8.0 main-loop
+    # instructions per score with operands by TMA and no spill, a dK/dV one at <= 11.5, and
+    # a forward whose softmax does not wait for its own Q K^T wgmma.
+    _, doc = shipped
+    rows = [r for r in doc["kernels"] if r["op"] == "attention" and r["arch"] == 90 and "error" not in r
+            and r["spills"] == 0 and r["kernel"] != "_attn_bwd_preprocess_kernel"]
+    fwd = [r for r in rows if r["kernel"] == "_attn_fwd_kernel"]
+    assert any(r["per_score"] <= 8.0 and r["tma"] for r in fwd), [(r["label"], r["per_score"]) for r in fwd]
+    assert any(r["waits"] is False for r in fwd)
+    dkdv = [r for r in rows if r["kernel"] == "_attn_bwd_dkdv_kernel"]
+    assert any(r["per_score"] <= 11.5 for r in dkdv), [(r["label"], r["per_score"]) for r in dkdv]
+    for r in rows:
+        assert r["ctas"] >= 1 and r["warps_per_sm"] == r["ctas"] * r["num_warps"], r
+        assert r["mma"] and all(m.startswith("HGMMA") or m.startswith("HMMA") for m in r["mma"]), r
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,6 +195,35 @@ def test_tool_sees_tensor_cores_and_registers(sample):
         assert r["constexprs"] == {"HEAD_DIM": 64, "BLOCK": 64}
     assert rows[80]["hmma"] > 0 and rows[80]["hgmma"] == 0
     assert rows[90]["hgmma"] > 0
+
+
+def test_tool_reports_the_loop_cost(sample):
+    _, doc = sample
+    rows = {r["arch"]: r for r in doc["kernels"] if r["op"] == "sample_dot"}
+    for arch, r in rows.items():
+        assert r["per_element"] > 0 and r["per_score"] is None and r["tile"] is None  # no score tile given
+        assert r["tma"] is False and r["waits"] is None  # pointer loads; no exp in the loop
+        assert r["ctas"] >= 1
+    assert rows[80]["mma"] == ["HMMA.16816"]
+    assert rows[90]["mma"] and rows[90]["mma"][0].startswith("HGMMA.64x64x16")
+
+
+def test_dump_writes_sass_cubin_and_index(tmp_path_factory):
+    pkg = tmp_path_factory.mktemp("sass_dump_ops")
+    (pkg / "sass_sample_ops.py").write_text(SAMPLE_OPS)
+    out = tmp_path_factory.mktemp("dump")
+    proc = _sass("--arch", "all", "--json", "--module", "sass_sample_ops", "--op", "sample_dot", "--dump", str(out),
+                 pythonpath=[pkg])
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    index = json.loads((out / "index.json").read_text())
+    assert [e["arch"] for e in index] == [80, 90]
+    for e in index:
+        assert list(e) == ["op", "kernel", "arch", "dtype", "num_warps", "num_stages", "constexprs", "tile", "sass"]
+        assert (e["op"], e["kernel"], e["dtype"]) == ("sample_dot", "_sample_dot_kernel", "fp16")
+        assert e["constexprs"] == {"HEAD_DIM": 64, "BLOCK": 64} and e["tile"] is None
+        sass = (out / e["sass"]).read_text()
+        assert "HMMA" in sass or "HGMMA" in sass
+        assert (out / e["sass"]).with_suffix(".cubin").stat().st_size > 0
 
 
 def test_tool_reports_spills_and_errors_and_fails(sample):
@@ -308,3 +355,40 @@ def test_configs_are_lazy_and_kept_once(monkeypatch):
 
     with pytest.raises(ValueError, match="two different configs"):
         registry.configs()
+
+
+# A pipelined loop (the next Q K^T issued before this tile's exp), a loop that waits for its
+# own wgmma, and the out-of-line TMA retry code after EXIT that jumps back into the loop.
+LOOP_SASS = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+.L_x_0:
+        /*0010*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], RZ, !UPT ;
+        /*0020*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24, gsb0 ;
+        /*0030*/                   WARPGROUP.DEPBAR.LE gsb0, {keep} ;
+        /*0040*/                   MUFU.EX2 R8, R8 ;
+        /*0050*/                   UTMALDG.2D [UR8], [UR10] ;
+        /*0060*/                   HGMMA.64x64x16.F32.BF16 R88, R120, gdesc[UR16].tnspB, R88, gsb0 ;
+        /*0070*/              @!P0 BRA `(.L_x_1) ;
+.L_x_2:
+        /*0080*/               @P1 BRA `(.L_x_0) ;
+        /*0090*/                   EXIT ;
+.L_x_1:
+        /*00a0*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR28], R8 ;
+        /*00b0*/                   BRA `(.L_x_2) ;
+"""
+
+
+@pytest.mark.parametrize("keep, waits", [("0x0", True), ("0x1", False)])
+def test_loop_report(keep, waits):
+    r = loop_report(LOOP_SASS.format(keep=keep))
+    assert r["in_loop"] and r["loop_instructions"] == 8  # 0x0010..0x0080, not the retry code
+    assert r["mma"] == ["HGMMA.64x128x16", "HGMMA.64x64x16"] and r["tma"] is True
+    assert r["waits"] is waits
+    assert instructions_per_element(r["loop_instructions"], 8, (128, 128), {}) == round(8 * 256 / 16384, 2)
+    assert instructions_per_element(100, 4, None, {"BLOCK_M": 4, "BLOCK_N": 32, "HEAD_DIM": 64}) == 100.0
+
+
+def test_resident_ctas():
+    assert resident_ctas(90, 255, 0, 8) == 1  # 255 registers x 256 threads: one block of 8 warps
+    assert resident_ctas(90, 128, 100000, 4) == 2  # shared memory: 2 x (100000 + 1024) <= 233472
+    assert resident_ctas(80, 32, 0, 4) == 16  # 64 warps at most

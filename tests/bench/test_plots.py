@@ -111,7 +111,7 @@ def test_without_a_gpu_it_says_so_and_redraws_the_shipped_results(fake_dir, tmp_
 def test_dry_run_prints_the_plan_in_order(capsys):
     assert cli.main(["--dry-run", "--only", "attention", "--sizes", "gpt2,gpt2-xl", "--seq-lens", "1024,2048"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("64 tasks")
+    assert out.startswith("72 tasks")
     first = out.splitlines()[2].split()
     assert first[2:8] == ["attention", "fwd", "gpt2", "1024", "16", "triton"]
 

@@ -337,10 +337,10 @@ def apply_kernels(model, all=None, *, attention=None, layernorm=None, gelu=None)
             f"apply_kernels patches a Hugging Face GPT-2 (GPT2LMHeadModel, GPT2Model), got {type(model).__name__}"
         )
     config = model.config
-    choice = resolve_kernels(
+    choice = _patched_ops(resolve_kernels(
         _current(model), all, head_size=config.n_embd // config.n_head,
         attention=attention, layernorm=layernorm, gelu=gelu,
-    )
+    ))
     if choice["gelu"] == "triton" and config.activation_function not in TANH_GELU:
         raise ValueError(
             f"the Triton GELU kernel computes the tanh GELU ({' or '.join(TANH_GELU)}); this model's "
@@ -384,7 +384,16 @@ def _original_attn(config):
 
 def kernels_of(model):
     """What ``apply_kernels`` chose for ``model``, e.g. {"attention": "triton", "layernorm": "torch", ...}."""
-    return resolve_kernels(_current(model))
+    return _patched_ops(resolve_kernels(_current(model)))
+
+
+# The ops this patcher swaps in. The switch's table also has the model's own fused loss, which
+# has no place here: Hugging Face computes its loss itself, from the logits it returns.
+PATCHED_OPS = ("attention", "layernorm", "gelu")
+
+
+def _patched_ops(choice):
+    return {op: choice[op] for op in PATCHED_OPS}
 
 
 __all__ = ["apply_kernels", "kernels_of", "attention_forward", "register", "ATTN_IMPLEMENTATION", "FALLBACKS"]

@@ -259,7 +259,7 @@ def test_tour_notebook_runs(tmp_path):
     client.execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert "kernels: {'attention': 'triton', 'layernorm': 'triton', 'gelu': 'triton'}" in text
+    assert "kernels: {'attention': 'triton', 'layernorm': 'triton', 'gelu': 'triton', 'loss': 'triton'}" in text
     assert any("image/png" in o.get("data", {}) for o in outputs), "the heatmap was not shown"
     if not torch.cuda.is_available():
         assert "INTERPRETER (not a performance number)" in text

@@ -26,6 +26,9 @@ and the static cost of the main loop, read from the SASS (see `loop_report`):
                    the BLOCK_* tile (of the whole kernel when it has no loop)
     mma            tensor-core instruction shapes (HGMMA.64x128x16, HMMA.16816, ...)
     tma            whether operands arrive by TMA (UTMALDG)
+    barriers       BAR instructions (block-wide barriers: BAR.SYNC, BAR.RED, ...) in the main
+                   loop (in the whole kernel when it has none): each stalls every warp of the
+                   block, so a loop that converts layouts between reductions shows many
     waits          whether the loop waits for its own wgmma (WARPGROUP.DEPBAR.LE gsb0, 0x0
                    with no group left in flight) before its first exp (MUFU.EX2): yes means
                    the exp units and the tensor cores take turns; "-" without wgmma
@@ -162,7 +165,7 @@ def cubin_stats(cubin, name):
     kept next to Triton's own cache entries, keyed by the cubin's bytes."""
     from triton.runtime.cache import get_cache_manager
 
-    key = hashlib.sha256(b"kernels.sass/2\0" + name.encode() + b"\0" + cubin).hexdigest()
+    key = hashlib.sha256(b"kernels.sass/3\0" + name.encode() + b"\0" + cubin).hexdigest()
     cache = get_cache_manager(key)
     hit = cache.get_file("sass_stats.json")
     if hit is not None:
@@ -297,6 +300,7 @@ def loop_report(sass):
     body = instrs[loop[0]:loop[1] + 1] if loop else instrs
     shapes = sorted({op + mods.split(".F32")[0].split(".F16")[0] for op, mods in map(_parts, instrs) if op in _MMA})
     return {"loop_instructions": len(body), "in_loop": loop is not None, "mma": shapes,
+            "barriers": sum(_parts(t)[0] == "BAR" for t in body),
             "tma": any(_parts(t)[0] == "UTMALDG" for t in instrs), "waits": waits_on_own_wgmma(body)}
 
 
@@ -345,7 +349,7 @@ _CONFIGS = []  # the configurations being inspected; forked workers read them fr
 
 
 _STATS = ("registers", "spills", "local_loads", "local_stores", "shared_mem", "hmma", "hgmma", "per_score",
-          "per_element", "loop_instructions", "mma", "tma", "waits", "ctas", "warps_per_sm")
+          "per_element", "loop_instructions", "barriers", "mma", "tma", "waits", "ctas", "warps_per_sm")
 
 
 def dump_name(row):
@@ -374,7 +378,7 @@ def inspect_config(cfg, arch, dump=None):
         ck = compile_kernel(cfg, arch)
         stats = cubin_stats(ck.asm["cubin"], ck.metadata.name)
         row.update({k: stats[k] for k in ("registers", "spills", "local_loads", "local_stores", "hmma", "hgmma",
-                                          "loop_instructions", "mma", "tma", "waits")})
+                                          "loop_instructions", "barriers", "mma", "tma", "waits")})
         row["shared_mem"] = ck.metadata.shared
         cost = instructions_per_element(stats["loop_instructions"], cfg.num_warps, cfg.tile, cfg.constexprs)
         row["per_score"], row["per_element"] = (cost, None) if cfg.tile else (None, cost)
@@ -434,7 +438,7 @@ def inspect_all(configs, archs, jobs=None, dump=None):
 _COLUMNS = [("op", "op"), ("kernel", "kernel"), ("label", "label"), ("arch", "sm"), ("num_warps", "warps"),
             ("num_stages", "stages"), ("registers", "regs"), ("spills", "spills"), ("local_loads", "LDL"),
             ("local_stores", "STL"), ("shared_mem", "smem"), ("hmma", "HMMA"), ("hgmma", "HGMMA"),
-            ("per_score", "instr/score"), ("per_element", "instr/elem"), ("mma", "mma"), ("tma", "TMA"),
+            ("per_score", "instr/score"), ("per_element", "instr/elem"), ("barriers", "BAR"), ("mma", "mma"), ("tma", "TMA"),
             ("waits", "waits"), ("ctas", "CTAs/SM"), ("warps_per_sm", "warps/SM")]
 
 

@@ -388,6 +388,35 @@ def test_loop_report(keep, waits):
     assert instructions_per_element(100, 4, None, {"BLOCK_M": 4, "BLOCK_N": 32, "HEAD_DIM": 64}) == 100.0
 
 
+# Barriers: one before the loop (paid once) and two inside it (paid every iteration).
+BAR_SASS = """
+        /*0000*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+.L_x_0:
+        /*0010*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0020*/                   FADD R2, R2, R3 ;
+        /*0030*/                   BAR.RED.POPC RZ, 0x0, P0 ;
+        /*0040*/               @P1 BRA `(.L_x_0) ;
+        /*0050*/                   EXIT ;
+"""
+
+
+def test_loop_report_counts_the_barriers_in_the_loop():
+    assert loop_report(BAR_SASS)["barriers"] == 2
+    assert loop_report(LOOP_SASS.format(keep="0x0"))["barriers"] == 0
+
+
+def test_layer_norm_backward_loop_barriers(shipped):
+    # Issue 13: the backward at GPT-2's widths kept dW/dB as 1-D sums and converted layouts
+    # three times an iteration (20 barriers per loop); as 2-D accumulators summed once after
+    # the loop it needs at most 4.
+    _, doc = shipped
+    rows = [r for r in doc["kernels"] if r["kernel"] == "_layer_norm_bwd_kernel" and r["constexprs"].get("BLOCK_N") == 1024]
+    assert rows and {r["arch"] for r in rows} == {80, 90}
+    for r in rows:
+        assert r["barriers"] is not None and r["barriers"] <= 4, r
+        assert r["per_element"] is not None and r["per_element"] > 0, r
+
+
 def test_resident_ctas():
     assert resident_ctas(90, 255, 0, 8) == 1  # 255 registers x 256 threads: one block of 8 warps
     assert resident_ctas(90, 128, 100000, 4) == 2  # shared memory: 2 x (100000 + 1024) <= 233472

@@ -38,7 +38,7 @@ from kernels._common import (
     autocast_dtype, cast_floats,
     as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard,
 )
-from kernels.layer_norm import MAX_N, _launch_config as _layer_norm_launch_config, compile_configs
+from kernels.layer_norm import _launch_config as _layer_norm_launch_config, check_rows, compile_configs
 from kernels.layer_norm import _layer_norm_bwd_kernel, _layer_norm_bwd_rows, _layer_norm_fwd_kernel, layer_norm_reference
 
 
@@ -196,14 +196,7 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5):
     check_same_dtype(op, x=x, residual=residual, weight=weight, bias=bias)
     if x.shape != residual.shape:
         raise ValueError(f"{op}: x and residual must have one shape, got {tuple(x.shape)} and {tuple(residual.shape)}")
-    if x.dim() == 0 or not 1 <= x.shape[-1] <= MAX_N:
-        raise ValueError(f"{op}: x must have a last dimension N with 1 <= N <= {MAX_N}, got shape {tuple(x.shape)}")
-    N = x.shape[-1]
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t.shape != (N,):
-            raise ValueError(f"{op}: {name} must be 1-D of size N={N} (x's last dim), got shape {tuple(t.shape)}")
-    if not eps >= 0:
-        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    check_rows(op, x, weight, bias, eps)
     check_runnable(op, x, residual, weight, bias)
     # The kernels read weight and bias as contiguous N-vectors: a strided or expanded one is
     # copied (2*N elements), as kernels.layer_norm does.

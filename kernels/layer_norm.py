@@ -328,6 +328,20 @@ _layer_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------- public API
 
 
+def check_rows(op, x, weight, bias, eps):
+    """The shape checks every row-wise LayerNorm op shares (this one and add_layer_norm)."""
+    if x.dim() == 0 or not 1 <= x.shape[-1] <= MAX_N:
+        raise ValueError(
+            f"{op}: x must have a last dimension N with 1 <= N <= {MAX_N} (one row per program "
+            f"in registers), got shape {tuple(x.shape)}")
+    N = x.shape[-1]
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t.shape != (N,):
+            raise ValueError(f"{op}: {name} must be 1-D of size N={N} (x's last dim), got shape {tuple(t.shape)}")
+    if not eps >= 0:
+        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+
+
 def layer_norm(x, weight, bias, eps=1e-5):
     """LayerNorm of x over its last dimension, as torch.nn.functional.layer_norm(x, (N,),
     weight, bias, eps), with Triton kernels forward and backward.
@@ -357,16 +371,7 @@ def layer_norm(x, weight, bias, eps=1e-5):
             raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
         check_float_dtype(op, name, t)
     check_same_dtype(op, x=x, weight=weight, bias=bias)
-    if x.dim() == 0 or not 1 <= x.shape[-1] <= MAX_N:
-        raise ValueError(
-            f"{op}: x must have a last dimension N with 1 <= N <= {MAX_N} (one row per program "
-            f"in registers), got shape {tuple(x.shape)}")
-    N = x.shape[-1]
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t.shape != (N,):
-            raise ValueError(f"{op}: {name} must be 1-D of size N={N} (x's last dim), got shape {tuple(t.shape)}")
-    if not eps >= 0:
-        raise ValueError(f"{op}: eps must be >= 0, got {eps}")
+    check_rows(op, x, weight, bias, eps)
     check_runnable(op, x, weight, bias)
     y, _, _ = _layer_norm_fwd(x, weight, bias, float(eps))
     return y

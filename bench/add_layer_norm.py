@@ -13,7 +13,7 @@ Implementations:
 """
 
 from .impls import op_function
-from .points import SMOKE_SIZE, family_points
+from .points import op_points, without_compile_in_smoke
 from .timing import make_inputs, time_kernel
 
 FAMILY = "add_layer_norm"
@@ -24,15 +24,11 @@ EPS = 1e-5
 
 
 def impls_for(point):
-    """The smoke run (the tiny size) leaves out torch.compile: compiling on the CPU costs more
-    than the rest of the family, and the other families' smoke points already cover it."""
-    return tuple(i for i in IMPLS if i[0] != "compile") if point.size == SMOKE_SIZE else IMPLS
+    return without_compile_in_smoke(IMPLS, point)
 
 
 def points(sizes, seq_lens, dtype, info, smoke=False):
-    if smoke:  # the interpreter's smoke run only checks the pipeline: one shape, one pass
-        return family_points(FAMILY, {"fwd+bwd": OP}, sizes, seq_lens[:1], dtype, info, smoke)
-    return family_points(FAMILY, dict.fromkeys(PASSES, OP), sizes, seq_lens, dtype, info, smoke)
+    return op_points(FAMILY, OP, PASSES, sizes, seq_lens, dtype, info, smoke)
 
 
 def _eager(x, res, w, b):

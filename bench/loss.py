@@ -14,7 +14,7 @@ Implementations:
 """
 
 from .impls import op_function
-from .points import SMOKE_SIZE, family_points, model_config, torch_dtype
+from .points import op_points, without_compile_in_smoke, model_config, torch_dtype
 from .timing import time_kernel
 
 FAMILY = "loss"
@@ -25,15 +25,11 @@ IGNORE = -1
 
 
 def impls_for(point):
-    """The smoke run (the tiny size) leaves out torch.compile: compiling on the CPU costs more
-    than the rest of the family, and the other families' smoke points already cover it."""
-    return tuple(i for i in IMPLS if i[0] != "compile") if point.size == SMOKE_SIZE else IMPLS
+    return without_compile_in_smoke(IMPLS, point)
 
 
 def points(sizes, seq_lens, dtype, info, smoke=False):
-    if smoke:  # the interpreter's smoke run only checks the pipeline: one shape, one pass
-        return family_points(FAMILY, {"fwd+bwd": OP}, sizes, seq_lens[:1], dtype, info, smoke)
-    return family_points(FAMILY, dict.fromkeys(PASSES, OP), sizes, seq_lens, dtype, info, smoke)
+    return op_points(FAMILY, OP, PASSES, sizes, seq_lens, dtype, info, smoke)
 
 
 def _eager(x, w, t):

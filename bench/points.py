@@ -121,6 +121,21 @@ class DeviceInfo:
     total_mem: int
 
 
+def without_compile_in_smoke(impls, point):
+    """A family's implementations, less torch.compile in the smoke run (the tiny size):
+    compiling on the CPU costs more than the rest of the family, and the other families' smoke
+    points already cover it."""
+    return tuple(i for i in impls if i[0] != "compile") if point.size == SMOKE_SIZE else impls
+
+
+def op_points(family, op, passes, sizes, seq_lens, dtype, info, smoke=False):
+    """A point per size, S and pass of one op; the interpreter's smoke run only checks the
+    pipeline, so there one shape and one pass (fwd+bwd)."""
+    if smoke:
+        return family_points(family, {"fwd+bwd": op}, sizes, seq_lens[:1], dtype, info, smoke)
+    return family_points(family, dict.fromkeys(passes, op), sizes, seq_lens, dtype, info, smoke)
+
+
 def family_points(family, ops, sizes, seq_lens, dtype, info, smoke=False, width=lambda cfg: cfg.n_embd):
     """A point per size, S and pass; ops maps each pass to its op name, width(cfg) is the row
     width the op sees."""

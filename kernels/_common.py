@@ -76,6 +76,32 @@ class Launch(NamedTuple):
     num_stages: int
 
 
+# Head dims the attention kernels (training and decode) are compiled for.
+HEAD_DIMS = (16, 32, 64, 128)
+
+
+def check_qkv(op, q, k, v):
+    """The checks both attention ops share: q (B, H, Sq, D) and k, v (B, H, Sk, D) tensors of
+    one supported float dtype and head dim. Returns (B, H, Sq, Sk, D)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D (B, H, S, D), got shape {tuple(t.shape)}")
+    check_same_dtype(op, q=q, k=k, v=v)
+    check_float_dtype(op, "q", q)
+    B, H, Sq, D = q.shape
+    Sk = k.shape[2]
+    if k.shape[:2] != (B, H) or k.shape[3] != D:
+        raise ValueError(f"{op}: k must be (B, H, Sk, D) = ({B}, {H}, Sk, {D}) to match q {tuple(q.shape)}, "
+                         f"got {tuple(k.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"{op}: v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
+    if D not in HEAD_DIMS:
+        raise ValueError(f"{op}: head dim D={D} is not supported; supported: {', '.join(map(str, HEAD_DIMS))}")
+    return B, H, Sq, Sk, D
+
+
 # Triton's name for each dtype, as registered kernel signatures spell pointer types.
 TRITON_TYPE = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 

@@ -54,11 +54,10 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import (INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_float_dtype,
-                             check_runnable, check_same_dtype, device_guard)
+from kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_qkv,
+                             check_runnable, device_guard)
 from kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
 
-HEAD_DIMS = (16, 32, 64, 128)
 # Constants the kernels read must be tl.constexpr; the host reads them as LOG2E.value.
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e))
 LN2 = tl.constexpr(0.6931471805599453)  # ln(2) = 1 / log2(e)
@@ -825,22 +824,7 @@ _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 def _check_inputs(q, k, v, causal, scale):
     op = "kernels.attention"
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{op}: {name} must be 4-D (B, H, S, D), got shape {tuple(t.shape)}")
-    check_same_dtype(op, q=q, k=k, v=v)
-    check_float_dtype(op, "q", q)
-    B, H, Sq, D = q.shape
-    Sk = k.shape[2]
-    if k.shape[:2] != (B, H) or k.shape[3] != D:
-        raise ValueError(f"{op}: k must be (B, H, Sk, D) = ({B}, {H}, Sk, {D}) to match q {tuple(q.shape)}, "
-                         f"got {tuple(k.shape)}")
-    if v.shape != k.shape:
-        raise ValueError(f"{op}: v must have k's shape {tuple(k.shape)}, got {tuple(v.shape)}")
-    if D not in HEAD_DIMS:
-        raise ValueError(f"{op}: head dim D={D} is not supported; supported: {', '.join(map(str, HEAD_DIMS))}")
+    B, H, Sq, Sk, D = check_qkv(op, q, k, v)
     if 0 in (B, H, Sq, Sk):
         raise ValueError(f"{op}: empty input: q {tuple(q.shape)}, k {tuple(k.shape)}; B, H, Sq and Sk must be >= 1")
     if causal and Sq > Sk:

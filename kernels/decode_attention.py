@@ -47,10 +47,9 @@ import triton
 import triton.language as tl
 
 from kernels import registry
-from kernels._common import (INTERPRET, TRITON_TYPE, Launch, check_float_dtype, check_runnable, check_same_dtype,
-                             device_guard, num_sms)
+from kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, check_qkv, check_runnable, device_guard,
+                             num_sms)
 
-HEAD_DIMS = (16, 32, 64, 128)
 MAX_QUERIES = 16  # the query tile: every query of a call fits one tl.dot tile
 MIN_KEYS = 64  # kernels.attention sends Sq <= MAX_QUERIES here from this many keys on
 MAX_SPLITS = 128  # the combine pass holds one row of L_s per split in registers
@@ -314,20 +313,7 @@ def _(q, k, v, kv_len, causal, scale, num_splits):
 
 def _check_inputs(q, k, v, kv_len, causal, scale, num_splits):
     op = "kernels.decode_attention"
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dim() != 4:
-            raise ValueError(f"{op}: {name} must be 4-D (B, H, S, D), got shape {tuple(t.shape)}")
-    check_same_dtype(op, q=q, k=k, v=v)
-    check_float_dtype(op, "q", q)
-    B, H, Sq, D = q.shape
-    Sk = k.shape[2]
-    if k.shape[:2] != (B, H) or k.shape[3] != D or v.shape != k.shape:
-        raise ValueError(f"{op}: k and v must be (B, H, Sk, D) = ({B}, {H}, Sk, {D}) to match q "
-                         f"{tuple(q.shape)}, got k {tuple(k.shape)}, v {tuple(v.shape)}")
-    if D not in HEAD_DIMS:
-        raise ValueError(f"{op}: head dim D={D} is not supported; supported: {', '.join(map(str, HEAD_DIMS))}")
+    B, H, Sq, Sk, D = check_qkv(op, q, k, v)
     if not 1 <= Sq <= MAX_QUERIES:
         raise ValueError(f"{op}: Sq={Sq} queries; this kernel takes 1 to {MAX_QUERIES} "
                          "(use kernels.attention for more)")

@@ -284,9 +284,9 @@ def run(args, sweep, info, budget, t_start):
 
 
 def _attention_configs():
-    """The candidate tiles kernels.attention's first-call tuner chose in this run (empty when
+    """The candidate tiles gpt2_kernels.attention's first-call tuner chose in this run (empty when
     nothing was timed, e.g. without a GPU)."""
-    module = sys.modules.get("kernels.attention")
+    module = sys.modules.get("gpt2_kernels.attention")
     return module.chosen_configs() if module is not None else []
 
 

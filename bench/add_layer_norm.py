@@ -6,7 +6,7 @@ function returns y + h, whose backward sends the output gradient down both, as a
 stream does).
 
 Implementations:
-    triton   ours: ``kernels.add_layer_norm`` (one pass: reads x and residual, writes h and y)
+    triton   ours: ``gpt2_kernels.add_layer_norm`` (one pass: reads x and residual, writes h and y)
     eager    ``h = x + residual; F.layer_norm(h, ...)`` (what the model's "torch" path runs)
     compile  ``torch.compile`` of the eager pair, compiled for each shape
     liger    Liger-Kernel's LayerNorm after an eager add, when ``liger_kernel`` is installed
@@ -58,7 +58,7 @@ def _liger(fn):
 
 
 IMPORTED = {
-    "triton": ("kernels", "add_layer_norm", _ours),
+    "triton": ("gpt2_kernels", "add_layer_norm", _ours),
     "liger": ("liger_kernel.ops.layer_norm", "LigerLayerNormFunction", _liger),
 }
 

@@ -4,10 +4,10 @@ Shapes: q, k, v (B, H, S, D) with D = 64 (every GPT-2 size) and H = n_head (12, 
 Passes: fwd (no autograd) and fwd+bwd (gradients of q, k and v).
 
 Implementations:
-    triton          ours: ``kernels.attention(q, k, v, causal=True)``; on a GPU its first call per
+    triton          ours: ``gpt2_kernels.attention(q, k, v, causal=True)``; on a GPU its first call per
                     shape class times each candidate tile and keeps the fastest (the choices
                     are recorded in the run's metadata as ``attention_configs``)
-    triton-fa2      the previous kernel (``kernels.attention_fa2``, FlashAttention-2 style, one
+    triton-fa2      the previous kernel (``gpt2_kernels.attention_fa2``, FlashAttention-2 style, one
                     tile family for every GPU), kept as a line so a run shows which change paid
     eager           the textbook op: q @ k^T, mask, softmax, @ v, with the (S, S) scores in
                     memory (``gpt2.attention.attend``, the model's eager path)
@@ -83,8 +83,8 @@ def _flash_attn(flash_attn_func):
 
 
 IMPORTED = {
-    "triton": ("kernels", "attention", lambda fn: lambda q, k, v: fn(q, k, v, causal=True)),
-    "triton-fa2": ("kernels.attention_fa2", "attention_fa2", lambda fn: lambda q, k, v: fn(q, k, v, causal=True)),
+    "triton": ("gpt2_kernels", "attention", lambda fn: lambda q, k, v: fn(q, k, v, causal=True)),
+    "triton-fa2": ("gpt2_kernels.attention_fa2", "attention_fa2", lambda fn: lambda q, k, v: fn(q, k, v, causal=True)),
     "flash_attn": ("flash_attn", "flash_attn_func", _flash_attn),
 }
 

@@ -6,7 +6,7 @@ Shapes: x (B, S, 4*n_embd) (3072 ... 6400 wide), bias (4*n_embd,). Passes: fwd, 
 (gradients of x and bias).
 
 Implementations:
-    triton   ours: ``kernels.gelu(x, bias)``
+    triton   ours: ``gpt2_kernels.gelu(x, bias)``
     eager    ``F.gelu(x + bias, approximate="tanh")``: two kernels, the textbook op
     compile  ``torch.compile`` of the eager op (fuses the add into the GELU)
 Liger-Kernel has gated GELU (GEGLU) and SwiGLU but no GELU with bias, so it has no line here.
@@ -39,7 +39,7 @@ def _reference(x, bias):
     return F.gelu(x.float() + bias.float(), approximate="tanh")
 
 
-IMPORTED = {"triton": ("kernels", "gelu", lambda gelu: gelu)}
+IMPORTED = {"triton": ("gpt2_kernels", "gelu", lambda gelu: gelu)}
 
 
 def inputs(point, ctx):

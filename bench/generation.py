@@ -23,7 +23,7 @@ Implementations, generation:
     hf-static-compile  Hugging Face with ``cache_implementation="static"`` and its forward
                        under torch.compile(mode="reduce-overhead"), where its version has them
 decode attention:
-    triton             ``kernels.decode_attention`` (split-KV, splits from Sk and the SM count)
+    triton             ``gpt2_kernels.decode_attention`` (split-KV, splits from Sk and the SM count)
     triton-train       the training kernel's forward op on the same shape (what a decode step
                        ran before: one 128-row query tile per head)
     sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math   SDPA pinned to each backend
@@ -87,11 +87,11 @@ def run(point, impl, ctx):
 def _decode_function(impl):
     import torch.nn.functional as F
 
-    import kernels
-    from kernels.attention import _attention_fwd_op
+    import gpt2_kernels
+    from gpt2_kernels.attention import _attention_fwd_op
 
     if impl == "triton":
-        return lambda q, k, v: kernels.decode_attention(q, k, v, causal=True)
+        return lambda q, k, v: gpt2_kernels.decode_attention(q, k, v, causal=True)
     if impl == "triton-train":
         scale = 1 / 8.0  # D = 64
         return lambda q, k, v: _attention_fwd_op(q, k, v, True, scale)[0]
@@ -124,8 +124,8 @@ def _run_decode(point, impl, ctx):
             raise Unavailable(f"{impl}: no kernel for this shape/dtype/device") from e
         raise
     if impl == "triton":
-        from kernels._common import num_sms
-        from kernels.decode_attention import _launch_config, _num_splits
+        from gpt2_kernels._common import num_sms
+        from gpt2_kernels.decode_attention import _launch_config, _num_splits
 
         block_n = _launch_config("split", D, q.dtype).constexprs["BLOCK_N"]
         splits, _ = _num_splits(B * H, Sk, block_n, num_sms(q.device))

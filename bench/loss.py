@@ -7,7 +7,7 @@ at 8,192 tokens is the same shape, so it is measured once and the other S reuse 
 ``peak_mem_bytes`` is the figure to read beside the time: eager builds the (B*S, V) logits.
 
 Implementations:
-    triton   ours: ``kernels.linear_cross_entropy`` (chunked: no (B*S, V) logits)
+    triton   ours: ``gpt2_kernels.linear_cross_entropy`` (chunked: no (B*S, V) logits)
     eager    ``F.cross_entropy(F.linear(x, weight).float(), targets)`` (the model's "torch" loss)
     compile  ``torch.compile`` of the eager pair, compiled for each shape
     liger    Liger-Kernel's ``LigerFusedLinearCrossEntropyLoss`` when ``liger_kernel`` is installed
@@ -50,7 +50,7 @@ def _liger(cls):
 
 
 IMPORTED = {
-    "triton": ("kernels", "linear_cross_entropy", lambda fn: lambda x, w, t: fn(x, w, t, ignore_index=IGNORE)),
+    "triton": ("gpt2_kernels", "linear_cross_entropy", lambda fn: lambda x, w, t: fn(x, w, t, ignore_index=IGNORE)),
     "liger": ("liger_kernel.transformers", "LigerFusedLinearCrossEntropyLoss", _liger),
 }
 

@@ -14,7 +14,7 @@ Configurations (``model.set_kernels``):
     triton-attention   one Triton kernel at a time, the rest as eager+sdpa
     triton-layernorm
     triton-gelu
-    triton-loss        eager+sdpa with the fused loss (kernels.linear_cross_entropy): the
+    triton-loss        eager+sdpa with the fused loss (gpt2_kernels.linear_cross_entropy): the
                        training step with the fused loss on, against eager+sdpa with it off
     triton             every Triton kernel (ours), the fused loss and residual adds included
     compile            ``torch.compile`` of the eager+sdpa model, compiled per shape

@@ -47,7 +47,7 @@ def kernel_source(path, name):
 
 
 def _gelu_kernel():
-    return "```python\n# kernels/gelu.py, as it is today\n" + kernel_source("kernels/gelu.py", "_gelu_fwd_kernel") + "\n```\n"
+    return "```python\n# gpt2_kernels/gelu.py, as it is today\n" + kernel_source("gpt2_kernels/gelu.py", "_gelu_fwd_kernel") + "\n```\n"
 
 
 GENERATORS["gelu_kernel"] = _gelu_kernel

@@ -15,7 +15,7 @@ module's ``kernel`` to one function of the table in ``gpt2.switch``:
   materialised. It is the reference every fused kernel is tested against, and the only path that
   can return the attention weights (heatmaps, ``record_attention``) or take an arbitrary mask.
 - ``"sdpa"``: ``attend_sdpa``, PyTorch's fused ``scaled_dot_product_attention``.
-- ``"triton"``: ``kernels.attention``, this project's FlashAttention-2 kernel, which never
+- ``"triton"``: ``gpt2_kernels.attention``, this project's FlashAttention-2 kernel, which never
   forms the scores.
 
 A fused kernel is used only when the mask is none or causal; an arbitrary ``mask`` (or a

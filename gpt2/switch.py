@@ -8,7 +8,7 @@ chosen, and choosing is binding: ``GPT2.set_kernels`` checks the request once
 compared or imported in a forward pass.
 
 The Triton entries are the names of functions in ``gpt2/triton_ops.py``, which imports the
-``kernels`` package (and Triton); it is imported only when a Triton kernel is chosen, so
+``gpt2_kernels`` package (and Triton); it is imported only when a Triton kernel is chosen, so
 ``import gpt2`` works where Triton does not.
 
 To add an op: write its PyTorch form here with the signature every choice will share, add a row
@@ -70,10 +70,10 @@ FUSED = {
 
 def _triton_ops(op):
     try:
-        from . import triton_ops  # imports kernels, and through it every Triton kernel
+        from . import triton_ops  # imports gpt2_kernels, and through it every Triton kernel
     except ImportError as e:
         others = " or ".join(repr(c) for c in KERNELS[op] if c != "triton")
-        raise RuntimeError(f"the Triton {op} kernel is not available (kernels: {e}); use {op}={others}") from e
+        raise RuntimeError(f"the Triton {op} kernel is not available (gpt2_kernels: {e}); use {op}={others}") from e
     return triton_ops
 
 

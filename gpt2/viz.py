@@ -245,7 +245,7 @@ def attention_tiles(seq_q, seq_k, block_m, block_n):
     """How the causal attention kernel treats each (query tile, key tile): a (ceil(seq_q /
     block_m), ceil(seq_k / block_n)) int tensor of TILE_SKIPPED, TILE_FULL or TILE_MASKED.
 
-    The rule is the forward kernel's (``kernels/attention.py``, ``_attn_fwd_kernel``): with the
+    The rule is the forward kernel's (``gpt2_kernels/attention.py``, ``_attn_fwd_kernel``): with the
     mask aligned to the end (query i sees key j iff j <= i + seq_k - seq_q), query tile m sweeps
     key tiles up to ``full_end`` without a mask, and up to ``end`` with one."""
     if seq_q > seq_k:

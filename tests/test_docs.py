@@ -97,7 +97,7 @@ def test_how_to_code_covers_the_source():
     definitions = [r for k, r in refs if k == "definition"]
     assert len(definitions) >= 50, "how-to-code.md should point at the real definitions, as file::name"
     named = {r.split("::")[0] for _, r in refs}
-    modules = [p for d in ("gpt2", "kernels") for p in sorted((ROOT / d).glob("*.py")) if p.name != "__init__.py"]
+    modules = [p for d in ("gpt2", "gpt2_kernels") for p in sorted((ROOT / d).glob("*.py")) if p.name != "__init__.py"]
     unmentioned = [str(p.relative_to(ROOT)) for p in modules if str(p.relative_to(ROOT)) not in named]
     assert not unmentioned, f"how-to-code.md does not visit {unmentioned}"
 
@@ -172,7 +172,7 @@ def test_primer_annotates_the_kernel_as_it_is():
     text = (DOCS / "triton-primer.md").read_text(encoding="utf-8")
     table = text.split("| Code | What it means |", 1)[1].split("\n\n", 1)[0]
     fragments = [line.split("|")[1].strip().strip("`") for line in table.splitlines()[2:]]
-    source = generate.kernel_source("kernels/gelu.py", "_gelu_fwd_kernel")
+    source = generate.kernel_source("gpt2_kernels/gelu.py", "_gelu_fwd_kernel")
     assert len(fragments) >= 10
     missing = [f for f in fragments if f not in source]
     assert not missing, f"the primer explains code the kernel no longer has: {missing}"
@@ -266,10 +266,10 @@ def test_tour_notebook_runs(tmp_path):
 
 
 def test_theory_names_every_kernel():
-    """Part II lists the @triton.jit functions of kernels/; one added or renamed must be named."""
+    """Part II lists the @triton.jit functions of gpt2_kernels/; one added or renamed must be named."""
     text = (DOCS / "theory.md").read_text(encoding="utf-8")
     jitted = []
-    for path in sorted((ROOT / "kernels").glob("*.py")):
+    for path in sorted((ROOT / "gpt2_kernels").glob("*.py")):
         for node in ast.parse(path.read_text(encoding="utf-8")).body:
             if isinstance(node, ast.FunctionDef) and node.name.endswith(("_kernel", "_inner")) and any(
                     "jit" in ast.unparse(d) for d in node.decorator_list):

@@ -82,7 +82,7 @@ def test_results_json_is_strict_json(tmp_path):
 
 def test_sass_filter_that_matches_nothing_fails():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.sass", "--match", "no such label", "--json"], env=env,
+    proc = subprocess.run([sys.executable, "-m", "gpt2_kernels.sass", "--match", "no such label", "--json"], env=env,
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stdout
     assert "no such label" in proc.stderr and "Traceback" not in proc.stderr

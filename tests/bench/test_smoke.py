@@ -58,7 +58,7 @@ def test_smoke_run_writes_labelled_results_and_plots(tmp_path):
             assert r["status"] == "ok", r
             assert r["ms"] > 0 and r["speedup_vs_eager"] is not None
     # the Triton kernels that exist are used (through the interpreter), not reported missing
-    ours = {"layer_norm": "kernels.layer_norm", "gelu": "kernels.gelu", "attention": "kernels.attention"}
+    ours = {"layer_norm": "gpt2_kernels.layer_norm", "gelu": "gpt2_kernels.gelu", "attention": "gpt2_kernels.attention"}
     for fam, module in ours.items():
         for r in (r for r in rows if r["family"] == fam and r["impl"] == "triton"):
             if _has(module):

@@ -291,7 +291,7 @@ def test_decode_steps_equal_the_full_forward(attention):
 
 
 def test_triton_generate_equals_eager_greedy():
-    """Kernels on (prefill by kernels.attention, decode steps by kernels.decode_attention)."""
+    """Kernels on (prefill by gpt2_kernels.attention, decode steps by gpt2_kernels.decode_attention)."""
     model = tiny(block_size=40, n_embd=32)
     idx = torch.randint(0, model.config.vocab_size, (2, 5))
     eager = model.set_kernels("torch").generate(idx, 12, temperature=0)

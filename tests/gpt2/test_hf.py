@@ -3,6 +3,9 @@ loss, gradients and generated tokens (float32, tiny random models built offline,
 interpreter on a CPU); what the kernel lacks falls back to HF's path, counted."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -221,31 +224,52 @@ def test_import_gpt2_does_not_import_transformers():
     assert p.returncode == 0 and p.stdout.strip() == "False", p.stderr
 
 
-def test_transformers_does_not_take_our_kernels_package_for_its_own(device, monkeypatch):
-    # transformers finds Hugging Face's `kernels` by its import name, then asks the installed
-    # metadata for a version in its supported range. Ours is importable here (this process has
-    # imported it); installed, the name maps to our distribution (gpt2-kernels 0.1.0, out of the
-    # range); from a source checkout no metadata exists, so transformers imports ours, finds no
-    # __version__, and again says no.
+def test_hugging_face_kernels_is_installed_and_is_not_ours():
+    # The dev extra installs Hugging Face's package imported as `kernels` (transformers >= 5.25
+    # requires it); ours is gpt2_kernels, so the name `kernels` belongs to Hugging Face alone.
+    import importlib.metadata
     import importlib.util
 
-    import transformers.utils.import_utils as iu
-
-    assert Path(importlib.util.find_spec("kernels").origin).parent == ROOT / "kernels"
-    detect = getattr(iu.is_kernels_available, "__wrapped__", iu.is_kernels_available)  # uncached
-    assert detect() is False
-    if hasattr(iu, "_package_distribution_mapping"):
-        monkeypatch.setattr(iu, "_package_distribution_mapping", lambda: {})  # as if not installed
-        assert detect() is False
-    assert iu.is_kernels_available() is False  # what transformers itself saw at import
-    model = hf_model(device)  # and HF's GPT-2 builds and runs beside ours
-    assert model(ids(device)).logits.shape == (B, T, CFG["vocab_size"])
+    importlib.metadata.version("kernels")  # installed, as a user of transformers has it
+    spec = importlib.util.find_spec("kernels")
+    assert spec is not None and ROOT not in Path(spec.origin).resolve().parents, spec.origin
+    assert Path(importlib.util.find_spec("gpt2_kernels").origin).parent == ROOT / "gpt2_kernels"
+    assert not (ROOT / "kernels").exists()
 
 
-def test_both_kernels_packages_installed_is_a_clear_error(monkeypatch):
-    import importlib.metadata
+CHECK_BOTH = """
+import sys, torch, gpt2, gpt2_kernels, kernels
+from transformers import GPT2Config, GPT2LMHeadModel
+from gpt2 import GPT2, GPT2Config as OurConfig
+from gpt2.hf import apply_kernels, kernels_of
+cfg = dict(n_layer=1, n_head=2, n_embd=32, vocab_size=97, n_positions=16, bos_token_id=0, eos_token_id=0)
+ids = torch.randint(0, 97, (1, 7))
+hf = GPT2LMHeadModel(GPT2Config(**cfg)).eval()
+ref = hf(ids).logits
+apply_kernels(hf, "triton")
+assert kernels_of(hf)["attention"] == "triton"
+torch.testing.assert_close(hf(ids).logits, ref, atol=1e-4, rtol=1e-4)
+ours = GPT2(OurConfig(n_layer=1, n_head=2, n_embd=32, vocab_size=97, block_size=16))
+ours.set_kernels("triton")
+assert ours(ids).shape == (1, 7, 97)
+print(kernels.__file__, gpt2_kernels.__file__)
+"""
 
-    real = importlib.metadata.version
-    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.18.2" if name == "kernels" else real(name))
-    with pytest.raises(ImportError, match="separate environments"):
-        hf._check_name_clash()
+
+@pytest.mark.parametrize("where", ["repository", "elsewhere"])
+def test_both_kernels_packages_work_inside_and_outside_the_repository(where, tmp_path):
+    # From the repository root the folder gpt2_kernels/ is on the path; from elsewhere the
+    # installed distribution is. Either way transformers gets Hugging Face's `kernels`, and
+    # gpt2.hf and set_kernels("triton") get ours.
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": ""}
+    cwd = ROOT if where == "repository" else tmp_path
+    if where == "elsewhere":
+        found = subprocess.run([sys.executable, "-c", "import gpt2"], cwd=cwd, env=env, capture_output=True)
+        if found.returncode:
+            pytest.skip("gpt2-kernels is not installed in this environment (pip install -e .)")
+    p = subprocess.run([sys.executable, "-c", CHECK_BOTH], cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    hf_file, ours_file = p.stdout.split()
+    assert ROOT not in Path(hf_file).resolve().parents
+    assert Path(ours_file).resolve().parent == ROOT / "gpt2_kernels"

@@ -159,13 +159,13 @@ def test_switch_table_and_its_checks():
     with pytest.raises(ValueError, match="head size 8"):
         resolve_kernels(None, "triton", head_size=8)
     model = tiny().set_kernels(layernorm="triton", gelu="triton")
-    import kernels
+    import gpt2_kernels
 
     for m in model.modules():  # the function each module calls is the table's, bound once
         if isinstance(m, MultiHeadAttention):
             assert m.kernel is attend
         elif getattr(m, "op", None) == "layernorm":
-            assert m.kernel is kernels.layer_norm and m.fused_kernel is kernels.add_layer_norm
+            assert m.kernel is gpt2_kernels.layer_norm and m.fused_kernel is gpt2_kernels.add_layer_norm
         elif getattr(m, "op", None) == "gelu":
             assert m.kernel.__module__ == "gpt2.triton_ops"
 

@@ -43,3 +43,20 @@ def test_unknown_special_token(tok):
 
 def test_invalid_utf8_decodes_to_replacement_character(tok):
     assert tok.decode([172]) == "\ufffd"  # id 172 is the lone byte 0xF0, a truncated 4-byte character
+
+
+def test_decode_takes_integers_of_any_integral_type(tok):
+    # A list of numpy integers (list(np.array(...))) or of 0-d integer tensors holds ids too.
+    import numpy as np
+    import torch
+
+    ids = tok.encode("Hello world")
+    assert tok.decode(list(np.array(ids))) == "Hello world"
+    assert tok.decode([np.int32(i) for i in ids]) == "Hello world"
+    assert tok.decode(list(torch.tensor(ids))) == "Hello world"
+    assert tok.decode(list(torch.tensor(ids, dtype=torch.int32))) == "Hello world"
+    assert tok.decode(np.array(ids, dtype=np.uint16)) == "Hello world"
+    for bad in ([np.float64(15496.0)], [torch.tensor(15496.0)], [np.bool_(True)], [torch.tensor(True)],
+                [np.int64(-1)], [torch.tensor([15496])]):
+        with pytest.raises(ValueError, match=r"token ids must be ints in \[0, 50257\)"):
+            tok.decode(bad)

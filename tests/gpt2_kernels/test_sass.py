@@ -1,9 +1,9 @@
-"""kernels.sass: every shipped kernel config compiles for sm_80 and sm_90 with no GPU and
+"""gpt2_kernels.sass: every shipped kernel config compiles for sm_80 and sm_90 with no GPU and
 no register spills, attention runs on tensor cores, and the tool itself reads SASS right and
 fails when it should.
 
 Compiling needs Triton's interpreter OFF, while this test process has it on (conftest.py),
-so everything that compiles runs ``python -m kernels.sass`` in a subprocess without
+so everything that compiles runs ``python -m gpt2_kernels.sass`` in a subprocess without
 TRITON_INTERPRET; with it, the tool must refuse with a clear error.
 """
 
@@ -17,8 +17,8 @@ import pytest
 import triton
 import triton.language as tl
 
-from kernels import registry
-from kernels.sass import (ast_source_args, count_opcodes, format_table, instructions_per_element, loop_report,
+from gpt2_kernels import registry
+from gpt2_kernels.sass import (ast_source_args, count_opcodes, format_table, instructions_per_element, loop_report,
                           parse_res_usage, resident_ctas)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ def _sass(*args, pythonpath=(), interpret=False, timeout=600):
     if interpret:
         env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *map(str, pythonpath), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "kernels.sass", *args], cwd=ROOT, env=env,
+    proc = subprocess.run([sys.executable, "-m", "gpt2_kernels.sass", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
     return proc
 
@@ -125,7 +125,7 @@ SAMPLE_OPS = '''
 import triton
 import triton.language as tl
 
-from kernels import registry
+from gpt2_kernels import registry
 
 
 @triton.jit

@@ -43,8 +43,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import registry
-from kernels._common import (
+from gpt2_kernels import registry
+from gpt2_kernels._common import (
     TRITON_TYPE, Launch, as_rows, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype,
     device_guard, num_sms,
 )
@@ -161,7 +161,7 @@ _BWD_WARPS_PER_SM = 16
 def _launch_config(kernel, N=1):
     """How `kernel` (any of the four above) is launched, for x.shape[-1] = N (only the bias
     kernels depend on it; the flat ones, for any shape, take the default): the one place
-    block sizes and warps are chosen, for the launchers and for `python -m kernels.sass`.
+    block sizes and warps are chosen, for the launchers and for `python -m gpt2_kernels.sass`.
 
     Each thread handles 8 elements (one 16-byte vector of bf16/fp16) in the flat kernels
     and 16 in a bias tile (two vectors, so a tile holds several rows of 256 columns); the

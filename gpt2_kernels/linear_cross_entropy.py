@@ -57,8 +57,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import registry
-from kernels._common import (
+from gpt2_kernels import registry
+from gpt2_kernels._common import (
     TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype, device_guard,
 )
 
@@ -116,7 +116,7 @@ def _cross_entropy_kernel(
 
 def _launch_config(dtype):
     """How the kernel is launched for logits of `dtype`: the one place its block and warps are
-    chosen, for the launcher and for `python -m kernels.sass`. 8 warps of 256 threads stream
+    chosen, for the launcher and for `python -m gpt2_kernels.sass`. 8 warps of 256 threads stream
     a row in blocks of 2048 (16-bit: one 16-byte vector a thread per block; fp32: two), with
     two fp32 accumulators of 8 lanes a thread."""
     return Launch({"BLOCK_V": 2048}, num_warps=8, num_stages=1)

@@ -1,4 +1,4 @@
-"""kernels.attention against float64 eager attention: forward, backward, the saved logsumexp,
+"""gpt2_kernels.attention against float64 eager attention: forward, backward, the saved logsumexp,
 the GPU tile shapes, strided and broadcast inputs, determinism, torch.library.opcheck,
 torch.compile, every input error, and that every GPU launch config is registered.
 
@@ -15,14 +15,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import registry
-from kernels.attention import ARCHS, HEAD_DIMS, KERNELS, attention, attention_reference
-from kernels.attention_fa2 import attention_fa2
+from gpt2_kernels import registry
+from gpt2_kernels.attention import ARCHS, HEAD_DIMS, KERNELS, attention, attention_reference
+from gpt2_kernels.attention_fa2 import attention_fa2
 from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
-# The module itself (the package's `kernels.attention` is the function).
-attn_mod = importlib.import_module("kernels.attention")
+# The module itself (the package's `gpt2_kernels.attention` is the function).
+attn_mod = importlib.import_module("gpt2_kernels.attention")
 
 ON_GPU = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -30,7 +30,7 @@ LOW = (torch.float16, torch.bfloat16)
 
 
 def _tol(op, dtype):
-    # On a GPU fp32 dots run in TF32 (see kernels/attention.py); the interpreter's are exact.
+    # On a GPU fp32 dots run in TF32 (see gpt2_kernels/attention.py); the interpreter's are exact.
     return tol(op, "tf32" if dtype == torch.float32 and ON_GPU else dtype)
 
 
@@ -299,7 +299,7 @@ def test_torch_compile_fullgraph(backend, device):
 
 
 def test_every_gpu_candidate_is_registered():
-    # What `python -m kernels.sass` compiles must be every launch the launchers can pick:
+    # What `python -m gpt2_kernels.sass` compiles must be every launch the launchers can pick:
     # each architecture's candidates, and the deterministic=False dK/dV kernel.
     registered = {(c.kernel, c.arch, tuple(sorted(c.constexprs.items())), c.num_warps, c.num_stages)
                   for c in registry.configs("attention")}
@@ -379,7 +379,7 @@ def test_bad_inputs_raise_clear_errors(device):
 def test_cpu_without_interpreter_raises():
     code = (
         "import torch\n"
-        "from kernels.attention import attention\n"
+        "from gpt2_kernels.attention import attention\n"
         "q = torch.randn(1, 1, 4, 16)\n"
         "try:\n"
         "    attention(q, q, q)\n"
@@ -388,7 +388,7 @@ def test_cpu_without_interpreter_raises():
     )
     out = run_without_interpreter(code)
     assert out.returncode == 0, out.stderr
-    assert "ValueError: kernels.attention: got CPU tensors" in out.stdout, out.stdout
+    assert "ValueError: gpt2_kernels.attention: got CPU tensors" in out.stdout, out.stdout
     assert "TRITON_INTERPRET=1" in out.stdout, out.stdout
 
 
@@ -405,6 +405,6 @@ def test_fa2_benchmark_line_matches_the_reference(device):
 
 
 def test_public_function_is_exported():
-    import kernels
+    import gpt2_kernels
 
-    assert kernels.attention is attention and "attention" in kernels.__all__
+    assert gpt2_kernels.attention is attention and "attention" in gpt2_kernels.__all__

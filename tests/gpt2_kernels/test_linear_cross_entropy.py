@@ -1,4 +1,4 @@
-"""kernels.linear_cross_entropy against a float64 eager reference: forward and backward in every
+"""gpt2_kernels.linear_cross_entropy against a float64 eager reference: forward and backward in every
 dtype and reduction, ignored targets (a whole chunk, a whole batch), one row, a vocabulary that
 fits no block, bias and no bias; the largest tensor it allocates; opcheck, torch.compile, and
 input errors.
@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from kernels import registry
-from kernels.linear_cross_entropy import (
+from gpt2_kernels import registry
+from gpt2_kernels.linear_cross_entropy import (
     _chunk_rows, _cross_entropy_kernel, _launch_config, linear_cross_entropy, linear_cross_entropy_reference,
 )
 from tests.conftest import run_without_interpreter
@@ -185,7 +185,7 @@ def test_bad_inputs_raise_clear_errors(device):
 
 
 def test_launch_config_is_registered():
-    # What `python -m kernels.sass` compiles is what the launcher picks, with a signature that
+    # What `python -m gpt2_kernels.sass` compiles is what the launcher picks, with a signature that
     # names every kernel argument: targets int64, losses and row scales fp32, logits the dtype.
     configs = registry.configs("linear_cross_entropy")
     for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
@@ -201,9 +201,9 @@ def test_launch_config_is_registered():
 
 def test_cpu_without_interpreter_raises():
     code = (
-        "import torch, kernels\n"
+        "import torch, gpt2_kernels\n"
         "try:\n"
-        "    kernels.linear_cross_entropy(torch.randn(2, 8), torch.randn(5, 8), torch.tensor([1, 2]))\n"
+        "    gpt2_kernels.linear_cross_entropy(torch.randn(2, 8), torch.randn(5, 8), torch.tensor([1, 2]))\n"
         "except ValueError as e:\n"
         "    print('ValueError:', e)\n"
     )

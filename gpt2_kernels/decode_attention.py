@@ -1,6 +1,6 @@
 """Split-KV attention for a few queries against a long KV cache (flash-decoding).
 
-The math is the same causal attention as ``kernels.attention``, for Sq <= 16 queries:
+The math is the same causal attention as ``gpt2_kernels.attention``, for Sq <= 16 queries:
 
     S = scale * Q K^T              (Sq, Sk)    query i sees key j iff j <= i + (Sk - Sq)
     O = softmax(S) V               (Sq, D)
@@ -34,7 +34,7 @@ Limits and numerics:
   Sq <= kv_len. fp16, bf16, fp32 (one dtype); fp32 accumulation; output in q's dtype.
 - Deterministic: splits and the combine's sum have a fixed order (no atomics), so results are
   bitwise reproducible for a given split count.
-- Inference only: no autograd. ``kernels.attention`` sends it only calls that need no gradient
+- Inference only: no autograd. ``gpt2_kernels.attention`` sends it only calls that need no gradient
   (``decode_attention`` itself refuses inputs that require one).
 - Layouts: any strides; the last dim is copied to contiguous if it is not (a cost of one read
   and write of the tensor); strides that are multiples of 16 get 16-byte vector loads.
@@ -46,12 +46,12 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import registry
-from kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, check_qkv, check_runnable, device_guard,
+from gpt2_kernels import registry
+from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, check_qkv, check_runnable, device_guard,
                              num_sms)
 
 MAX_QUERIES = 16  # the query tile: every query of a call fits one tl.dot tile
-MIN_KEYS = 64  # kernels.attention sends Sq <= MAX_QUERIES here from this many keys on
+MIN_KEYS = 64  # gpt2_kernels.attention sends Sq <= MAX_QUERIES here from this many keys on
 MAX_SPLITS = 128  # the combine pass holds one row of L_s per split in registers
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -191,7 +191,7 @@ def _launch_config(kernel, head_dim, dtype, interpret=INTERPRET):
     The split kernel streams K and V: 64-key tiles (32 at D = 128, or in fp32, to keep the
     double-buffered tiles small) with 3 stages of prefetch keep enough loads in flight per SM
     when several programs share it. Every GPU configuration is registered below for
-    ``python -m kernels.sass``."""
+    ``python -m gpt2_kernels.sass``."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown decode_attention kernel {kernel!r}; expected one of {KERNELS}")
     if kernel == "combine":
@@ -312,11 +312,11 @@ def _(q, k, v, kv_len, causal, scale, num_splits):
 
 
 def _check_inputs(q, k, v, kv_len, causal, scale, num_splits):
-    op = "kernels.decode_attention"
+    op = "gpt2_kernels.decode_attention"
     B, H, Sq, Sk, D = check_qkv(op, q, k, v)
     if not 1 <= Sq <= MAX_QUERIES:
         raise ValueError(f"{op}: Sq={Sq} queries; this kernel takes 1 to {MAX_QUERIES} "
-                         "(use kernels.attention for more)")
+                         "(use gpt2_kernels.attention for more)")
     if 0 in (B, H, Sk):
         raise ValueError(f"{op}: empty input: q {tuple(q.shape)}, k {tuple(k.shape)}")
     if kv_len is None:
@@ -330,7 +330,7 @@ def _check_inputs(q, k, v, kv_len, causal, scale, num_splits):
         check_runnable(op, q, kv_len)
     check_runnable(op, q, k, v)
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise RuntimeError(f"{op} is inference-only (no backward); use kernels.attention, which "
+        raise RuntimeError(f"{op} is inference-only (no backward); use gpt2_kernels.attention, which "
                            "takes the training kernel when a gradient is needed")
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"{op}: scale must be a positive finite number (or None for 1/sqrt(D)), got {scale!r}")
@@ -347,7 +347,7 @@ def decode_attention(q, k, v, kv_len=None, causal=True, scale=None, num_splits=N
        length (0-d or (1,)) or one per batch row (B,): keys j >= kv_len are ignored, and the
        queries are the last Sq of the kv_len positions. Read on the device, never synced:
        1 <= kv_len <= Sk is the caller's promise (and Sq <= kv_len when causal).
-    causal: query i sees keys j <= i + kv_len - Sq (the end-aligned mask of kernels.attention).
+    causal: query i sees keys j <= i + kv_len - Sq (the end-aligned mask of gpt2_kernels.attention).
     scale: defaults to 1/sqrt(D). num_splits: None picks it from Sk, B*H and the SM count.
     Returns o: (B, H, Sq, D) in q's dtype. Not differentiable (inference only).
     """

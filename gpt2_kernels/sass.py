@@ -1,9 +1,9 @@
 """Compile every registered kernel configuration for a GPU that is not here, and read its SASS.
 
-    python -m kernels.sass [--arch 80|90|all] [--op NAME] [--match TEXT] [--json] [--dump DIR] [--jobs N]
+    python -m gpt2_kernels.sass [--arch 80|90|all] [--op NAME] [--match TEXT] [--json] [--dump DIR] [--jobs N]
                            [--module MOD]
 
-Each configuration that an op registers in ``kernels.registry`` (the ones its launcher can
+Each configuration that an op registers in ``gpt2_kernels.registry`` (the ones its launcher can
 pick) is compiled by Triton for the target architecture without a GPU present, the same way
 a launch would compile it. The cubin is then read with the ``cuobjdump`` and ``nvdisasm``
 that ship with Triton, and per configuration we report:
@@ -165,7 +165,7 @@ def cubin_stats(cubin, name):
     kept next to Triton's own cache entries, keyed by the cubin's bytes."""
     from triton.runtime.cache import get_cache_manager
 
-    key = hashlib.sha256(b"kernels.sass/3\0" + name.encode() + b"\0" + cubin).hexdigest()
+    key = hashlib.sha256(b"gpt2_kernels.sass/3\0" + name.encode() + b"\0" + cubin).hexdigest()
     cache = get_cache_manager(key)
     hit = cache.get_file("sass_stats.json")
     if hit is not None:
@@ -338,11 +338,11 @@ def resident_ctas(arch, registers, shared_mem, num_warps):
 
 
 def load_ops():
-    """Import every op (``kernels/__init__`` imports them all), so that each registers its
+    """Import every op (``gpt2_kernels/__init__`` imports them all), so that each registers its
     configuration generator; returns the op names."""
-    import kernels
+    import gpt2_kernels
 
-    return list(kernels.__all__)
+    return list(gpt2_kernels.__all__)
 
 
 _CONFIGS = []  # the configurations being inspected; forked workers read them from here
@@ -467,7 +467,7 @@ def format_table(rows):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m kernels.sass", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m gpt2_kernels.sass", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="90", help="target compute capability: 80, 90, ... or 'all' (80 and 90); "
                         "default 90")
     parser.add_argument("--op", action="append", help="inspect only this op (repeatable)")
@@ -486,11 +486,11 @@ def main(argv=None):
         archs = [int(args.arch)]
     else:
         parser.error(f"--arch must be a compute capability such as 80 or 90, or 'all'; got {args.arch!r}")
-    from kernels._common import INTERPRET
+    from gpt2_kernels._common import INTERPRET
 
     if INTERPRET:
         parser.error("TRITON_INTERPRET is set, so @triton.jit made the kernels interpreted functions, which "
-                     "cannot be compiled; run without it: env -u TRITON_INTERPRET python -m kernels.sass ...")
+                     "cannot be compiled; run without it: env -u TRITON_INTERPRET python -m gpt2_kernels.sass ...")
 
     # Triton 3.9 warns on every compile that its fp-fusion default will change; launches get
     # the same default, so the warning says nothing about these kernels.
@@ -514,7 +514,7 @@ def _run(args, archs, parser, report):
     t0 = time.perf_counter()
     import triton
 
-    from kernels import registry
+    from gpt2_kernels import registry
 
     loaded = load_ops()
     failed = {}
@@ -524,7 +524,7 @@ def _run(args, archs, parser, report):
         except Exception as e:
             failed[module] = f"{type(e).__name__}: {e}"
     for module, err in failed.items():
-        print(f"kernels.sass: error: importing {module} failed: {err}", file=sys.stderr)
+        print(f"gpt2_kernels.sass: error: importing {module} failed: {err}", file=sys.stderr)
     configs = registry.configs()
     if args.op:
         known = sorted({c.op for c in configs})
@@ -537,8 +537,8 @@ def _run(args, archs, parser, report):
         configs = [c for c in configs if any(m in c.label for m in args.match)]
     if not configs:  # inspecting nothing is not a pass: the filter is wrong, or nothing registered
         what = " and ".join(f"--{k} {' / '.join(map(repr, v))}" for k, v in (("op", args.op), ("match", args.match)) if v)
-        print(f"kernels.sass: error: no registered configuration matches {what or 'at all'}; "
-              f"see the labels with: python -m kernels.sass --json --op OP", file=sys.stderr)
+        print(f"gpt2_kernels.sass: error: no registered configuration matches {what or 'at all'}; "
+              f"see the labels with: python -m gpt2_kernels.sass --json --op OP", file=sys.stderr)
         return 2
 
     if args.dump:

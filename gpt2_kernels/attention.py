@@ -53,10 +53,10 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import registry
-from kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_qkv,
-                             check_runnable, device_guard)
-from kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
+from gpt2_kernels import registry
+from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_qkv,
+                                  check_runnable, device_guard)
+from gpt2_kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
 
 # Constants the kernels read must be tl.constexpr; the host reads them as LOG2E.value.
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e))
@@ -823,7 +823,7 @@ _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _check_inputs(q, k, v, causal, scale):
-    op = "kernels.attention"
+    op = "gpt2_kernels.attention"
     B, H, Sq, Sk, D = check_qkv(op, q, k, v)
     if 0 in (B, H, Sq, Sk):
         raise ValueError(f"{op}: empty input: q {tuple(q.shape)}, k {tuple(k.shape)}; B, H, Sq and Sk must be >= 1")

@@ -1,4 +1,4 @@
-"""kernels.decode_attention (split-KV flash-decoding) against float64 eager attention.
+"""gpt2_kernels.decode_attention (split-KV flash-decoding) against float64 eager attention.
 
 Without CUDA the kernels run in Triton's interpreter with 16-key tiles, so short caches still
 cross several tiles and splits; num_splits is forced where a test needs several split counts
@@ -12,14 +12,14 @@ import importlib
 import pytest
 import torch
 
-import kernels
-from kernels import registry
-from kernels.decode_attention import (HEAD_DIMS, MAX_QUERIES, MAX_SPLITS, _launch_config, _num_splits,
+import gpt2_kernels
+from gpt2_kernels import registry
+from gpt2_kernels.decode_attention import (HEAD_DIMS, MAX_QUERIES, MAX_SPLITS, _launch_config, _num_splits,
                                       decode_attention, decode_attention_reference)
 from tests.tolerances import tol
 
-dec_mod = importlib.import_module("kernels.decode_attention")
-attn_mod = importlib.import_module("kernels.attention")
+dec_mod = importlib.import_module("gpt2_kernels.decode_attention")
+attn_mod = importlib.import_module("gpt2_kernels.attention")
 
 ON_GPU = torch.cuda.is_available()
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -103,7 +103,7 @@ def test_static_cache_views_and_lengths_on_the_device(device):
     _check(decode_attention(q, k, v, kv_len=lens, num_splits=4), q, k, v, lens)
     one = torch.tensor(33, dtype=torch.int64, device=device)
     _check(decode_attention(q, k, v, kv_len=one, num_splits=4), q, k, v, one)
-    # The same answer as the cache sliced to its length (what kernels.attention would get).
+    # The same answer as the cache sliced to its length (what gpt2_kernels.attention would get).
     _check(decode_attention(q, k[:, :, :33], v[:, :, :33], num_splits=2), q, k[:, :, :33], v[:, :, :33])
 
 
@@ -126,13 +126,13 @@ def test_attention_dispatches_decode_by_shape(monkeypatch, device):
     real = attn_mod.decode_attention
     monkeypatch.setattr(attn_mod, "decode_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw))
     q, k, v = _qkv(1, 2, 1, 80, 16, device=device)
-    _check(kernels.attention(q, k, v), q, k, v)
+    _check(gpt2_kernels.attention(q, k, v), q, k, v)
     assert calls == [1]
-    kernels.attention(*_qkv(1, 2, 1, 20, 16, device=device))  # a short cache: the training kernel
+    gpt2_kernels.attention(*_qkv(1, 2, 1, 20, 16, device=device))  # a short cache: the training kernel
     assert calls == [1]
     # A gradient is wanted: the training kernel, which has a backward.
     q.requires_grad_()
-    kernels.attention(q, k, v).sum().backward()
+    gpt2_kernels.attention(q, k, v).sum().backward()
     assert calls == [1] and q.grad is not None
 
 
@@ -154,7 +154,7 @@ def test_errors():
 
 
 def test_compile_configs_registered():
-    """Every GPU launch the heuristics can pick is registered for python -m kernels.sass."""
+    """Every GPU launch the heuristics can pick is registered for python -m gpt2_kernels.sass."""
     cfgs = registry.configs("decode_attention")
     labels = {c.label for c in cfgs}
     for dtype, ty in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
@@ -167,7 +167,7 @@ def test_compile_configs_registered():
 
 def test_gpt2_decode_configs_compile_without_spills():
     """GPT-2's decode configs (D=64, bf16) compile for sm_80 and sm_90 with no spills and run
-    their dots on tensor cores; ``python -m kernels.sass --op decode_attention`` checks all."""
+    their dots on tensor cores; ``python -m gpt2_kernels.sass --op decode_attention`` checks all."""
     import json
     import os
     import subprocess
@@ -177,7 +177,7 @@ def test_gpt2_decode_configs_compile_without_spills():
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([str(root), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-m", "kernels.sass", "--arch", "all", "--json", "--op", "decode_attention",
+    proc = subprocess.run([sys.executable, "-m", "gpt2_kernels.sass", "--arch", "all", "--json", "--op", "decode_attention",
                            "--match", "split D=64 bf16 causal", "--match", "combine D=64 bf16 S<=16"],
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     rows = json.loads(proc.stdout)["kernels"]

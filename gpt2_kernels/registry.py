@@ -1,4 +1,4 @@
-"""The kernel configurations that ``python -m kernels.sass`` compiles: every one a launcher can pick.
+"""The kernel configurations that ``python -m gpt2_kernels.sass`` compiles: every one a launcher can pick.
 
 An op module registers a zero-argument generator, which yields one `CompileConfig` per
 configuration, built from the same launch heuristic its launcher calls (so what is compiled

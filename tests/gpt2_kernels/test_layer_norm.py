@@ -1,4 +1,4 @@
-"""kernels.layer_norm against a float64 eager reference: forward, backward, determinism,
+"""gpt2_kernels.layer_norm against a float64 eager reference: forward, backward, determinism,
 strided inputs, torch.library.opcheck, torch.compile, and every input error.
 
 Without CUDA the kernels run in Triton's interpreter, which costs ~10 ms a program, so the
@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import registry
-from kernels._common import as_rows
-from kernels.layer_norm import (
+from gpt2_kernels import registry
+from gpt2_kernels._common import as_rows
+from gpt2_kernels.layer_norm import (
     MAX_N, _launch_config, _layer_norm_bwd_kernel, _layer_norm_fwd_kernel, layer_norm, layer_norm_reference,
 )
 from tests.conftest import run_without_interpreter
@@ -202,7 +202,7 @@ def test_bad_inputs_raise_clear_errors(device):
 
 
 def test_gpt2_widths_launch_registered_configs():
-    # What `python -m kernels.sass` compiles must be what the launchers pick, with a signature
+    # What `python -m gpt2_kernels.sass` compiles must be what the launchers pick, with a signature
     # that names every kernel argument: the statistics and partial sums fp32, the rest x's dtype.
     configs = registry.configs("layer_norm")
     for dtype in ("bf16", "fp16", "fp32"):
@@ -222,10 +222,10 @@ def test_gpt2_widths_launch_registered_configs():
 
 def test_cpu_without_interpreter_raises():
     code = (
-        "import torch, kernels\n"
+        "import torch, gpt2_kernels\n"
         "x, w, b = torch.randn(2, 8), torch.randn(8), torch.randn(8)\n"
         "try:\n"
-        "    kernels.layer_norm(x, w, b)\n"
+        "    gpt2_kernels.layer_norm(x, w, b)\n"
         "except ValueError as e:\n"
         "    print('ValueError:', e)\n"
     )

@@ -16,10 +16,10 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels.attention import attention_reference  # noqa: E402
-from kernels.gelu import gelu_reference  # noqa: E402
-from kernels.layer_norm import layer_norm_reference  # noqa: E402
+import gpt2_kernels  # noqa: E402
+from gpt2_kernels.attention import attention_reference  # noqa: E402
+from gpt2_kernels.gelu import gelu_reference  # noqa: E402
+from gpt2_kernels.layer_norm import layer_norm_reference  # noqa: E402
 from tests.conftest import examples  # noqa: E402
 from tests.tolerances import tol  # noqa: E402
 
@@ -111,10 +111,10 @@ def test_layer_norm_matches_float64(data, dtype, scale, special, lead, N):
         x = _with_specials(data.draw, x)
     want = layer_norm_reference(x.double().value, w.double().value, b.double().value)
     if special:
-        _close(kernels.layer_norm(x.value, w.value, b.value), want, tol("layer_norm", dtype), "y")
+        _close(gpt2_kernels.layer_norm(x.value, w.value, b.value), want, tol("layer_norm", dtype), "y")
         return
     dy = data.draw(randn(*shape), label="dy").to(DEVICE, dtype)
-    y, (dx, dw, db) = _run(kernels.layer_norm, [x, w, b], dy)
+    y, (dx, dw, db) = _run(gpt2_kernels.layer_norm, [x, w, b], dy)
     _, (dx_ref, dw_ref, db_ref) = _run(layer_norm_reference, [t.double() for t in (x, w, b)], dy.double())
     _close(y, want, tol("layer_norm", dtype), "y")
     # dx scales as 1/std(x): compare it relative to that scale, as tolerances are for O(1) values
@@ -139,10 +139,10 @@ def test_gelu_matches_float64(data, dtype, scale, special, with_bias, shape):
         x = _with_specials(data.draw, x)
     want = gelu_reference(x.double().value, None if bias is None else bias.double().value)
     if special or scale > 100:  # huge |x|: the derivative's cancellations differ by route
-        _close(kernels.gelu(x.value, None if bias is None else bias.value), want, tol("gelu", dtype), "y")
+        _close(gpt2_kernels.gelu(x.value, None if bias is None else bias.value), want, tol("gelu", dtype), "y")
         return
     dy = data.draw(randn(*shape), label="dy").to(DEVICE, dtype)
-    y, grads = _run(kernels.gelu, [x, bias], dy)
+    y, grads = _run(gpt2_kernels.gelu, [x, bias], dy)
     _, grads_ref = _run(gelu_reference, [x.double(), None if bias is None else bias.double()], dy.double())
     _close(y, want, tol("gelu", dtype), "y")
     _close(grads[0], grads_ref[0], tol("gelu_bwd", dtype), "dx")
@@ -176,7 +176,7 @@ def test_attention_matches_float64(data, dtype, causal, B, H, Sq, extra, D, scal
     k = data.draw(qkv_layout(B, H, Sk, D, dtype, scale), label="k")
     v = data.draw(qkv_layout(B, H, Sk, D, dtype, 1.0), label="v")
     dy = data.draw(randn(B, H, Sq, D), label="dy").to(DEVICE, dtype)
-    attend = lambda *t: kernels.attention(*t, causal=causal)  # noqa: E731
+    attend = lambda *t: gpt2_kernels.attention(*t, causal=causal)  # noqa: E731
     reference = lambda *t: attention_reference(*t, causal=causal)  # noqa: E731
     o, grads = _run(attend, [q, k, v], dy)
     want, grads_ref = _run(reference, [t.double() for t in (q, k, v)], dy.double())

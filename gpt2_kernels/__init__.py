@@ -1,13 +1,13 @@
 """Triton kernels for GPT-2's hot path, each a registered PyTorch op with its autograd.
 
-    kernels.layer_norm(x, weight, bias, eps=1e-5)         LayerNorm over the last dim
-    kernels.gelu(x, bias=None)                            GPT-2's tanh GELU of x + bias
-    kernels.attention(q, k, v, causal=True, scale=None)   FlashAttention-2 style attention
-    kernels.decode_attention(q, k, v, kv_len=None, ...)   split-KV attention of <= 16 queries
-                                                          (kernels.attention sends decode there)
-    kernels.add_layer_norm(x, residual, weight, bias, eps=1e-5) -> (y, h)
+    gpt2_kernels.layer_norm(x, weight, bias, eps=1e-5)         LayerNorm over the last dim
+    gpt2_kernels.gelu(x, bias=None)                            GPT-2's tanh GELU of x + bias
+    gpt2_kernels.attention(q, k, v, causal=True, scale=None)   FlashAttention-2 style attention
+    gpt2_kernels.decode_attention(q, k, v, kv_len=None, ...)   split-KV attention of <= 16 queries
+                                                          (gpt2_kernels.attention sends decode there)
+    gpt2_kernels.add_layer_norm(x, residual, weight, bias, eps=1e-5) -> (y, h)
                                                           h = x + residual, y = LayerNorm(h)
-    kernels.linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reduction="mean")
+    gpt2_kernels.linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reduction="mean")
                                                           cross-entropy of x weightᵀ (+ bias),
                                                           chunked: no (N, V) logits
 
@@ -16,10 +16,10 @@ On a machine without a GPU the kernels run through Triton's interpreter when
 ``@triton.jit`` decorates a function). Without CUDA and without the interpreter, calling an
 op raises a clear error instead of running.
 
-Each op lives in a module of the same name (``kernels/layer_norm.py`` holds
-``layer_norm``). The functions are imported here, eagerly, so that ``kernels.layer_norm``
+Each op lives in a module of the same name (``gpt2_kernels/layer_norm.py`` holds
+``layer_norm``). The functions are imported here, eagerly, so that ``gpt2_kernels.layer_norm``
 is always the function: a lazy lookup would be shadowed by the submodule as soon as anything
-imported it. Reach a module's internals with ``from kernels.layer_norm import ...``.
+imported it. Reach a module's internals with ``from gpt2_kernels.layer_norm import ...``.
 """
 
 from .add_layer_norm import add_layer_norm

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels.add_layer_norm import add_layer_norm_reference
-from kernels.attention import attention_reference
-from kernels.gelu import gelu_reference
-from kernels.layer_norm import layer_norm_reference
+import gpt2_kernels
+from gpt2_kernels.add_layer_norm import add_layer_norm_reference
+from gpt2_kernels.attention import attention_reference
+from gpt2_kernels.gelu import gelu_reference
+from gpt2_kernels.layer_norm import layer_norm_reference
 from tests.tolerances import tol
 
 
@@ -50,7 +50,7 @@ def test_layer_norm_non_contiguous_weight_and_bias(which, view, device):
     params[which] = _param_view(view, N, device)
     inputs = (_dense(x), params["weight"], params["bias"])
     dy = torch.randn(5, N, device=device)
-    y, grads = _grads(kernels.layer_norm, *inputs, dy=dy)
+    y, grads = _grads(gpt2_kernels.layer_norm, *inputs, dy=dy)
     y_ref, grads_ref = _grads(layer_norm_reference, *inputs, dy=dy.double(), dtype=torch.float64)
     torch.testing.assert_close(y.double(), y_ref, **tol("layer_norm", torch.float32))
     for name, g, g_ref in zip(("dx", "dweight", "dbias"), grads, grads_ref):
@@ -67,7 +67,7 @@ def test_add_layer_norm_non_contiguous_weight_and_bias(which, view, device):
               params["weight"], params["bias"])
     dy = torch.randn(5, N, device=device)
     # the sum of y and h, so that both outputs' gradients reach the inputs
-    fused = lambda *a: sum(kernels.add_layer_norm(*a))  # noqa: E731
+    fused = lambda *a: sum(gpt2_kernels.add_layer_norm(*a))  # noqa: E731
     ref = lambda *a: sum(add_layer_norm_reference(*a))  # noqa: E731
     y, grads = _grads(fused, *inputs, dy=dy)
     y_ref, grads_ref = _grads(ref, *inputs, dy=dy.double(), dtype=torch.float64)
@@ -82,7 +82,7 @@ def test_gelu_non_contiguous_bias(view, device):
     x = torch.randn(5, N, device=device)
     inputs = (_dense(x), _param_view(view, N, device))
     dy = torch.randn(5, N, device=device)
-    y, (dx, db) = _grads(kernels.gelu, *inputs, dy=dy)
+    y, (dx, db) = _grads(gpt2_kernels.gelu, *inputs, dy=dy)
     y_ref, (dx_ref, db_ref) = _grads(gelu_reference, *inputs, dy=dy.double(), dtype=torch.float64)
     torch.testing.assert_close(y.double(), y_ref, **tol("gelu", torch.float32))
     torch.testing.assert_close(dx.double(), dx_ref, **tol("gelu_bwd", torch.float32))
@@ -94,7 +94,7 @@ def test_gelu_non_contiguous_bias(view, device):
 def test_gelu_empty_forward_and_backward(shape, bias, device):
     x = torch.randn(shape, device=device, requires_grad=True)
     b = torch.randn(shape[-1], device=device, requires_grad=True) if bias else None
-    y = kernels.gelu(x, b)
+    y = gpt2_kernels.gelu(x, b)
     assert y.shape == x.shape
     y.backward(torch.randn(shape, device=device))
     assert x.grad.shape == x.shape
@@ -119,7 +119,7 @@ def test_gelu_under_autocast(device):
     w, b = torch.randn(16, 16, device=device), torch.randn(16, device=device)
     with _autocast(device):
         h = F.linear(x, w)  # bf16
-        y = kernels.gelu(h, b)
+        y = gpt2_kernels.gelu(h, b)
         y_eager = F.gelu(F.linear(x, w, b), approximate="tanh")
     assert y.dtype == y_eager.dtype == torch.bfloat16
     torch.testing.assert_close(y.double(), gelu_reference(h.double(), b.bfloat16().double()), **tol("gelu", torch.bfloat16))
@@ -130,7 +130,7 @@ def test_layer_norm_under_autocast(device):
     w, b = torch.randn(16, device=device), torch.randn(16, device=device)
     with _autocast(device):
         h = F.linear(x, torch.randn(16, 16, device=device))  # bf16 activations, fp32 parameters
-        y = kernels.layer_norm(h, w, b)
+        y = gpt2_kernels.layer_norm(h, w, b)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y.double(), layer_norm_reference(h.double(), w.double(), b.double()), **tol("layer_norm", torch.float32))
 
@@ -143,7 +143,7 @@ def test_add_layer_norm_under_autocast(device):
     w, b = torch.randn(16, device=device), torch.randn(16, device=device)
     with _autocast(device):
         branch = F.linear(x, torch.randn(16, 16, device=device))  # bf16
-        y, h = kernels.add_layer_norm(branch, residual, w, b)
+        y, h = gpt2_kernels.add_layer_norm(branch, residual, w, b)
     assert y.dtype == h.dtype == torch.float32
     y_ref, h_ref = add_layer_norm_reference(branch.double(), residual.double(), w.double(), b.double())
     torch.testing.assert_close(h.double(), h_ref, **tol("layer_norm", torch.float32))
@@ -158,7 +158,7 @@ def test_linear_cross_entropy_under_autocast(device):
     targets = torch.randint(0, 40, (6,), device=device)
     with _autocast(device):
         h = F.linear(x, torch.randn(16, 16, device=device))  # bf16
-        loss = kernels.linear_cross_entropy(h, weight, targets)
+        loss = gpt2_kernels.linear_cross_entropy(h, weight, targets)
         loss_eager = F.cross_entropy(F.linear(h, weight).float(), targets)
     assert loss.dtype == torch.float32
     ref = F.cross_entropy(h.double() @ weight.bfloat16().double().T, targets)
@@ -169,7 +169,7 @@ def test_linear_cross_entropy_under_autocast(device):
 def test_attention_under_autocast(device):
     q, k, v = (torch.randn(1, 2, 8, 16, device=device) for _ in range(3))
     with _autocast(device):
-        o = kernels.attention(q, k.bfloat16(), v)
+        o = gpt2_kernels.attention(q, k.bfloat16(), v)
         o_eager = F.scaled_dot_product_attention(q, k.bfloat16(), v, is_causal=True)
     assert o.dtype == o_eager.dtype == torch.bfloat16
     ref = attention_reference(*(t.bfloat16().double() for t in (q, k, v)))
@@ -182,7 +182,7 @@ def test_autocast_gradients_reach_float32_parameters(device):
     b = torch.randn(16, device=device, requires_grad=True)
     with _autocast(device):
         h = F.linear(x, torch.randn(16, 16, device=device))
-        y = kernels.gelu(kernels.layer_norm(h, w, b), b)
+        y = gpt2_kernels.gelu(gpt2_kernels.layer_norm(h, w, b), b)
     y.float().sum().backward()
     assert w.grad.dtype == b.grad.dtype == torch.float32
     assert torch.isfinite(w.grad).all() and torch.isfinite(b.grad).all()

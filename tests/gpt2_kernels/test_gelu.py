@@ -1,4 +1,4 @@
-"""kernels.gelu against a float64 eager reference, with and without the fused bias: forward,
+"""gpt2_kernels.gelu against a float64 eager reference, with and without the fused bias: forward,
 backward (dx and dbias), determinism, strided inputs, saturation, torch.library.opcheck,
 torch.compile, and every input error.
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import registry
-from kernels._common import as_rows
-from kernels.gelu import (
+from gpt2_kernels import registry
+from gpt2_kernels._common import as_rows
+from gpt2_kernels.gelu import (
     MAX_BIAS_N, _gelu_bias_bwd_kernel, _gelu_bias_fwd_kernel, _gelu_bwd_kernel, _gelu_fwd_kernel, _launch_config, gelu,
     gelu_reference,
 )
@@ -197,7 +197,7 @@ def test_bad_inputs_raise_clear_errors(device):
 
 
 def test_gpt2_widths_launch_registered_configs():
-    # What `python -m kernels.sass` compiles must be what the launchers pick, for every kernel
+    # What `python -m gpt2_kernels.sass` compiles must be what the launchers pick, for every kernel
     # at GPT-2's MLP widths, with a signature that names every kernel argument.
     configs = registry.configs("gelu")
     kernels = (_gelu_fwd_kernel, _gelu_bwd_kernel, _gelu_bias_fwd_kernel, _gelu_bias_bwd_kernel)
@@ -214,8 +214,8 @@ def test_gpt2_widths_launch_registered_configs():
 
 def test_cpu_without_interpreter_raises():
     code = (
-        "import torch, kernels\n"
-        "gelu = kernels.gelu\n"
+        "import torch, gpt2_kernels\n"
+        "gelu = gpt2_kernels.gelu\n"
         "for args in [(torch.randn(2, 8),), (torch.randn(2, 8), torch.randn(8))]:\n"
         "    try:\n"
         "        gelu(*args)\n"

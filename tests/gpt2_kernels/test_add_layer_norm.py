@@ -1,4 +1,4 @@
-"""kernels.add_layer_norm against a float64 eager reference (the add, then LayerNorm): both
+"""gpt2_kernels.add_layer_norm against a float64 eager reference (the add, then LayerNorm): both
 outputs forward, gradients from both backward, every dtype; opcheck, torch.compile, errors.
 
 Without CUDA the kernels run in Triton's interpreter, so the CPU shapes keep few rows.
@@ -7,9 +7,9 @@ Without CUDA the kernels run in Triton's interpreter, so the CPU shapes keep few
 import pytest
 import torch
 
-from kernels import registry
-from kernels.add_layer_norm import _add_layer_norm_fwd_kernel, _launch_config, add_layer_norm, add_layer_norm_reference
-from kernels.layer_norm import _layer_norm_bwd_kernel
+from gpt2_kernels import registry
+from gpt2_kernels.add_layer_norm import _add_layer_norm_fwd_kernel, _launch_config, add_layer_norm, add_layer_norm_reference
+from gpt2_kernels.layer_norm import _layer_norm_bwd_kernel
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()

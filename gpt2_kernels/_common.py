@@ -68,7 +68,7 @@ def cast_floats(dtype, *tensors):
 
 class Launch(NamedTuple):
     """How one kernel is launched: what each op's `_launch_config` returns, to both its launcher
-    and its `registry.configs_of` generator, so that what `python -m kernels.sass` compiles
+    and its `registry.configs_of` generator, so that what `python -m gpt2_kernels.sass` compiles
     is what runs."""
 
     constexprs: dict  # every tl.constexpr argument's value, e.g. {"BLOCK_N": 1024}

@@ -12,7 +12,7 @@ Math, for one row (N numbers; weight w, bias b):
 
 Backward, given dy and dh_out (h is an output too: the residual stream carries it on):
 
-    dh   = LayerNorm's dx for dy (see kernels/layer_norm.py)  +  dh_out
+    dh   = LayerNorm's dx for dy (see gpt2_kernels/layer_norm.py)  +  dh_out
     dx   = dresidual = dh,   dw = sum over rows of dy * hhat,   db = sum over rows of dy
 
 The backward is LayerNorm's own kernel (`_layer_norm_bwd_kernel` with HAS_DH), reading the
@@ -24,7 +24,7 @@ Bytes moved (M rows, N columns, s bytes per element):
   backward  read dy, h, dh_out (3*M*N*s), write dh (M*N*s), + LayerNorm's partial sums
             (eager: LayerNorm's 3*M*N*s, then the add of two gradients 3*M*N*s)
 
-Limits as `kernels.layer_norm`: 1 <= N <= 8192, any leading shape, rows of any stride
+Limits as `gpt2_kernels.layer_norm`: 1 <= N <= 8192, any leading shape, rows of any stride
 (a non-contiguous last dimension is copied first). x, residual, weight and bias share one
 float dtype; statistics and arithmetic are fp32.
 """
@@ -33,13 +33,13 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import registry
-from kernels._common import (
+from gpt2_kernels import registry
+from gpt2_kernels._common import (
     autocast_dtype, cast_floats,
     as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard,
 )
-from kernels.layer_norm import _launch_config as _layer_norm_launch_config, check_rows, compile_configs
-from kernels.layer_norm import _layer_norm_bwd_kernel, _layer_norm_bwd_rows, _layer_norm_fwd_kernel, layer_norm_reference
+from gpt2_kernels.layer_norm import _launch_config as _layer_norm_launch_config, check_rows, compile_configs
+from gpt2_kernels.layer_norm import _layer_norm_bwd_kernel, _layer_norm_bwd_rows, _layer_norm_fwd_kernel, layer_norm_reference
 
 
 @triton.jit
@@ -199,7 +199,7 @@ def add_layer_norm(x, residual, weight, bias, eps=1e-5):
     check_rows(op, x, weight, bias, eps)
     check_runnable(op, x, residual, weight, bias)
     # The kernels read weight and bias as contiguous N-vectors: a strided or expanded one is
-    # copied (2*N elements), as kernels.layer_norm does.
+    # copied (2*N elements), as gpt2_kernels.layer_norm does.
     weight, bias = weight.contiguous(), bias.contiguous()
     y, h, _, _ = _add_layer_norm_fwd(x, residual, weight, bias, float(eps))
     return y, h

@@ -59,8 +59,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import registry
-from kernels._common import (
+from gpt2_kernels import registry
+from gpt2_kernels._common import (
     TRITON_TYPE, Launch, as_rows, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype,
     device_guard, num_sms,
 )
@@ -95,7 +95,7 @@ def _layer_norm_fwd_kernel(
 # With g = dy * w and xhat = (x - mean) * rstd, y = xhat * w + b gives
 #   dL/dx_i = rstd * (g_i - (1/N) sum_j g_j - xhat_i * (1/N) sum_j g_j xhat_j)
 # (the two sums are the derivatives of mean and of rstd), and dL/dw = sum_rows dy * xhat,
-# dL/db = sum_rows dy. With HAS_DH, x is h = a + residual (kernels.add_layer_norm) and DH
+# dL/db = sum_rows dy. With HAS_DH, x is h = a + residual (gpt2_kernels.add_layer_norm) and DH
 # holds the gradient h also receives from the residual stream, added to dx.
 @triton.jit
 def _layer_norm_bwd_kernel(
@@ -144,18 +144,18 @@ _BWD_TILE_ELEMENTS = 2048
 # An SM's register file and thread slots (sm_80 and sm_90 alike); a warp's registers are
 # allocated in blocks of 256.
 _REGISTERS_PER_SM, _THREADS_PER_SM = 65536, 2048
-# Before the first backward of a shape has been compiled: what `python -m kernels.sass`
+# Before the first backward of a shape has been compiled: what `python -m gpt2_kernels.sass`
 # reports for the GPT-2 widths (80 registers at 8 warps).
 _BWD_REGISTERS_GUESS = 80
 
 
 def _launch_config(kernel, N):
     """How `kernel` (either of the two above) is launched for rows of N elements: the one
-    place block sizes and warps are chosen, for the launchers and for `python -m kernels.sass`.
+    place block sizes and warps are chosen, for the launchers and for `python -m gpt2_kernels.sass`.
 
     Each thread holds 8 elements of a row (or tile), 16 at N > 4096: one 16-byte vector load
     of bf16, and few enough registers that nothing spills (checked on sm_80 and sm_90 by
-    `python -m kernels.sass`).
+    `python -m gpt2_kernels.sass`).
     """
     BLOCK_N = triton.next_power_of_2(N)
     if kernel is _layer_norm_fwd_kernel:
@@ -229,7 +229,7 @@ def _layer_norm_bwd_rows(dy2, x2, weight, mean, rstd, dx, dh2=None):
 def compile_configs(op, cases, kernels, launch_config):
     """CompileConfigs of `op` for each (dtype, N) in cases and each (kernel, name) in kernels,
     launched as launch_config(kernel, N) says: statistics and partial sums fp32, the rest the
-    dtype. Shared with kernels.add_layer_norm, whose backward is this module's kernel."""
+    dtype. Shared with gpt2_kernels.add_layer_norm, whose backward is this module's kernel."""
     # Triton specializes an int argument that is a multiple of 16 at launch, and GPT-2's widths
     # all are: the hints make the compiled code the code that runs (without them ptxas sees
     # scalar addressing and the N=8192 backward spills on Triton 3.6).

@@ -1,7 +1,7 @@
 """Attention as this project shipped it before the Hopper rework (FlashAttention-2 style),
 kept as a benchmark line the way llm.c's dev/cuda keeps each kernel version: ``python -m
-bench --only attention`` times it beside ``kernels.attention``, so a GPU run shows which
-change paid. It is not used by the model. Same math and contract as ``kernels.attention``
+bench --only attention`` times it beside ``gpt2_kernels.attention``, so a GPU run shows which
+change paid. It is not used by the model. Same math and contract as ``gpt2_kernels.attention``
 (whose host-side checks, layout rules and reference it shares), with its own ops
 ``gpt2_kernels::attention_fa2_fwd`` / ``_bwd``:
 
@@ -11,7 +11,7 @@ One family of tiles for every GPU from sm_80 on, pointer loads (cp.async), the s
 each key tile after its Q K^T completes, and a three-launch backward (delta, dK/dV, dQ)
 that recomputes P twice: 7 matrix products per tile.
 
-Limits, layouts and numerics: those of kernels.attention.
+Limits, layouts and numerics: those of gpt2_kernels.attention.
 """
 
 import math
@@ -20,9 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import registry
-from kernels._common import INTERPRET, TRITON_TYPE, Launch, device_guard
-from kernels.attention import (HEAD_DIMS, LN2, LOG2E, _attn_bwd_preprocess_kernel, _check_inputs, _kernel_layout,
+from gpt2_kernels import registry
+from gpt2_kernels._common import INTERPRET, TRITON_TYPE, Launch, device_guard
+from gpt2_kernels.attention import (HEAD_DIMS, LN2, LOG2E, _attn_bwd_preprocess_kernel, _check_inputs, _kernel_layout,
                                _strides)
 
 
@@ -143,7 +143,7 @@ def _attn_fwd_kernel(Q, K, V, O, LSE,
 # ----------------------------------------------------------------------------------------
 
 
-# The preprocess kernel (delta = rowsum(dO * O)) is kernels.attention's own, imported above.
+# The preprocess kernel (delta = rowsum(dO * O)) is gpt2_kernels.attention's own, imported above.
 
 
 @triton.jit
@@ -354,7 +354,7 @@ def _launch_config(kernel, head_dim, dtype, interpret=INTERPRET):
     sm_80 and sm_90 without register spills, with at most 96 KB of shared memory, so it also
     fits the 99 KB of consumer parts (sm_86/89/120); on sm_90 the dots become wgmma
     (HGMMA). Every GPU configuration this returns is registered below for
-    ``python -m kernels.sass``. Larger tiles that would suit sm_90 alone (e.g. 128x128
+    ``python -m gpt2_kernels.sass``. Larger tiles that would suit sm_90 alone (e.g. 128x128
     forward tiles) spill on sm_80, so they are not used.
     """
     if kernel not in KERNELS:
@@ -392,7 +392,7 @@ _JIT = {"fwd": _attn_fwd_kernel, "bwd_preprocess": _attn_bwd_preprocess_kernel,
 
 @registry.configs_of("attention_fa2")
 def _compile_configs():
-    # Every GPU launch but the shared preprocess kernel's (kernels.attention registers those).
+    # Every GPU launch but the shared preprocess kernel's (gpt2_kernels.attention registers those).
     # The launchers hand the kernels strides that are multiples of 16, so they are declared so.
     types = {"LSE": "*fp32", "DELTA": "*fp32", "scale": "fp32", "qk_scale": "fp32"}
     for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
@@ -445,7 +445,7 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale):
     with device_guard(q):
         cfg = _launch_config("bwd_preprocess", D, q.dtype)
         _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
-            # kernels.attention's preprocess: with rows of Sq floats (stride_stat = Sq) its
+            # gpt2_kernels.attention's preprocess: with rows of Sq floats (stride_stat = Sq) its
             # copy of lse lands on lse itself, and delta comes out as this backward reads it.
             o, do, lse, lse, delta, *_strides(o), *_strides(do), Sq, H, Sq,
             HEAD_DIM=D, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -522,7 +522,7 @@ _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def attention_fa2(q, k, v, causal=True, scale=None):
-    """The previous kernel: kernels.attention's arguments (but `deterministic`: this backward
+    """The previous kernel: gpt2_kernels.attention's arguments (but `deterministic`: this backward
     always is), result and errors."""
     _check_inputs(q, k, v, causal, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

@@ -10,6 +10,8 @@
     python -m bench --plot DIR               redraw the plots of a results folder
     python -m bench --compare OLD NEW        the ratio of two result folders, point by point
                                              (table, compare.csv and compare.png in --out or NEW)
+    python -m bench --merge A B ... --out DIR   one results folder (and its plots) from the
+                                             folders of one run's steps (bench/gpu_check.sh)
 
 How a point is timed: bench/timing.py, ``Timer`` (built in ``run`` below) and ``time_kernel``.
 
@@ -51,6 +53,8 @@ def parse_args(argv=None):
     p.add_argument("--plot", metavar="DIR", help="redraw the plots of the results in DIR (into --out or DIR)")
     p.add_argument("--compare", nargs=2, metavar=("OLD_DIR", "NEW_DIR"),
                    help="tabulate and plot NEW's speedup over OLD at every point both measured")
+    p.add_argument("--merge", nargs="+", metavar="DIR",
+                   help="merge these results folders (one run's steps) into --out, then plot them")
     p.add_argument("--dry-run", action="store_true", help="print the planned tasks in order and stop")
     p.add_argument("--verbose", action="store_true", help="print the traceback of every failing point")
     args = p.parse_args(argv)
@@ -142,6 +146,19 @@ def main(argv=None):
             parser.error(f"--compare: {e}")
         print(text, end="")
         print(f"wrote {csv_path}" + (f" and {png}" if png else ""))
+        return 0
+    if args.merge:
+        if not args.out:
+            parser.error("--merge needs --out, the folder to write the merged results to")
+        from .results import merge_results
+
+        try:
+            merge_results(args.merge, args.out)
+            replot(args.out, quiet=True)
+        except (OSError, ValueError) as e:
+            print(f"{parser.prog}: error: --merge: {e}", file=sys.stderr)
+            return 1
+        print(f"merged {len(args.merge)} results folders into {args.out}")
         return 0
     if args.plot:
         if not os.path.exists(args.plot):

@@ -177,3 +177,25 @@ def load_csv(path):
             rows.append(row)
     return rows
 
+
+def merge_results(dirs, out_dir):
+    """One results folder from several runs' folders (bench/gpu_check.sh runs the benchmark as
+    separate steps, one process each): every row of every folder, a later folder's row replacing
+    an earlier one's at the same point and implementation; the first folder's meta, with each
+    run's status, time, settings and measured limits kept under "runs". Returns (meta, rows)."""
+    meta, merged, runs = None, {}, []
+    for d in dirs:
+        m, rows = load_results(d)
+        meta = meta or dict(m)
+        runs.append({"dir": os.path.basename(os.path.normpath(d)), **{k: m.get(k) for k in (
+            "status", "elapsed_s", "settings", "limits", "attention_configs")}})
+        for r in rows:
+            merged[(row_key(r), r["impl"])] = r
+    if meta is None:
+        raise ValueError("--merge: no results folders given")
+    meta["runs"] = runs
+    meta["status"] = "; ".join(f"{r['dir']}: {r['status']}" for r in runs)
+    meta["attention_configs"] = [c for r in runs for c in (r["attention_configs"] or [])]
+    rows = fill_speedups(list(merged.values()))
+    write_results(out_dir, meta, rows)
+    return meta, rows

@@ -46,7 +46,6 @@ Limits and numerics:
 - Under torch.autocast, q, k and v are cast to autocast's dtype first, as for torch's SDPA.
 """
 
-import logging
 import math
 
 import torch
@@ -57,6 +56,7 @@ from gpt2_kernels import registry
 from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_qkv,
                                   check_runnable, device_guard)
 from gpt2_kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
+from gpt2_kernels.tuner import Tuner
 
 # Constants the kernels read must be tl.constexpr; the host reads them as LOG2E.value.
 LOG2E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * log2(e))
@@ -615,9 +615,6 @@ def _compile_configs():
 # Choosing among the candidates on a GPU
 # ----------------------------------------------------------------------------------------
 
-_log = logging.getLogger(__name__)
-_CHOSEN = {}  # (kernel, arch, D, dtype, causal, sequence-length class) -> (Launch, {label: ms})
-
 
 def _arch(device):
     """The candidate family for a device: 90 for Hopper, 80 for every other GPU, None for the interpreter."""
@@ -630,39 +627,26 @@ def _describe(cfg):
     return " ".join(f"{k}={v}" for k, v in cfg.constexprs.items()) + f" warps={cfg.num_warps} stages={cfg.num_stages}"
 
 
+_TUNER = Tuner("attention", _describe)
+
+
 def _pick(kernel, device, head_dim, dtype, causal, seq, run):
-    """The candidate to launch. On a GPU the first call for a (kernel, arch, D, dtype, causal,
-    power-of-two sequence length) times every candidate with ``run(cfg)`` (a launch on the
-    real arguments, which the real launch then overwrites), keeps the fastest and logs it;
-    later calls reuse it. A candidate that fails to launch (e.g. out of shared memory) is
-    skipped."""
+    """The candidate to launch: on a GPU the first call for a (kernel, arch, D, dtype, causal,
+    power-of-two sequence length) compiles every candidate (``run(cfg, warmup=True)``), times
+    each on the real arguments, keeps the fastest and remembers it on disk (gpt2_kernels/tuner.py)."""
     arch = _arch(device)
     candidates = _candidates(kernel, arch, head_dim, dtype, causal)
-    if len(candidates) == 1 or device.type != "cuda":
-        return candidates[0]
     key = (kernel, arch, head_dim, str(dtype).replace("torch.", ""), causal, triton.next_power_of_2(seq))
-    if key not in _CHOSEN:
-        times = {}
-        for cfg in candidates:
-            try:
-                times[_describe(cfg)] = triton.testing.do_bench(lambda: run(cfg), warmup=3, rep=10)
-            except Exception as e:  # a candidate that cannot run here loses; the next one may
-                _log.warning("attention %s: candidate %s failed: %s", kernel, _describe(cfg), e)
-        if not times:
-            raise RuntimeError(f"attention {kernel}: no candidate launch ran on {device}")
-        best = min(candidates, key=lambda c: times.get(_describe(c), float("inf")))
-        _CHOSEN[key] = (best, times)
-        _log.info("attention %s sm_%s D=%d %s causal=%s S<=%d: chose %s (%s)", kernel, arch, head_dim, key[3],
-                  causal, key[5], _describe(best), ", ".join(f"{k}: {v:.3f} ms" for k, v in times.items()))
-    return _CHOSEN[key][0]
+    return _TUNER.pick(key, candidates, run, compile=lambda cfg: run(cfg, warmup=True), device=device)
 
 
 def chosen_configs():
     """What the tuner chose so far in this process, for benchmark records: a list of
-    {"kernel", "arch", "head_dim", "dtype", "causal", "seq_pow2", "config", "ms"} where "config"
-    describes the winning launch and "ms" maps every candidate timed to its median time."""
-    return [{"kernel": k[0], "arch": k[1], "head_dim": k[2], "dtype": k[3], "causal": k[4], "seq_pow2": k[5],
-             "config": _describe(cfg), "ms": times} for k, (cfg, times) in _CHOSEN.items()]
+    {"kernel", "arch", "head_dim", "dtype", "causal", "seq_pow2", "config", "ms", "source"} where
+    "config" describes the winning launch, "ms" maps every candidate timed to its median time and
+    "source" says whether it was timed in this process or read from the tuner's cache file."""
+    return [dict(zip(("kernel", "arch", "head_dim", "dtype", "causal", "seq_pow2"), r["key"]),
+                 config=r["config"], ms=r["ms"], source=r["source"]) for r in _TUNER.records()]
 
 
 def _tma_allocator(size, alignment, stream):
@@ -683,6 +667,13 @@ def _ensure_allocator():
 # ----------------------------------------------------------------------------------------
 # Launchers
 # ----------------------------------------------------------------------------------------
+
+
+def _launch(kernel, grid, warmup):
+    """kernel[grid], or with ``warmup`` a call that only compiles (the tuner's first step)."""
+    if warmup:
+        return lambda *args, **kwargs: kernel.warmup(*args, grid=grid, **kwargs)
+    return kernel[grid]
 
 
 def _kernel_layout(t):
@@ -709,9 +700,9 @@ def _attention_fwd(q, k, v, causal, scale):
     o = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((B, H, Sq), dtype=torch.float32, device=q.device)
 
-    def run(cfg):
+    def run(cfg, warmup=False):
         grid = (triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)
-        _attn_fwd_kernel[grid](q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        _launch(_attn_fwd_kernel, grid, warmup)(q, k, v, o, lse, *_strides(q), *_strides(k), *_strides(v), *_strides(o),
                                H, Sq, Sk, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET,
                                **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
@@ -735,16 +726,16 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
     # deterministic=False: dQ is accumulated in fp32 by atomic adds inside the dK/dV kernel.
     dq_acc = torch.zeros((B, H, Sq, D) if not deterministic else (1,), dtype=torch.float32, device=q.device)
 
-    def run_dkdv(cfg):
+    def run_dkdv(cfg, warmup=False):
         grid = (triton.cdiv(Sk, cfg.constexprs["BLOCK_N"]) * B * H,)
-        _attn_bwd_dkdv_kernel[grid](
+        _launch(_attn_bwd_dkdv_kernel, grid, warmup)(
             q, k, v, do, lse_pad, delta, dk, dv, dq_acc,
             *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dk), *_strides(dv),
             stride_stat, H, Sq, Sk, scale, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, ATOMIC_DQ=not deterministic,
             INTERPRET=INTERPRET, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
-    def run_dq(cfg):
-        _attn_bwd_dq_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
+    def run_dq(cfg, warmup=False):
+        _launch(_attn_bwd_dq_kernel, (triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,), warmup)(
             q, k, v, do, lse_pad, delta, dq, *_strides(q), *_strides(k), *_strides(v), *_strides(do),
             *_strides(dq), stride_stat, H, Sq, Sk, scale, scale * LOG2E.value, HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET,
             **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages)

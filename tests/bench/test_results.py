@@ -270,3 +270,31 @@ def test_timer_asks_do_bench_for_the_median_and_the_20th_and_80th_percentiles(mo
     t = Timer("cuda")(lambda: None)
     assert asked["quantiles"] == [0.5, 0.2, 0.8]
     assert t.fields() == {"ms": 2.0, "ms_p20": 1.5, "ms_p80": 3.0}
+
+
+def test_merge_results_of_separate_steps(tmp_path):
+    # bench/gpu_check.sh runs the benchmark as steps, one process and one folder each; the
+    # merged folder holds every row once, a later step's row winning at the same point.
+    import bench.__main__ as bench_main
+    from bench.results import load_results, merge_results
+
+    rows = fake_rows()
+    attn = [r for r in rows if r["family"] == "attention"]
+    model = [r for r in rows if r["family"] == "model"]
+    redo = dict(attn[0], ms=attn[0]["ms"] * 2)
+    for name, part, status in (("attention", attn, "complete"), ("model", model + [redo], "budget reached")):
+        write_results(tmp_path / name, dict(fake_meta(), status=status, elapsed_s=1.0), part)
+    meta, merged = merge_results([tmp_path / "attention", tmp_path / "model"], tmp_path / "all")
+    assert len(merged) == len(attn) + len(model)
+    assert meta["status"] == "attention: complete; model: budget reached"
+    assert [r["dir"] for r in meta["runs"]] == ["attention", "model"]
+    again = {(r["family"], r["pass"], r["size"], r["seq_len"], r["batch"], r["impl"]): r
+             for r in load_results(tmp_path / "all")[1]}
+    k = (redo["family"], redo["pass"], redo["size"], redo["seq_len"], redo["batch"], redo["impl"])
+    assert again[k]["ms"] == redo["ms"]
+    assert bench_main.main(["--merge", str(tmp_path / "attention"), str(tmp_path / "model"),
+                            "--out", str(tmp_path / "cli")]) == 0
+    assert (tmp_path / "cli" / "summary.md").is_file() and list((tmp_path / "cli").glob("*.png"))
+    assert bench_main.main(["--merge", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 1
+    with pytest.raises(SystemExit):
+        bench_main.main(["--merge", str(tmp_path / "attention")])  # no --out

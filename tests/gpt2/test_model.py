@@ -224,21 +224,22 @@ def test_multi_head_attention_cross_and_masked():
 
 
 @pytest.mark.parametrize("impl", ["torch", "sdpa", "triton"])
-def test_causal_self_attention_and_causal_mask_path(impl):
-    csa = CausalSelfAttention(d_model=64, num_heads=4, max_seq_len=32)
+def test_causal_self_attention_and_causal_mask_path(impl, device):
+    csa = CausalSelfAttention(d_model=64, num_heads=4, max_seq_len=32).to(device)
     bind(csa, impl)
-    x = torch.randn(3, 11, 64)
+    t = dict(atol=1e-5, rtol=1e-5) if device == "cpu" else dict(atol=5e-3, rtol=5e-3)  # TF32 on a GPU
+    x = torch.randn(3, 11, 64, device=device)
     y_ref, _ = reference_mha(csa, x, x, x, causal=True)
-    torch.testing.assert_close(csa(x).double(), y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(csa(x).double(), y_ref, **t)
     # A causal mask handed to MultiHeadAttention takes the fused path and gives the same result.
-    mask = torch.tril(torch.ones(11, 11))
-    torch.testing.assert_close(MultiHeadAttention.forward(csa, x, x, x, mask=mask).double(), y_ref, atol=1e-5, rtol=1e-5)
+    mask = torch.tril(torch.ones(11, 11, device=device))
+    torch.testing.assert_close(MultiHeadAttention.forward(csa, x, x, x, mask=mask).double(), y_ref, **t)
     # Cross-attention without a mask runs non-causal on the fused path.
-    kv = torch.randn(3, 7, 64)
+    kv = torch.randn(3, 7, 64, device=device)
     y_ref, _ = reference_mha(csa, x, kv, kv)
-    torch.testing.assert_close(MultiHeadAttention.forward(csa, x, kv, kv).double(), y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(MultiHeadAttention.forward(csa, x, kv, kv).double(), y_ref, **t)
     with pytest.raises(ValueError, match="max_seq_len=32"):
-        csa(torch.randn(1, 33, 64))
+        csa(torch.randn(1, 33, 64, device=device))
 
 
 def test_positional_encodings():

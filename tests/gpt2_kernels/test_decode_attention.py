@@ -136,19 +136,19 @@ def test_attention_dispatches_decode_by_shape(monkeypatch, device):
     assert calls == [1] and q.grad is not None
 
 
-def test_errors():
-    q, k, v = _qkv(1, 2, MAX_QUERIES + 1, 40, 16)
+def test_errors(device):
+    q, k, v = _qkv(1, 2, MAX_QUERIES + 1, 40, 16, device=device)
     with pytest.raises(ValueError, match="Sq=17 queries; this kernel takes 1 to 16"):
         decode_attention(q, k, v)
-    q, k, v = _qkv(1, 2, 1, 40, 16)
+    q, k, v = _qkv(1, 2, 1, 40, 16, device=device)
     with pytest.raises(TypeError, match="kv_len must be an int32 or int64 tensor"):
-        decode_attention(q, k, v, kv_len=torch.tensor([3.0]))
+        decode_attention(q, k, v, kv_len=torch.tensor([3.0], device=device))
     with pytest.raises(ValueError, match="kv_len must hold 1 or B=1 lengths"):
-        decode_attention(q, k, v, kv_len=torch.tensor([3, 4]))
+        decode_attention(q, k, v, kv_len=torch.tensor([3, 4], device=device))
     with pytest.raises(ValueError, match="num_splits must be an int"):
         decode_attention(q, k, v, num_splits=0)
     with pytest.raises(ValueError, match="head dim D=24"):
-        decode_attention(*_qkv(1, 1, 1, 4, 24))
+        decode_attention(*_qkv(1, 1, 1, 4, 24, device=device))
     with pytest.raises(RuntimeError, match="inference-only"):
         decode_attention(q.requires_grad_(), k, v)
 

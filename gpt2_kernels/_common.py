@@ -53,10 +53,15 @@ def autocast_dtype(t):
     """The dtype torch.autocast computes in on t's device, or None where autocast is off (or t is
     not a tensor). Each public function applies its op's cast policy with it, once, before its
     checks: the custom ops themselves see inputs of one dtype."""
-    if (isinstance(t, torch.Tensor) and torch.amp.is_autocast_available(t.device.type)  # not for "meta"
-            and torch.is_autocast_enabled(t.device.type)):
-        return torch.get_autocast_dtype(t.device.type)
-    return None
+    if not isinstance(t, torch.Tensor):
+        return None
+    device = t.device.type
+    # cuda and cpu always have autocast. Asking torch.amp.is_autocast_available about them anyway
+    # broke torch.compile's fullgraph trace on torch 2.11 (dynamo cannot trace that builtin; seen
+    # on an H200 in generate(compile=True)); other types ("meta") may have none, so ask for those.
+    if device not in ("cuda", "cpu") and not torch.amp.is_autocast_available(device):
+        return None
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
 
 
 def cast_floats(dtype, *tensors):

@@ -4,6 +4,7 @@ eager PyTorch's loss and gradients and, with the KV cache, eager's greedy tokens
 decode loop replays as a CUDA graph; and the attention tuner writes its choices to disk once,
 so that a second process reads them instead of timing again. Skipped without CUDA."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -25,23 +26,30 @@ def model():
     return GPT2(GPT2Config.from_name("gpt2")).cuda()
 
 
-def _step(model, idx, targets):
+def _step(model, idx, targets, autocast=True):
     model.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
         _, loss = model(idx, targets)
     loss.backward()
-    return loss.detach().float(), {n: p.grad.float() for n, p in model.named_parameters()}
+    return loss.detach().double(), {n: p.grad.double() for n, p in model.named_parameters()}
 
 
 def test_training_step_equals_eager(model):
+    # flash-attention's rule, per parameter: under bf16 autocast the kernels' error against a
+    # float32 eager step is at most twice eager's own bf16-autocast error (plus 1e-3 relative).
     idx = torch.randint(0, 50257, (4, 1025), device="cuda")
-    ref_loss, ref = _step(model.set_kernels("torch"), idx[:, :-1], idx[:, 1:])
-    loss, got = _step(model.set_kernels("triton"), idx[:, :-1], idx[:, 1:])
-    # bf16 autocast: both sides round matmul inputs to bf16, so compare as bf16 results do.
-    torch.testing.assert_close(loss, ref_loss, atol=2e-2, rtol=2e-3)
+    x, y = idx[:, :-1], idx[:, 1:]
+    ref_loss, ref = _step(model.set_kernels("torch"), x, y, autocast=False)
+    eager_loss, eager = _step(model.set_kernels("torch"), x, y)
+    loss, got = _step(model.set_kernels("triton"), x, y)
+    assert abs(loss - ref_loss) <= 2 * abs(eager_loss - ref_loss) + 1e-3 * ref_loss, (loss, eager_loss, ref_loss)
+    bad = []
     for name, g in ref.items():
-        rel = (got[name] - g).norm() / g.norm().clamp_min(1e-12)
-        assert rel < 5e-2, f"grad of {name}: relative error {rel:.3e}"
+        norm = g.norm().clamp_min(1e-30)
+        err, budget = float((got[name] - g).norm() / norm), float((eager[name] - g).norm() / norm)
+        if err > 2 * budget + 1e-3:
+            bad.append(f"{name}: {err:.2e} vs eager bf16's {budget:.2e}")
+    assert not bad, "gradients off by more than twice eager's bf16 error: " + "; ".join(bad)
 
 
 def test_greedy_generation_equals_eager(model):
@@ -62,9 +70,8 @@ def test_cuda_graph_decode_equals_eager(model):
 
 
 TUNE = """
-import json, sys, torch
-import gpt2_kernels
-from gpt2_kernels import attention as a
+import importlib, json, torch
+a = importlib.import_module("gpt2_kernels.attention")  # the module; gpt2_kernels.attention is the function
 q, k, v = (torch.randn(2, 12, 1024, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
 a.attention(q, k, v).sum().backward()
 torch.cuda.synchronize()
@@ -88,7 +95,7 @@ def test_tuner_does_not_time_inside_cuda_graph_capture(tmp_path, monkeypatch):
     # A shape class nobody has tuned (head size 32, fp16, S=64), captured first: the capture must
     # succeed with the first candidate, untimed and not remembered.
     monkeypatch.setenv("GPT2_KERNELS_TUNE_CACHE", str(tmp_path))
-    from gpt2_kernels import attention as a
+    a = importlib.import_module("gpt2_kernels.attention")
 
     q, k, v = (torch.randn(1, 2, 64, 32, device="cuda", dtype=torch.float16) for _ in range(3))
     before = len(a.chosen_configs())

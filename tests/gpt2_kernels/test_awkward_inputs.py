@@ -186,3 +186,21 @@ def test_autocast_gradients_reach_float32_parameters(device):
     y.float().sum().backward()
     assert w.grad.dtype == b.grad.dtype == torch.float32
     assert torch.isfinite(w.grad).all() and torch.isfinite(b.grad).all()
+
+
+def test_autocast_check_stays_traceable_on_cuda_and_cpu(monkeypatch):
+    # torch 2.11's dynamo cannot trace torch.amp.is_autocast_available, which broke
+    # generate(compile=True) with the kernels on an H200: it must not be asked for cuda or cpu.
+    from gpt2_kernels import _common
+
+    def untraceable(device_type):
+        raise AssertionError(f"is_autocast_available({device_type!r}) called")
+
+    monkeypatch.setattr(torch.amp, "is_autocast_available", untraceable)
+    x = torch.ones(2)
+    assert _common.autocast_dtype(x) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _common.autocast_dtype(x) == torch.bfloat16
+    monkeypatch.undo()
+    assert _common.autocast_dtype(torch.ones(2, device="meta")) is None
+    assert _common.autocast_dtype("not a tensor") is None

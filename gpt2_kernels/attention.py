@@ -546,17 +546,23 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
     if arch == 90:
         if kernel == "bwd_dkdv" and atomic_dq:
             return [launch(16 if big else 32, 128, 8, 3, True)]
+        # Measured on an H200 (2026-12-04, GPT-2 small, bf16, S=1024): the previous kernel's
+        # tiles with pointer loads ran the forward in 0.100 ms against 0.191 ms for the TMA
+        # 128x128 tiles below, and its 32x128 dK/dV in 0.210 ms against 0.282 ms; so those
+        # tiles (the sm_80 family's, still wgmma on sm_90) are candidates here too, and the
+        # tuner keeps whichever is fastest on the GPU it runs on.
+        pointer = _candidates(kernel, 80, head_dim, dtype, causal)
         return {
             # 128x128 at D=128 would hold two 128x128 fp32 score tiles and the 128x128
             # accumulator: past 255 registers.
             "fwd": [launch(128, 64 if big else 128, 8, 2, True, True),
-                    launch(128, 64 if big else 128, 8, 2, True, False)],
+                    launch(128, 64 if big else 128, 8, 2, True, False)] + pointer,
             # dK and dV accumulators are BLOCK_N x D fp32 each: at D=128 a 64-query tile spills
             # (64x128 with 8 warps, 64x64 with 4). The logsumexp and delta by TMA, or by
             # pointers: see _attn_bwd_dkdv_kernel.
             "bwd_dkdv": ([launch(32, 128, 8, 3, True)] if big
                          else [launch(64, 128, 8, 2, True, stats_tma=True), launch(64, 128, 8, 2, True),
-                               launch(32, 128, 8, 3, True)]),
+                               launch(32, 128, 8, 3, True)]) + pointer,
             "bwd_dq": [launch(128, 64, 8, 2, True), launch(64, 64, 4, 3, True)],
         }[kernel]
     # sm_80 family. On sm_80 a warp's mma.sync B operand (K^T, V) spans the whole key tile,

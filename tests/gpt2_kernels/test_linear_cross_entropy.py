@@ -25,7 +25,6 @@ from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()
-DEVICE = "cuda" if ON_GPU else "cpu"
 N, D, V = 37, 8, 301  # V = 301: a multiple of no block (and not of 16, so the logits rows are padded)
 CHUNK = _chunk_rows(N, D)
 
@@ -237,40 +236,6 @@ def test_targets_as_strided_views_match_float64(view, reduction, device):
     t = _target_view(view, 20, V, device)
     assert not t.is_contiguous()
     grad_out = torch.randn(20 if reduction == "none" else (), device=device)
-    got = _run(linear_cross_entropy, x, w, t, b, reduction, grad_out)
-    ref = _run(linear_cross_entropy_reference, x, w, t, b, reduction, grad_out, torch.float64)
-    _assert_matches_float64(got, got, ref, torch.float32, ["loss", "dx", "dweight", "dbias"])
-
-
-def _integer_logits_inputs(offset, device, n=6, v=40):
-    """x, W of small integers and a bias of offset + small integers: every logit is an integer
-    below 2^24 in size, exact in fp32 and in float64, so the reference sees the very logits the
-    kernel does and any difference is the kernel's arithmetic."""
-    g = torch.Generator().manual_seed(abs(offset) % 1000)
-    x = torch.randint(-1, 2, (n, D), generator=g).float().to(device)
-    w = torch.randint(-3, 4, (v, D), generator=g).float().to(device)
-    b = (torch.randint(-8, 9, (v,), generator=g) + offset).float().to(device)
-    t = torch.randint(0, v, (n,), generator=g).to(device)
-    return x, w, t, b
-
-
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import example, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from tests.conftest import examples  # noqa: E402
-
-
-@settings(max_examples=examples(5))
-@given(offset=st.integers(-(2**24) + 64, 2**24 - 64), reduction=st.sampled_from(["mean", "none"]))
-@example(offset=10**7, reduction="none")
-@example(offset=-(10**7), reduction="mean")
-def test_logits_far_from_zero_keep_fp32_accuracy(offset, reduction):
-    # The logsumexp taken relative to the row's max: a large common offset cancels exactly,
-    # where lse - z[t] in fp32 would lose the loss to the offset's rounding (0.5 at 1e7).
-    x, w, t, b = _integer_logits_inputs(offset, DEVICE)
-    assert b.double().sub(b.double().round()).abs().max() == 0 and b.abs().max() < 2**24
-    grad_out = torch.randn(x.shape[0] if reduction == "none" else (), device=DEVICE)
     got = _run(linear_cross_entropy, x, w, t, b, reduction, grad_out)
     ref = _run(linear_cross_entropy_reference, x, w, t, b, reduction, grad_out, torch.float64)
     _assert_matches_float64(got, got, ref, torch.float32, ["loss", "dx", "dweight", "dbias"])

@@ -574,15 +574,19 @@ def save_checkpoint(out, step, args, model, wrapped, optimizer, dist):
 
 def finish_checkpoint(out):
     """Move a complete checkpoint left in PENDING (a save cut short after its commit) over the
-    one in ``out``; nothing to do without one. Idempotent, so a cut here is finished next time."""
+    one in ``out``; nothing to do without one. Idempotent, so a cut here is finished next time,
+    and safe when every process of a distributed run calls it at once (each rename is atomic: a
+    file already gone from PENDING was moved in by another)."""
     pending = Path(out) / PENDING
     if not pending.is_dir():
         return
     for name in CHECKPOINT:
-        if (pending / name).exists():
+        try:
             os.replace(pending / name, Path(out) / name)
+        except FileNotFoundError:
+            pass
     _fsync(Path(out))
-    shutil.rmtree(pending)
+    shutil.rmtree(pending, ignore_errors=True)
 
 
 def _fsync(path):

@@ -249,7 +249,8 @@ def resolve_args(args, given, parser):
     args.warmup_steps = args.steps // 20 if args.warmup_steps is None else args.warmup_steps
     args.min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
     if args.min_lr > args.lr:
-        parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr}): the cosine decays from --lr to --min-lr")
+        parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr}): the cosine decays from "
+                     f"--lr to --min-lr")
     if args.lr * args.weight_decay > 1:
         parser.error(f"--weight-decay {args.weight_decay} at --lr {args.lr}: a step scales the matrices by "
                      f"1 - lr * weight_decay = {1 - args.lr * args.weight_decay:.3g}, which must not be negative")

@@ -43,8 +43,9 @@ logsumexp, the softmax and the per-row losses are fp32, the loss is returned in 
 accumulates in W's dtype through cuBLAS's beta = 1 (fp32 inside each matmul, one rounding
 per chunk; fp32 weights are exact), db in fp32. The loss and dz come from the right-hand
 forms above, differences of logits plus a log-sum in [0, log V], never from lse itself: an
-fp32 lse of logits near 1e7 is rounded to a whole number, which lse - z[t] would keep in a loss of a few
-nats, while m_i - z[t] is exact there (logits of 1e7 lose nothing more than eager's fp32 does).
+fp32 lse of logits near 1e7 is rounded to a whole number, which lse - z[t] would keep in a
+loss of a few nats, while m_i - z[t] is exact there (logits of 1e7 lose nothing more than
+eager's fp32 does). The cost: a select per logit in the first pass (memory-bound either way).
 A row whose logits are all the same (e.g. all masked to -1e30 or the dtype's lowest value)
 has loss log V and a uniform softmax, as in torch.
 

@@ -387,15 +387,16 @@ def test_kv_cache_bad_arguments_are_refused(make, match):
 
 
 @pytest.mark.parametrize("change, match", [
-    (dict(n_head=3, n_embd=24), r"the KV cache holds 3 heads of size 8 in 2 layers; this model has 2 heads of size 12 in 2 layers"),
-    (dict(n_layer=1), r"the KV cache holds 2 heads of size 12 in 1 layers; this model has 2 heads of size 12 in 2 layers"),
-    (dict(dtype=torch.float64), r"the KV cache holds torch.float64 keys and values, but layer 0 makes torch.float32 ones"),
+    (dict(n_head=3, n_embd=24), r"holds 3 heads of size 8 in 2 layers; this model has 2 heads of size 12 in 2 layers"),
+    (dict(n_layer=1), r"holds 2 heads of size 12 in 1 layers; this model has 2 heads of size 12 in 2 layers"),
+    (dict(dtype=torch.float64), r"holds torch.float64 keys and values, but layer 0 makes torch.float32 ones"),
     (dict(batch=3), r"the KV cache was made for batch size 3, got ids of batch size 2"),
     (dict(device="meta"), r"the KV cache is on meta, the ids on cpu"),
 ])
 def test_kv_cache_that_does_not_fit_the_model_is_refused(change, match):
     model = tiny()
-    cfg = GPT2Config(**{**{k: getattr(model.config, k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")},
+    fields = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+    cfg = GPT2Config(**{**{k: getattr(model.config, k) for k in fields},
                         **{k: v for k, v in change.items() if k not in ("dtype", "batch", "device")}})
     cache = KVCache(cfg, change.get("batch", 2), 10, dtype=change.get("dtype", torch.float32),
                     device=change.get("device"))

@@ -17,6 +17,9 @@ How a point is timed: bench/timing.py, ``Timer`` (built in ``run`` below) and ``
 
 Without a CUDA GPU (and without --smoke/--plot/--dry-run) it says so and redraws the plots of
 the results shipped in bench/results/.
+
+The run's status (results.json, summary.md, the last line) counts the points that errored; a run
+in which every point errored measured nothing, says "failed" and exits 1.
 """
 
 import argparse
@@ -60,6 +63,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):  # refuses nan
         p.error(f"--budget must be a positive, finite number of seconds, got {args.budget}")
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out} is a file; it takes a folder (made if missing)")
     return p, args
 
 
@@ -264,13 +269,16 @@ def run(args, sweep, info, budget, t_start):
         reserve = 0.0 if budget is None else min(20.0, 0.1 * budget)
         rows = execute(tasks, ctx, budget=remaining, reserve=reserve, progress=progress, save=save)
         skipped = sum(r["status"] == "skipped" for r in rows)
+        errors = [r for r in rows if r["status"] == "error"]
         lost = next((r["note"] for r in rows if "CUDA context was lost" in (r["note"] or "")), None)
         if lost:
             status, rc = f"aborted: {lost.replace('not measured: ', '')}", 1
-        elif skipped:
-            status = f"budget reached: {skipped} of {len(rows)} tasks skipped"
+        elif errors and not any(r["status"] == "ok" for r in rows):  # nothing measured: not a result
+            status, rc = f"failed: all {len(errors)} points errored (first: {errors[0]['note']})", 1
         else:
-            status = "complete"
+            status = f"budget reached: {skipped} of {len(rows)} tasks skipped" if skipped else "complete"
+            if errors:  # the rest was measured; these points were not
+                status += f", {len(errors)} of {len(rows)} points errored"
     except KeyboardInterrupt:
         status = f"interrupted after {len(done)} of {len(tasks)} tasks"
         print(f"\nbench: {status}; writing what was measured", file=sys.stderr)

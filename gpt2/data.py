@@ -11,7 +11,9 @@
   separator GPT-2 was trained with. The ids go to ``tokens.bin``, a flat array of uint16 (every
   GPT-2 id is < 65,536: 2 bytes a token), under the cache folder, in a subfolder named after the
   files' paths, sizes and modification times: a second run finds it and skips the tokenizer; an
-  edited file makes a new one. Text over ``PARALLEL_MIN_BYTES`` is cut into pieces at line
+  edited file makes a new one. A cache is reused only if ``tokens.bin`` has the size and SHA-256
+  that ``meta.json`` recorded (a cut-short copy would otherwise train on part of the text); a
+  damaged one is tokenized again, and the log says so. Text over ``PARALLEL_MIN_BYTES`` is cut into pieces at line
   breaks that cannot change the tokenization (see ``_cut_points``) and encoded by a pool of
   processes, one per CPU;
 - a prepared token file ``*.bin``: a flat uint16 array in the same format (nanoGPT's
@@ -171,7 +173,7 @@ def _encode_piece(job):
 
 def tokenize(files, out_path, *, parallel_min_bytes=PARALLEL_MIN_BYTES, piece_bytes=PIECE_BYTES, workers=None):
     """Encode ``files`` into ``out_path`` (uint16 ids, <|endoftext|> after each file); returns
-    (number of tokens, number of characters' bytes, largest id)."""
+    (number of tokens, number of characters' bytes, largest id, SHA-256 of the file written)."""
     from .tokenizer import EOT_ID
 
     total_bytes = sum(f.stat().st_size for f in files)
@@ -181,16 +183,21 @@ def tokenize(files, out_path, *, parallel_min_bytes=PARALLEL_MIN_BYTES, piece_by
         jobs += [(f, a, b) for a, b in (_cut_points(f, piece_bytes) if parallel else [(0, f.stat().st_size)])]
         ends.append(len(jobs) - 1)
     n_tokens, max_id, eot = 0, -1, np.array([EOT_ID], dtype=TOKEN_DTYPE)
+    digest = hashlib.sha256()
     with open(out_path, "wb") as out:
+
+        def put(raw):
+            out.write(raw)
+            digest.update(raw)
 
         def write(i, ids):
             nonlocal n_tokens, max_id
             if len(ids):
                 max_id = max(max_id, int(ids.max()))
-            out.write(ids.tobytes())
+            put(ids.tobytes())
             n_tokens += len(ids)
             if i in ends:
-                out.write(eot.tobytes())
+                put(eot.tobytes())
                 n_tokens, max_id = n_tokens + 1, max(max_id, EOT_ID)
 
         if parallel and len(jobs) > 1:
@@ -205,7 +212,32 @@ def tokenize(files, out_path, *, parallel_min_bytes=PARALLEL_MIN_BYTES, piece_by
         else:
             for i, job in enumerate(jobs):
                 write(i, _encode_piece(job))
-    return n_tokens, total_bytes, max_id
+    return n_tokens, total_bytes, max_id, digest.hexdigest()
+
+
+def _file_sha256(path, chunk=1 << 24):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cache_damage(folder):
+    """Why a cache folder's tokens cannot be trusted (a cut-short or changed tokens.bin, an
+    unreadable meta.json), or None when tokens.bin is what meta.json recorded: its size and its
+    SHA-256 (one read of the file, ~1 s a GB)."""
+    try:
+        meta = json.loads((folder / META).read_text())
+        n_tokens, want = int(meta["n_tokens"]), meta["sha256"]
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        return f"{META} unreadable or without a digest: {type(e).__name__}: {e}"
+    size = (folder / TOKENS).stat().st_size if (folder / TOKENS).is_file() else None
+    if size != n_tokens * np.dtype(TOKEN_DTYPE).itemsize:
+        return f"{TOKENS} holds {size} bytes, {META} says {n_tokens:,} tokens"
+    if _file_sha256(folder / TOKENS) != want:
+        return f"{TOKENS} does not match the SHA-256 in {META}"
+    return None
 
 
 def cached_tokens(files, cache_dir, *, create=True, **tokenize_kwargs):
@@ -216,8 +248,18 @@ def cached_tokens(files, cache_dir, *, create=True, **tokenize_kwargs):
     """
     cache_dir = Path(cache_dir).expanduser()
     folder = cache_dir / cache_key(files)
+    damaged = None
     if (folder / META).is_file():
-        return folder, "reused"
+        damaged = cache_damage(folder)
+        if damaged is None:
+            return folder, "reused"
+        if not create:
+            raise ValueError(f"the token cache {folder} is damaged ({damaged}); the first process should "
+                             f"have tokenized the text again")
+        # A cache is derived data: set the damaged one aside (one rename) and make it again.
+        aside = cache_dir / f".{folder.name}.{os.getpid()}.damaged"
+        folder.rename(aside)
+        shutil.rmtree(aside, ignore_errors=True)
     if not create:
         raise FileNotFoundError(f"the token cache {folder} was not written (the first process should have)")
     n_bytes = sum(f.stat().st_size for f in files)
@@ -230,11 +272,11 @@ def cached_tokens(files, cache_dir, *, create=True, **tokenize_kwargs):
     tmp.mkdir()
     try:
         t0 = time.perf_counter()
-        n_tokens, n_bytes, max_id = tokenize(files, tmp / TOKENS, **tokenize_kwargs)
+        n_tokens, n_bytes, max_id, sha256 = tokenize(files, tmp / TOKENS, **tokenize_kwargs)
         seconds = time.perf_counter() - t0
         meta = {
             "format": FORMAT_VERSION, "n_tokens": n_tokens, "max_id": max_id, "bytes": n_bytes,
-            "files": [str(f.resolve()) for f in files], "seconds": round(seconds, 3),
+            "sha256": sha256, "files": [str(f.resolve()) for f in files], "seconds": round(seconds, 3),
         }
         (tmp / META).write_text(json.dumps(meta, indent=1) + "\n")
         try:
@@ -244,7 +286,8 @@ def cached_tokens(files, cache_dir, *, create=True, **tokenize_kwargs):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return folder, f"tokenized in {seconds:.1f} s"
+    note = f"tokenized in {seconds:.1f} s"
+    return folder, note if damaged is None else f"tokenized again: the cache was damaged ({damaged}); {note}"
 
 
 def load_tokens(path, cache_dir=None, *, val_fraction=0.1, create=True, **tokenize_kwargs):

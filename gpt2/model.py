@@ -108,9 +108,18 @@ class KVCache:
       ``length``, an int32 tensor on the device that the step advances in place. Attention
       sees the whole buffer and ``kv_len`` (= length) masks what is not written yet, so every
       step has the same shapes, reads nothing back on the host, and can be a CUDA graph.
+
+    The model refuses a cache that does not fit it (layers, heads, head size, batch, device)
+    before writing anything, and ``update`` one whose dtype is not that of the keys the layers
+    make (a cast would round them silently).
     """
 
     def __init__(self, config, batch_size, max_len, device=None, dtype=torch.float32):
+        for name, n in (("batch_size", batch_size), ("max_len", max_len)):
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"KVCache: {name} must be an int >= 1, got {n!r}")
+        if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise ValueError(f"KVCache: dtype must be a floating-point dtype, got {dtype!r}")
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
@@ -135,6 +144,9 @@ class KVCache:
         sliced to the tokens so far in host mode, the whole buffers in device mode (where the
         decode step has already advanced ``length`` past these T tokens)."""
         T = k.size(2)
+        if k.dtype != self.k.dtype:  # a silent cast here would round the keys, a mismatch later fail
+            raise ValueError(f"the KV cache holds {self.k.dtype} keys and values, but layer {layer} makes "
+                             f"{k.dtype} ones; make the cache with dtype={k.dtype}")
         if self.on_device:
             where = (self.length - T + torch.arange(T, device=k.device)).long()
             self.k[layer].index_copy_(2, where, k)
@@ -266,6 +278,14 @@ class GPT2(nn.Module):
             if cache.on_device:
                 raise ValueError("this KV cache is driven by decode steps (position on the device); "
                                  "model(idx, cache=...) needs a fresh KVCache")
+            c = self.config
+            layers, _, heads, _, size = cache.k.shape
+            if (layers, heads, size) != (c.n_layer, c.n_head, c.head_size):
+                raise ValueError(f"the KV cache holds {heads} heads of size {size} in {layers} layers; this model has "
+                                 f"{c.n_head} heads of size {c.head_size} in {c.n_layer} layers: make it with "
+                                 f"KVCache(model.config, ...)")
+            if cache.k.device != idx.device:
+                raise ValueError(f"the KV cache is on {cache.k.device}, the ids on {idx.device}")
             offset = cache.pos
         if offset + T > self.config.block_size:
             raise ValueError(
@@ -341,9 +361,10 @@ class GPT2(nn.Module):
             the same batch size and length. A dict instead of True is passed on to
             ``torch.compile`` over those defaults (e.g. ``{"backend": "aot_eager"}``).
         eos_token_id: stop early once every row has produced it. Checked every ``check_every``
-            steps (the one host sync, amortised); a row that finished earlier is padded with
-            eos_token_id, and the result is cut after the step where the last row finished,
-            so it may be shorter than T + max_new_tokens.
+            steps and after the last (the one host sync, amortised); a row that finished earlier
+            is padded with eos_token_id, and the result is cut after the step where the last row
+            finished, so it may be shorter than T + max_new_tokens. check_every sets how many
+            steps may be computed past that point, never where the result ends.
         """
         self._check_ids(idx)
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -375,7 +396,9 @@ class GPT2(nn.Module):
             cache.to_device_position()
         else:
             logits = self(idx)[:, -1].float()
-        done = None
+        # finished[b]: the step at which row b produced eos_token_id, max_new_tokens while it has
+        # not; kept on the device, read back only at the checks.
+        finished = None if eos_token_id is None else torch.full((B,), max_new_tokens, device=idx.device)
         for i in range(max_new_tokens):
             if i > 0:
                 if use_cache:
@@ -385,15 +408,14 @@ class GPT2(nn.Module):
                 else:
                     logits = self(out[:, : T + i])[:, -1].float()
             nxt = self._sample(logits, temperature, top_k, generator)  # (B, 1)
-            if eos_token_id is not None:
-                if done is not None:
-                    nxt = nxt.masked_fill(done, eos_token_id)
-                    done = done | (nxt == eos_token_id)
-                else:
-                    done = nxt == eos_token_id
+            if finished is not None:
+                nxt = nxt.masked_fill((finished < max_new_tokens)[:, None], eos_token_id)
+                finished = torch.where(nxt[:, 0] == eos_token_id, finished.clamp(max=i), finished)
             out[:, T + i : T + i + 1] = nxt
-            if done is not None and (i + 1) % check_every == 0 and i + 1 < max_new_tokens and bool(done.all()):
-                return out[:, : T + i + 1]
+            if finished is not None and ((i + 1) % check_every == 0 or i + 1 == max_new_tokens):
+                last = int(finished.max())
+                if last < max_new_tokens:  # every row has finished: end with the last one's step
+                    return out[:, : T + last + 1]
         return out
 
     def _decode_setup(self, batch_size, max_len, compile):
@@ -406,7 +428,9 @@ class GPT2(nn.Module):
         options = {"fullgraph": True, "dynamic": False, **(compile if isinstance(compile, dict) else {})}
         if "backend" not in options and p.device.type == "cuda":
             options.setdefault("mode", "reduce-overhead")
-        key = (batch_size, max_len, p.device, p.dtype, repr(sorted(options.items())))
+        # id(self): copy.deepcopy copies this attribute too, and the copy's step would be the
+        # original's, bound to the original's weights; the copy's own id tells them apart.
+        key = (id(self), batch_size, max_len, p.device, p.dtype, repr(sorted(options.items())))
         kept = getattr(self, "_compiled_decode", None)
         if kept is None or kept[0] != key:
             cache = KVCache(self.config, batch_size, max_len, device=p.device, dtype=p.dtype)

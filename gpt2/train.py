@@ -37,6 +37,13 @@ first process of each machine):
 - ``train_log.csv``: ``step, train_loss, val_loss, lr, tokens_per_s, mfu, peak_mem``, one row a
   step (val_loss on evaluation steps; row 0 is the validation loss before training);
 - ``loss.png``: the loss curves, redrawn at every evaluation.
+
+A checkpoint (the first three files) is replaced whole: written into a folder beside them and
+swapped in (``save_checkpoint``), so that a second Ctrl-C or a kill at any moment leaves one
+complete checkpoint to resume; weights that are not finite are never written. A new run refuses
+an ``--out`` that holds any of these files (``--init X --out X`` would replace X's weights; an old
+log would get a second step 0), and numbers that would wreck a run (a learning rate above 1 or not
+finite, ``--min-lr`` above ``--lr``, a non-positive ``--peak-flops``) are usage errors.
 """
 
 import argparse
@@ -44,6 +51,7 @@ import contextlib
 import csv
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -53,11 +61,15 @@ import numpy as np
 import torch
 
 from . import data as D
+from .checkpoint import CONFIG, SAFETENSORS
 from .config import SIZES, GPT2Config
 from .model import GPT2
 from .switch import KERNELS
 
 STATE, LOG, PLOT = "training_state.pt", "train_log.csv", "loss.png"
+CHECKPOINT = (SAFETENSORS, CONFIG, STATE)  # the files of one checkpoint, in the order they are moved in
+# A checkpoint being written, and one written whole but not yet moved into --out (save_checkpoint).
+PARTIAL, PENDING = ".checkpoint.tmp", ".checkpoint"
 COLUMNS = ("step", "train_loss", "val_loss", "lr", "tokens_per_s", "mfu", "peak_mem")
 
 # Dense bf16 tensor-core peak, FLOP/s, from the vendors' data sheets (for MFU). Matched in order
@@ -86,11 +98,18 @@ def _int_at_least(lo):
     return parse
 
 
-def _float_in(lo, hi=math.inf, hi_open=False):
+def _float_in(lo, hi=math.inf, hi_open=False, lo_open=False):
+    """A finite number in the interval: inf or nan would reach the optimizer (NaN weights
+    from the first step) or the log, never a meaningful setting."""
+    if hi == math.inf:
+        where = f"{'>' if lo_open else '>='} {lo}"
+    else:
+        where = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
     def parse(s):
         x = float(s)
-        if not (lo <= x and (x < hi if hi_open else x <= hi)):  # also refuses nan
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}{')' if hi_open else ']'}, got {s}")
+        if not (math.isfinite(x) and (lo < x if lo_open else lo <= x) and (x < hi if hi_open else x <= hi)):
+            raise argparse.ArgumentTypeError(f"must be a finite number {where}, got {s}")
         return x
 
     return parse
@@ -132,10 +151,13 @@ def add_parser(subparsers):
     g.add_argument("--steps", type=pos, default=1000, help="optimizer steps (the schedule's length)")
     g.add_argument("--stop-at", type=pos, metavar="STEP",
                    help="end this run after STEP (checkpointed), as if interrupted; --resume continues")
-    g.add_argument("--lr", type=frac, default=6e-4, help="peak learning rate")
-    g.add_argument("--min-lr", type=frac, help="learning rate at the end of the cosine (default lr / 10)")
+    # An AdamW step moves each weight by about lr: above 1 a GPT-2's weights (~0.02) are gone in one.
+    g.add_argument("--lr", type=_float_in(0.0, 1.0), default=6e-4, help="peak learning rate, at most 1")
+    g.add_argument("--min-lr", type=_float_in(0.0, 1.0),
+                   help="learning rate at the end of the cosine, at most --lr (default lr / 10)")
     g.add_argument("--warmup-steps", type=nonneg, help="linear warm-up (default 5%% of --steps)")
-    g.add_argument("--weight-decay", type=frac, default=0.1, help="AdamW decay of the matrices")
+    g.add_argument("--weight-decay", type=frac, default=0.1,
+                   help="AdamW decay of the matrices; lr * weight_decay at most 1")
     g.add_argument("--beta1", type=_float_in(0.0, 1.0, hi_open=True), default=0.9, help="AdamW's beta1")
     g.add_argument("--beta2", type=_float_in(0.0, 1.0, hi_open=True), default=0.95, help="AdamW's beta2")
     g.add_argument("--grad-clip", type=frac, default=1.0, help="clip the gradient's global norm (0: off)")
@@ -156,7 +178,7 @@ def add_parser(subparsers):
     g.add_argument("--device", help="cpu, cuda (default cuda when available; under torchrun cuda:LOCAL_RANK)")
     g.add_argument("--precision", choices=("bf16", "fp32"), help="autocast dtype (default bf16 on a GPU, fp32 on a CPU)")
     g.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state (FSDP) instead of DDP")
-    g.add_argument("--peak-flops", type=float, metavar="FLOPS",
+    g.add_argument("--peak-flops", type=_float_in(0.0, lo_open=True), metavar="FLOPS",
                    help="the device's peak FLOP/s for MFU (default: bf16 data-sheet value of known GPUs)")
     for a in p._actions:  # short metavars: N for counts, X for real numbers
         if a.option_strings and a.metavar is None and a.type is not None and a.choices is None:
@@ -185,10 +207,11 @@ def resolve_args(args, given, parser):
     Returns (args, saved training state or None)."""
     out = Path(args.out)
     state = None
+    finish_checkpoint(out)  # one written whole by a run cut short while moving it in
     if args.resume:
         if not (out / STATE).is_file():
             raise FileNotFoundError(f"--resume: {out} holds no {STATE}; nothing to resume")
-        state = torch.load(out / STATE, map_location="cpu", weights_only=True)
+        state = read_state(out / STATE, parser)
         saved = state["args"]
         changed = sorted(k for k in given - RESUMABLE if k in saved and getattr(args, k) != saved[k])
         if changed:
@@ -209,6 +232,10 @@ def resolve_args(args, given, parser):
         return args, state
     if (out / STATE).is_file():
         raise FileExistsError(f"{out} already holds a run ({STATE}); continue it with --resume or choose another --out")
+    held = [name for name in (CONFIG, SAFETENSORS, LOG, PLOT) if (out / name).exists()]
+    if held:  # e.g. --init X --out X, or an earlier run's log: a new run would write over them
+        raise FileExistsError(f"{out} already holds {', '.join(held)}, which a new run would replace; choose "
+                              f"another --out (to train from the model there: --init {out} --out NEW)")
     if args.data is None:
         parser.error("--data is required (unless --resume)")
     custom = [f"--{k.replace('_', '-')}" for k in ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "dropout")
@@ -221,8 +248,40 @@ def resolve_args(args, given, parser):
     args.save_interval = args.save_interval or args.eval_interval
     args.warmup_steps = args.steps // 20 if args.warmup_steps is None else args.warmup_steps
     args.min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
+    if args.min_lr > args.lr:
+        parser.error(f"--min-lr ({args.min_lr}) must not exceed --lr ({args.lr}): the cosine decays from "
+                     f"--lr to --min-lr")
+    if args.lr * args.weight_decay > 1:
+        parser.error(f"--weight-decay {args.weight_decay} at --lr {args.lr}: a step scales the matrices by "
+                     f"1 - lr * weight_decay = {1 - args.lr * args.weight_decay:.3g}, which must not be negative")
     args.data = str(Path(args.data).expanduser().resolve())
     return args, None
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [""])[0] or type(e).__name__
+
+
+def read_state(path, parser):
+    """The training state saved in ``path``, checked to be one that ``--resume`` can use: any
+    damage (not a torch file, cut short, keys or arguments missing) is a ValueError naming it."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling, zip and EOF errors: whatever the bytes are
+        raise ValueError(f"{path} is not a readable training state ({type(e).__name__}: {_first_line(e)}); "
+                         f"it cannot be resumed") from None
+    kinds = {"step": int, "args": dict, "optimizer": dict, "weights": float}
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a training state; it cannot be resumed")
+    wrong = [k for k, kind in kinds.items() if not isinstance(state.get(k), kind)]
+    if wrong:
+        raise ValueError(f"{path} is not a training state of this trainer: {', '.join(wrong)} missing or "
+                         f"of the wrong type; it cannot be resumed")
+    missing = sorted({a.dest for a in parser._actions if a.dest != "help"} - set(state["args"]))
+    if missing:
+        raise ValueError(f"{path}: the saved arguments lack {', '.join('--' + k.replace('_', '-') for k in missing)} "
+                         f"(edited, or saved by another version); it cannot be resumed")
+    return state
 
 
 def lr_at(step, args):
@@ -375,11 +434,33 @@ def peak_mem_mib(device):
 # ---- output folder -----------------------------------------------------------------------
 def read_log(path, up_to_step):
     """The rows of an earlier run's log up to a step (a resumed run drops the rows after its
-    checkpoint: it is about to write them again)."""
+    checkpoint: it is about to write them again). A log that is not this trainer's CSV (another
+    delimiter, no header, a field that is not a number) is a ValueError naming its line; a
+    byte-order mark, which spreadsheets add on saving, is read past."""
     if not path.is_file():
         return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= up_to_step]
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        lines = csv.reader(f)
+        header = next(lines, None)
+        if header != list(COLUMNS):
+            raise ValueError(f"{path}: expected the header {','.join(COLUMNS)}, got {','.join(header or [])[:80]!r}; "
+                             f"restore the log, or move it away to resume without it")
+        rows = []
+        for n, cells in enumerate(lines, start=2):
+            if len(cells) != len(COLUMNS):
+                raise ValueError(f"{path}, line {n}: expected {len(COLUMNS)} fields, got {len(cells)}")
+            row = dict(zip(COLUMNS, cells))
+            if not row["step"].isdigit():
+                raise ValueError(f"{path}, line {n}: step {row['step']!r} is not a whole number")
+            for column in COLUMNS[1:]:
+                if row[column] != "":
+                    try:
+                        float(row[column])
+                    except ValueError:
+                        raise ValueError(f"{path}, line {n}: {column} {row[column]!r} is not a number") from None
+            if int(row["step"]) <= up_to_step:
+                rows.append(row)
+    return rows
 
 
 def write_log(path, rows):
@@ -448,9 +529,17 @@ def _model_for_saving(model, wrapped, fsdp):
 
 
 def save_checkpoint(out, step, args, model, wrapped, optimizer, dist):
-    """config.json + model.safetensors (Hugging Face's format) and training_state.pt, each
-    replaced atomically; the state records a fingerprint of the weights, so that a resume can tell
-    a checkpoint cut short between the two files (new weights, old optimizer state)."""
+    """config.json + model.safetensors (Hugging Face's format) and training_state.pt, replaced
+    together: at every instant --out holds one complete checkpoint, the one before or this one.
+
+    All three are written into PARTIAL, a folder beside them, and flushed to disk; renaming that
+    folder to PENDING (one atomic rename) is the moment the new checkpoint exists, and its files
+    are then moved over the old ones. A run cut short before the rename leaves the old checkpoint
+    in place (and a PARTIAL the next save discards); one cut short after it leaves a complete
+    PENDING, which ``finish_checkpoint`` moves in when the folder is next used (``--resume``).
+    The state also records a fingerprint of the weights, so that files mixed by hand (from two
+    runs) are refused on resume. Weights that are not finite (a diverged run) are never written:
+    RuntimeError, and --out keeps the checkpoint before."""
     from .checkpoint import save_pretrained
 
     plain = _model_for_saving(model, wrapped, args.fsdp)
@@ -464,14 +553,52 @@ def save_checkpoint(out, step, args, model, wrapped, optimizer, dist):
         optim_state = optimizer.state_dict()
     if not dist.main:
         return
-    tmp = out / ".checkpoint.tmp"
+    names, params = zip(*plain.named_parameters())
+    finite = torch.stack([torch.isfinite(p.detach()).all() for p in params]).tolist()  # one sync
+    if not all(finite):
+        bad = [n for n, ok in zip(names, finite) if not ok]
+        raise RuntimeError(f"{', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} {'is' if len(bad) == 1 else 'are'} "
+                           f"not finite after step {step} (the run diverged: lower --lr); the checkpoint of step "
+                           f"{step} was not written, and {out} keeps the one before")
+    finish_checkpoint(out)
+    tmp, pending = out / PARTIAL, out / PENDING
+    shutil.rmtree(tmp, ignore_errors=True)  # an earlier save cut short: never part of a checkpoint
     save_pretrained(plain, tmp)
-    for name in ("config.json", "model.safetensors"):
-        os.replace(tmp / name, out / name)
     state = {"step": step, "args": vars(args), "optimizer": optim_state, "weights": fingerprint(plain)}
     torch.save(state, tmp / STATE)
-    os.replace(tmp / STATE, out / STATE)
-    tmp.rmdir()
+    for name in CHECKPOINT:
+        _fsync(tmp / name)
+    _fsync(tmp)
+    os.replace(tmp, pending)  # the commit: from here the new checkpoint is complete
+    finish_checkpoint(out)
+
+
+def finish_checkpoint(out):
+    """Move a complete checkpoint left in PENDING (a save cut short after its commit) over the
+    one in ``out``; nothing to do without one. Idempotent, so a cut here is finished next time,
+    and safe when every process of a distributed run calls it at once (each rename is atomic: a
+    file already gone from PENDING was moved in by another)."""
+    pending = Path(out) / PENDING
+    if not pending.is_dir():
+        return
+    for name in CHECKPOINT:
+        try:
+            os.replace(pending / name, Path(out) / name)
+        except FileNotFoundError:
+            pass
+    _fsync(Path(out))
+    shutil.rmtree(pending, ignore_errors=True)
+
+
+def _fsync(path):
+    """Flush a file, or a folder's entries, to disk: a rename is only as durable as what it names."""
+    if Path(path).is_dir() and os.name != "posix":  # folders cannot be opened for fsync there
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def fingerprint(model):
@@ -480,13 +607,17 @@ def fingerprint(model):
         return float(sum((i + 1) * p.detach().double().sum().item() for i, p in enumerate(model.parameters())))
 
 
-def load_optimizer_state(optimizer, wrapped, state, fsdp):
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+def load_optimizer_state(optimizer, wrapped, state, fsdp, path):
+    try:
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-        set_optimizer_state_dict(wrapped, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
-    else:
-        optimizer.load_state_dict(state["optimizer"])
+            set_optimizer_state_dict(wrapped, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(state["optimizer"])
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:  # an edited or foreign state
+        raise ValueError(f"{path}: its optimizer state does not fit this model ({type(e).__name__}: "
+                         f"{_first_line(e)}); it cannot be resumed") from None
 
 
 # ---- progress ----------------------------------------------------------------------------
@@ -616,7 +747,7 @@ def _train(args, state, out, dist, interrupted):
     )
     start = 0
     if state is not None:
-        load_optimizer_state(optimizer, wrapped, state, args.fsdp)
+        load_optimizer_state(optimizer, wrapped, state, args.fsdp, out / STATE)
         start = state["step"]
     rows = read_log(out / LOG, start) if dist.main else []
     if dist.main:

@@ -27,7 +27,10 @@ Bytes per call: K and V read once, 2 * B*H*Sk*D * itemsize; partials written and
 Length on the device: ``kv_len`` (an int32/int64 tensor, one value or one per batch row) says
 how many keys are valid, so a static cache allocated at its final length can be passed whole
 and a decode step has the same shapes (and grid) at every position: what CUDA graphs need.
-Programs whose split starts past kv_len find no key and write L_s = -inf.
+Programs whose split starts past kv_len find no key and write L_s = -inf. A kv_len above Sk
+counts as Sk: the kernel clamps it (tl.minimum) where it reads it, because refusing it would
+need its value on the host, a sync in every decode step, and reading on would run off the
+cache (garbage, or an illegal access on a GPU).
 
 Limits and numerics:
 - q (B, H, Sq, D), Sq <= 16; k, v (B, H, Sk, D); D in {16, 32, 64, 128}; causal needs
@@ -102,7 +105,7 @@ def _decode_split_kernel(Q, K, V, KV_LEN, O_PART, LSE_PART,
                          stride_qb, stride_qh, stride_qm,
                          stride_kb, stride_kh, stride_kn,
                          stride_vb, stride_vh, stride_vn,
-                         stride_lb, n_heads, seq_q, keys_per_split, qk_scale,
+                         stride_lb, n_heads, seq_q, n_keys, keys_per_split, qk_scale,
                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                          CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
     # Grid (B*H, splits). O_PART (B*H, splits, seq_q, HEAD_DIM) and LSE_PART (B*H, splits,
@@ -113,7 +116,9 @@ def _decode_split_kernel(Q, K, V, KV_LEN, O_PART, LSE_PART,
     b = (bh // n_heads).to(tl.int64)
     h = (bh % n_heads).to(tl.int64)
     DOT: tl.constexpr = tl.float32 if INTERPRET else Q.dtype.element_ty
-    seq_k = tl.load(KV_LEN + b * stride_lb).to(tl.int32)
+    # At most the n_keys rows the cache has: a length past them (a caller's slip) reads no key
+    # beyond the buffer, here on the device, with no check that would sync the decode loop.
+    seq_k = tl.minimum(tl.load(KV_LEN + b * stride_lb), n_keys).to(tl.int32)
     start = split * keys_per_split
     diag = seq_k - seq_q
     end = tl.minimum(start + keys_per_split, seq_k)
@@ -276,7 +281,7 @@ def _decode_attention(q, k, v, kv_len, causal, scale, num_splits):
     with device_guard(q):
         _decode_split_kernel[(B * H, splits)](
             q, k, v, kv_len, o_part, lse_part, *_strides(q), *_strides(k), *_strides(v),
-            kv_len.stride(0) if kv_len.numel() > 1 else 0, H, Sq, per_split, scale * LOG2E.value,
+            kv_len.stride(0) if kv_len.numel() > 1 else 0, H, Sq, Sk, per_split, scale * LOG2E.value,
             HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET, **cfg.constexprs,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
@@ -346,7 +351,8 @@ def decode_attention(q, k, v, kv_len=None, causal=True, scale=None, num_splits=N
     kv_len: None (all Sk keys are valid) or an int32/int64 tensor on q's device with one
        length (0-d or (1,)) or one per batch row (B,): keys j >= kv_len are ignored, and the
        queries are the last Sq of the kv_len positions. Read on the device, never synced:
-       1 <= kv_len <= Sk is the caller's promise (and Sq <= kv_len when causal).
+       kv_len >= 1 is the caller's promise (and Sq <= kv_len when causal); a kv_len above
+       Sk is taken as Sk (clamped on the device, never a read past the cache).
     causal: query i sees keys j <= i + kv_len - Sq (the end-aligned mask of gpt2_kernels.attention).
     scale: defaults to 1/sqrt(D). num_splits: None picks it from Sk, B*H and the SM count.
     Returns o: (B, H, Sq, D) in q's dtype. Not differentiable (inference only).
@@ -366,7 +372,7 @@ def decode_attention_reference(q, k, v, kv_len=None, causal=True, scale=None):
     computed in the inputs' dtype (pass float64 tensors for a reference)."""
     B, Sq, Sk, D = q.shape[0], q.shape[-2], k.shape[-2], q.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    length = torch.full((B,), Sk) if kv_len is None else kv_len.reshape(-1).expand(B).cpu()
+    length = torch.full((B,), Sk) if kv_len is None else kv_len.reshape(-1).expand(B).cpu().clamp(max=Sk)
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, H, Sq, Sk)
     j = torch.arange(Sk)
     last = length[:, None] - Sq + torch.arange(Sq)[None, :] if causal else (length - 1)[:, None].expand(B, Sq)

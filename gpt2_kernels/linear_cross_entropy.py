@@ -3,8 +3,10 @@
 For rows x_i (d numbers), a weight W (V, d), an optional bias b (V,) and targets t_i:
 
     z_i    = W x_i + b                                  (the logits, V of them per row)
-    lse_i  = log sum_j exp(z_ij)
-    loss_i = lse_i - z_i[t_i]                           (0 where t_i == ignore_index)
+    m_i    = max_j z_ij
+    lse_i  = log sum_j exp(z_ij) = m_i + log sum_j exp(z_ij - m_i)
+    loss_i = lse_i - z_i[t_i] = (m_i - z_i[t_i]) + log sum_j exp(z_ij - m_i)
+                                                        (0 where t_i == ignore_index)
     loss   = sum_i loss_i / n_valid   ("mean", n_valid = rows not ignored)
            | sum_i loss_i             ("sum")
            | (loss_i)_i               ("none")
@@ -39,7 +41,13 @@ logits.
 Precision: logits and dz are stored in x's dtype (as eager's matmul stores logits); the
 logsumexp, the softmax and the per-row losses are fp32, the loss is returned in fp32. dW
 accumulates in W's dtype through cuBLAS's beta = 1 (fp32 inside each matmul, one rounding
-per chunk; fp32 weights are exact), db in fp32.
+per chunk; fp32 weights are exact), db in fp32. The loss and dz come from the right-hand
+forms above, differences of logits plus a log-sum in [0, log V], never from lse itself: an
+fp32 lse of logits near 1e7 is rounded to a whole number, which lse - z[t] would keep in a
+loss of a few nats, while m_i - z[t] is exact there (logits of 1e7 lose nothing more than
+eager's fp32 does). The cost: a select per logit in the first pass (memory-bound either way).
+A row whose logits are all the same (e.g. all masked to -1e30 or the dtype's lowest value)
+has loss log V and a uniform softmax, as in torch.
 
 All targets ignored: the loss is 0 for "mean" and "sum" and every gradient is 0 (torch's
 cross_entropy returns NaN for a mean over no targets; here a batch of padding adds nothing
@@ -49,9 +57,15 @@ Bytes moved by the Triton kernel per row: read the V logits twice, write dz once
 against eager's upcast, softmax and its gradient (about 8 passes over N * V, some in fp32).
 
 Limits: x (N, d) and W (V, d) share one float dtype (float32, float16, bfloat16); targets (N,)
-integer, each in [0, V) or ignore_index; any strides (cuBLAS reads them). N = 0 gives an
-empty result ("none") or 0.
+integer, each in [0, V) or ignore_index (an int in int32's range); any strides (cuBLAS reads
+x and W's, the kernel the targets': a strided or expanded view is read in place, not copied).
+N = 0 gives an empty result ("none") or 0. First-order gradients only: a backward with
+create_graph=True recomputes the chunks (as "none" does) so that a second-order gradient
+raises, like every op here, instead of being 0; for that x, W and b are kept (not copied)
+until the backward.
 """
+
+import operator
 
 import torch
 import triton
@@ -64,6 +78,7 @@ from gpt2_kernels._common import (
 
 LOG2E = tl.constexpr(1.4426950408889634)
 REDUCTIONS = ("mean", "sum", "none")
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 
 
 # d loss_i / d z_ij = softmax(z_i)_j - [j == t_i]; the kernel scales it by the row's g_i
@@ -71,32 +86,40 @@ REDUCTIONS = ("mean", "sum", "none")
 @triton.jit
 def _cross_entropy_kernel(
     LOGITS, TARGETS, LOSS, ROW_SCALE,
-    stride_logits_row, n_cols, n_cols_padded, ignore_index,
+    stride_logits_row, stride_targets, n_cols, n_cols_padded, ignore_index,
     HAS_ROW_SCALE: tl.constexpr, WRITE_GRAD: tl.constexpr, BLOCK_V: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     LOGITS += row * stride_logits_row
-    target = tl.load(TARGETS + row).to(tl.int32)
+    # The targets' stride, not 1: a strided or expanded (stride 0) view is read where it lives.
+    target = tl.load(TARGETS + row * stride_targets).to(tl.int32)
     ignored = target == ignore_index
     cols = tl.arange(0, BLOCK_V)
     # Online logsumexp kept per lane and combined once after the loop, so the loop has no
     # cross-thread reduction (no barriers). The loads run to n_cols_padded, a multiple of 16,
     # so they stay vectorized; the padding's values are replaced by -inf in registers.
-    # A finite start for the running max keeps exp2(m - m_new) at 1 (not NaN) on lanes that
-    # have only seen padding.
-    m = tl.full([BLOCK_V], -1e30, tl.float32)
+    # The running max starts at -inf, not at a finite stand-in, so that a row whose logits are
+    # all below it (a masked row at -1e30) still has its own max and a sum of V ones.
+    m = tl.full([BLOCK_V], -float("inf"), tl.float32)
     s = tl.zeros([BLOCK_V], tl.float32)
     for start in range(0, n_cols_padded, BLOCK_V):
         offs = start + cols
         z = tl.load(LOGITS + offs, mask=offs < n_cols_padded, other=0.0).to(tl.float32)
         z = tl.where(offs < n_cols, z, -float("inf"))
         m_new = tl.maximum(m, z)
-        s = s * tl.exp2((m - m_new) * LOG2E) + tl.exp2((z - m_new) * LOG2E)
+        # A lane that has seen only padding (m_new = -inf) shifts by 0, so that exp2(-inf - -inf)
+        # never makes a NaN; its terms are 0 either way.
+        m_use = tl.where(m_new == -float("inf"), 0.0, m_new)
+        s = s * tl.exp2((m - m_use) * LOG2E) + tl.exp2((z - m_use) * LOG2E)
         m = m_new
     m_row = tl.max(m, axis=0)
-    lse = m_row + tl.log(tl.sum(s * tl.exp2((m - m_row) * LOG2E), axis=0))
+    # log_s = lse - m_row, in [0, log V]. The loss and dz are built from it and from differences
+    # of logits (z - m_row, m_row - z[t]), never from lse itself: in fp32 lse carries the
+    # rounding of the logits' size (0.5 at 1e7), which subtracting z[t] would leave in a loss of
+    # a few units.
+    log_s = tl.log(tl.sum(s * tl.exp2((m - m_row) * LOG2E), axis=0))
     z_target = tl.load(LOGITS + tl.where(ignored, 0, target)).to(tl.float32)
-    tl.store(LOSS + row, tl.where(ignored, 0.0, lse - z_target))
+    tl.store(LOSS + row, tl.where(ignored, 0.0, (m_row - z_target) + log_s))
     if WRITE_GRAD:
         g = 1.0
         if HAS_ROW_SCALE:
@@ -107,7 +130,7 @@ def _cross_entropy_kernel(
             mask = offs < n_cols_padded
             z = tl.load(LOGITS + offs, mask=mask, other=0.0).to(tl.float32)
             z = tl.where(offs < n_cols, z, -float("inf"))  # the padding's dz is 0, not garbage
-            dz = (tl.exp2((z - lse) * LOG2E) - (offs == target).to(tl.float32)) * g
+            dz = (tl.exp2(((z - m_row) - log_s) * LOG2E) - (offs == target).to(tl.float32)) * g
             tl.store(LOGITS + offs, dz.to(LOGITS.dtype.element_ty), mask=mask)
 
 
@@ -176,7 +199,7 @@ def _chunks(x, weight, targets, bias, ignore_index, row_scale, write_grad):
         with device_guard(x):
             _cross_entropy_kernel[(n,)](
                 logits, targets[rows], losses[rows], losses if row_scale is None else row_scale[rows],
-                Vp, V, Vp, ignore_index,
+                Vp, targets.stride(0), V, Vp, ignore_index,
                 HAS_ROW_SCALE=row_scale is not None, WRITE_GRAD=write_grad,
                 **launch.constexprs, num_warps=launch.num_warps, num_stages=launch.num_stages)
         if write_grad:  # logits now hold dz
@@ -247,25 +270,24 @@ def _setup_context(ctx, inputs, output):
     # Without gradients from the forward ("none", or a forward run with with_grad=False) the
     # backward runs the chunks again with each row's gradient.
     ctx.recompute = reduction == "none" or not with_grad
-    if ctx.recompute:
-        ctx.save_for_backward(x, weight, targets, bias)
-    else:
-        ctx.save_for_backward(targets, dx, dw, db)
+    # x, weight and bias are saved in either case (references, not copies): see _backward.
+    ctx.save_for_backward(x, weight, targets, bias, *(() if ctx.recompute else (dx, dw, db)))
 
 
 def _backward(ctx, dloss, _ddx, _ddw, _ddb):
-    saved = ctx.saved_tensors
-    targets = saved[2] if ctx.recompute else saved[0]
+    x, weight, targets, bias, *made = ctx.saved_tensors
     g = dloss.float()  # 0-d ("mean", "sum") or (N,) ("none"): no sync, and torch.compile traces it
     if ctx.reduction == "mean":
         g = g / (targets != ctx.ignore_index).sum().clamp_min(1)
-    if ctx.recompute:
-        x, weight, targets, bias = saved
+    # Under create_graph=True (grad mode on in a backward) the gradients go through _lce_bwd too:
+    # the ones made in the forward are constants to autograd, so a second-order gradient through
+    # them would be a silent 0, while _lce_bwd has no autograd formula and refuses it, as the
+    # backward of every op of this package does.
+    if ctx.recompute or torch.is_grad_enabled():
         dx, dw, db = _lce_bwd(g.expand(x.shape[0]), x, weight, targets, bias, ctx.ignore_index)
     else:
-        targets, dx, dw, db = saved
         # One pass over dx and dW.
-        dx, dw, db = (t * g.to(t.dtype) for t in (dx, dw, db))
+        dx, dw, db = (t * g.to(t.dtype) for t in made)
     return dx, dw, None, db if ctx.has_bias else None, None, None, None
 
 
@@ -285,17 +307,20 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reducti
         weight:   (V, d) same dtype and device (GPT-2's tied embedding).
         targets:  (N,) integer ids in [0, V), or ignore_index for rows that add no loss.
         bias:     None or (V,), same dtype and device as x.
-        ignore_index: the target value of rows to skip (GPT-2's data pads with -1).
+        ignore_index: the target value of rows to skip (GPT-2's data pads with -1); an int
+                  in int32's range.
         reduction: "mean" over the rows not ignored, "sum", or "none" (per-row losses).
     Returns:
         float32: a 0-d loss ("mean", "sum") or (N,) losses ("none"). A mean over no valid
-        target is 0 with zero gradients (torch gives NaN). Differentiable in x, weight, bias.
+        target is 0 with zero gradients (torch gives NaN). Differentiable in x, weight, bias,
+        once: a second-order gradient raises RuntimeError.
     Memory: one chunk of C = min(N, max(16, next_pow2(d))) rows of logits at a time; extra
     memory C * Vp * s + 4 * N bytes (module docstring).
     Raises:
         TypeError for an unsupported or mismatched dtype, ValueError for bad shapes, a
         reduction not in "mean", "sum", "none", targets out of range, tensors on different
-        devices, or CPU tensors without the interpreter.
+        devices, or CPU tensors without the interpreter; TypeError for an ignore_index that is
+        not an int, ValueError for one outside int32.
     Under torch.autocast, x, weight and bias are cast to autocast's dtype, as autocast does for
     the eager linear layer whose logits this replaces; the loss is float32 either way.
     """
@@ -315,6 +340,17 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reducti
     check_same_dtype(op, x=x, weight=weight, bias=bias)
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
         raise TypeError(f"{op}: targets must hold integer class ids (torch.long), got dtype {targets.dtype}")
+    # The kernel compares each target, read as int32, with ignore_index: a float would be
+    # truncated there (1.5 drops the rows of class 1) and compared as it is in the mean's count.
+    try:
+        if isinstance(ignore_index, bool):  # an int to Python, but never a class id
+            raise TypeError
+        ignore_index = operator.index(ignore_index)
+    except (TypeError, RuntimeError):  # RuntimeError: a tensor that is not one integer
+        raise TypeError(f"{op}: ignore_index must be an int (the target value of rows to skip), "
+                        f"got {ignore_index!r}") from None
+    if not INT32_MIN <= ignore_index <= INT32_MAX:
+        raise ValueError(f"{op}: ignore_index must be in [{INT32_MIN}, {INT32_MAX}] (int32), got {ignore_index}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {', '.join(map(repr, REDUCTIONS))}, got {reduction!r}")
     if x.dim() != 2 or weight.dim() != 2 or x.shape[1] != weight.shape[1] or weight.shape[0] == 0:
@@ -333,7 +369,7 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reducti
             raise ValueError(f"{op}: targets must be in [0, {V}) or ignore_index={ignore_index}, got values "
                              f"in [{int(valid.min())}, {int(valid.max())}]")
     with_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    return _lce_fwd(x, weight, targets.long(), bias, int(ignore_index), reduction, with_grad)[0]
+    return _lce_fwd(x, weight, targets.long(), bias, ignore_index, reduction, with_grad)[0]
 
 
 # ----------------------------------------------------------------------------- reference

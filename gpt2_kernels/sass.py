@@ -40,9 +40,9 @@ op, kernel, arch, dtype, num_warps, num_stages, constexprs, tile and sass (the f
 relative to DIR).
 
 The exit status is 1 if any configuration fails to compile or touches local memory (spills),
-so scripts can gate on it; 2 for bad arguments, filters that match no configuration, an op
-module that fails to import, or
-Triton's interpreter switched on (``TRITON_INTERPRET=1`` makes ``@triton.jit`` hand back
+so scripts can gate on it; 2 for bad arguments (an ``--arch`` not in ``MAX_SHARED_MEM``'s
+table, a ``--dump`` that names a file), filters that match no configuration, an op module
+that fails to import, or Triton's interpreter switched on (``TRITON_INTERPRET=1`` makes ``@triton.jit`` hand back
 interpreted functions, which cannot be compiled; unset it for this command). Stdout carries
 only the report (the table, or with ``--json`` one JSON document); anything else, such as
 the PTX that Triton prints when ptxas fails, goes to stderr.
@@ -468,8 +468,8 @@ def format_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpt2_kernels.sass", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="90", help="target compute capability: 80, 90, ... or 'all' (80 and 90); "
-                        "default 90")
+    parser.add_argument("--arch", default="90", help="target compute capability: one of "
+                        f"{', '.join(map(str, sorted(MAX_SHARED_MEM)))}, or 'all' (80 and 90); default 90")
     parser.add_argument("--op", action="append", help="inspect only this op (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--dump", metavar="DIR", help="also write each config's SASS and cubin into DIR, "
@@ -482,10 +482,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.arch == "all":
         archs = list(ARCHS)
-    elif args.arch.isdigit():
+    elif args.arch.isdigit() and int(args.arch) in MAX_SHARED_MEM:
         archs = [int(args.arch)]
-    else:
-        parser.error(f"--arch must be a compute capability such as 80 or 90, or 'all'; got {args.arch!r}")
+    else:  # not a GPU ptxas knows: every config would fail alike, each with the compiler's dump
+        parser.error(f"--arch must be one of {', '.join(map(str, sorted(MAX_SHARED_MEM)))} or 'all' "
+                     f"({' and '.join(map(str, ARCHS))}); got {args.arch!r}")
+    if args.dump and os.path.exists(args.dump) and not os.path.isdir(args.dump):
+        parser.error(f"--dump {args.dump} is a file; it takes a folder (made if missing)")
     from gpt2_kernels._common import INTERPRET
 
     if INTERPRET:

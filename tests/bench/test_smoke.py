@@ -88,3 +88,40 @@ def test_smoke_run_writes_labelled_results_and_plots(tmp_path):
     with open(tmp_path / "results.json") as f:
         assert json.load(f)["meta"]["settings"]["compile_backend"] == "aot_eager"
     assert took < 120, f"the smoke run took {took:.0f} s (the issue asks for under two minutes on 2 cores)"
+
+
+def test_out_naming_a_file_is_a_usage_error(tmp_path, capsys):
+    from bench.__main__ import main
+
+    file = tmp_path / "results.txt"
+    file.write_text("kept")
+    for argv in (["--smoke", "--out", str(file)], ["--plot", str(tmp_path), "--out", str(file)]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and f"--out {file} is a file; it takes a folder" in err[-1], err
+    assert file.read_text() == "kept"
+
+
+@pytest.mark.skipif(ON_GPU, reason="the interpreter smoke run is for machines without a GPU")
+def test_a_run_whose_every_point_errors_is_a_failure_not_complete(tmp_path, capsys, monkeypatch):
+    """`--only hf` where Hugging Face's model fails at every point: the run says so and exits 1."""
+    import torch
+
+    import bench.hf
+    from bench.__main__ import main
+
+    def broken(point, impl, ctx):
+        raise RuntimeError(f"{impl} cannot run here")
+
+    monkeypatch.setattr(bench.hf, "run", broken)
+    threads = torch.get_num_threads()
+    try:
+        rc = main(["--smoke", "--only", "hf", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)  # the smoke run sets one thread for its process
+    out = capsys.readouterr().out
+    meta, rows = load_results(tmp_path)
+    assert rows and all(r["status"] == "error" for r in rows)
+    assert rc == 1 and meta["status"].startswith(f"failed: all {len(rows)} points errored (first: ")
+    assert "cannot run here" in meta["status"] and "complete" not in out.splitlines()[-1]

@@ -80,9 +80,10 @@ def test_parallel_pieces_give_the_same_ids_as_one_pass(tmp_path):
     f.write_text(TEXT * 50 + AWKWARD + TEXT * 50)
     pieces = D._cut_points(f, 700)
     assert len(pieces) > 10  # it really was cut
-    n, _, _ = D.tokenize([f], tmp_path / "par.bin", parallel_min_bytes=0, piece_bytes=700, workers=2)
+    n, _, _, sha256 = D.tokenize([f], tmp_path / "par.bin", parallel_min_bytes=0, piece_bytes=700, workers=2)
     got = np.fromfile(tmp_path / "par.bin", dtype=np.uint16).tolist()
     assert n == len(got) and got == ids(f.read_bytes().decode())  # bytes: read_text would turn \r\n into \n
+    assert sha256 == D._file_sha256(tmp_path / "par.bin")
 
 
 @pytest.mark.parametrize("path, files, message", [
@@ -111,3 +112,32 @@ def test_windows_depend_only_on_the_seed_and_step():
     x, y = D.get_batch(tokens, a, 16)
     assert x.shape == y.shape == (8, 16) and x.dtype == torch.long
     assert torch.equal(x[:, 0], torch.as_tensor(a)) and torch.equal(y, x + 1)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "byte_changed", "meta_unreadable", "no_digest"])
+def test_a_damaged_token_cache_is_noticed_and_rebuilt(tmp_path, damage):
+    """A cache whose tokens.bin is not what meta.json says (cut short, a byte changed) is not
+    trained on: the first process tokenizes again; the others, which may not write, refuse it."""
+    import json
+
+    f = tmp_path / "t.txt"
+    f.write_text(TEXT * 20)
+    first = all_tokens(D.load_tokens(f, tmp_path / "cache", val_fraction=0.0))  # a copy: the file changes
+    (folder,) = (tmp_path / "cache").iterdir()
+    tokens, meta = folder / D.TOKENS, folder / D.META
+    if damage == "truncated":
+        tokens.write_bytes(tokens.read_bytes()[: tokens.stat().st_size // 2])
+    elif damage == "byte_changed":
+        raw = bytearray(tokens.read_bytes())
+        raw[10] ^= 1
+        tokens.write_bytes(bytes(raw))
+    elif damage == "meta_unreadable":
+        meta.write_text("{not json")
+    else:  # a cache written before the digest was recorded
+        meta.write_text(json.dumps({k: v for k, v in json.loads(meta.read_text()).items() if k != "sha256"}))
+    with pytest.raises(ValueError, match=rf"the token cache {folder} is damaged \(.+\)"):
+        D.load_tokens(f, tmp_path / "cache", val_fraction=0.0, create=False)
+    again = D.load_tokens(f, tmp_path / "cache", val_fraction=0.0)
+    assert again.cached.startswith("tokenized again: the cache was damaged (")
+    assert all_tokens(again) == first == ids(TEXT * 20)
+    assert D.load_tokens(f, tmp_path / "cache").cached == "reused"

@@ -5,6 +5,8 @@ float32 logits computed two ways (whole prefix vs. cached), which can differ in 
 so ``assert_same_greedy`` allows the two to part only at a genuine near-tie and fails otherwise.
 """
 
+import copy
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -354,23 +356,50 @@ def test_host_syncs_do_not_grow_with_new_tokens(attention, temperature):
     assert counts[0] == counts[1] <= 1, counts  # the prompt's range check only
 
 
-def test_early_stop_on_eos_checks_every_n_steps():
+def test_deepcopy_after_compiled_generate_decodes_with_its_own_weights():
+    """The compiled decode step is kept on the model for the next call; a deep copy (whose
+    weights then change) must not reuse the original's step, which reads the original's weights."""
+    model = tiny(block_size=32, n_embd=32)
+    idx = torch.randint(0, model.config.vocab_size, (2, 5))
+    options = {"backend": "aot_eager"}
+    torch._dynamo.reset()
+    model.generate(idx, 6, temperature=0, compile=options)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(0.5 * torch.randn_like(p))
+    want = twin.generate(idx, 6, temperature=0)
+    got = twin.generate(idx, 6, temperature=0, compile=options)
+    assert_same_greedy(twin, 5, got, want)
+    assert not torch.equal(want, model.generate(idx, 6, temperature=0))  # the weights did differ
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda cfg: KVCache(cfg, 2, -1), "max_len must be an int >= 1, got -1"),
+    (lambda cfg: KVCache(cfg, 2, 0), "max_len must be an int >= 1, got 0"),
+    (lambda cfg: KVCache(cfg, 2, 4.5), "max_len must be an int >= 1, got 4.5"),
+    (lambda cfg: KVCache(cfg, 0, 10), "batch_size must be an int >= 1, got 0"),
+    (lambda cfg: KVCache(cfg, 2, 10, dtype=torch.int64), "dtype must be a floating-point dtype, got torch.int64"),
+], ids=["max_len=-1", "max_len=0", "max_len=4.5", "batch_size=0", "int64"])
+def test_kv_cache_bad_arguments_are_refused(make, match):
+    with pytest.raises(ValueError, match=match):
+        make(tiny().config)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(n_head=3, n_embd=24), r"holds 3 heads of size 8 in 2 layers; this model has 2 heads of size 12 in 2 layers"),
+    (dict(n_layer=1), r"holds 2 heads of size 12 in 1 layers; this model has 2 heads of size 12 in 2 layers"),
+    (dict(dtype=torch.float64), r"holds torch.float64 keys and values, but layer 0 makes torch.float32 ones"),
+    (dict(batch=3), r"the KV cache was made for batch size 3, got ids of batch size 2"),
+    (dict(device="meta"), r"the KV cache is on meta, the ids on cpu"),
+])
+def test_kv_cache_that_does_not_fit_the_model_is_refused(change, match):
     model = tiny()
-    idx = torch.randint(0, model.config.vocab_size, (1, 4))
-    greedy = model.generate(idx, 30, temperature=0)
-    eos = int(greedy[0, 4 + 5])  # the 6th new token
-    first = int((greedy[0, 4:] == eos).nonzero()[0]) + 1  # new tokens up to and including it
-    with CountSyncs() as c:
-        out = model.generate(idx, 30, temperature=0, eos_token_id=eos, check_every=4)
-    steps = -(-first // 4) * 4  # stopped at the first check after eos
-    assert out.shape == (1, 4 + steps)
-    assert torch.equal(out[0, : 4 + first], greedy[0, : 4 + first])
-    assert (out[0, 4 + first :] == eos).all()  # padded after its eos
-    assert c.n <= 1 + steps // 4
-    # A batch: rows that finish early are padded with eos until every row has finished.
-    two = torch.cat([idx, torch.randint(0, model.config.vocab_size, (1, 4))])
-    out = model.generate(two, 30, temperature=0, eos_token_id=eos, check_every=4)
-    for row in out:
-        hit = (row[4:] == eos).nonzero()
-        if len(hit):
-            assert (row[4 + int(hit[0]) :] == eos).all()
+    fields = ("n_layer", "n_head", "n_embd", "vocab_size", "block_size")
+    cfg = GPT2Config(**{**{k: getattr(model.config, k) for k in fields},
+                        **{k: v for k, v in change.items() if k not in ("dtype", "batch", "device")}})
+    cache = KVCache(cfg, change.get("batch", 2), 10, dtype=change.get("dtype", torch.float32),
+                    device=change.get("device"))
+    with pytest.raises(ValueError, match=match), torch.no_grad():
+        model(torch.zeros(2, 3, dtype=torch.long), cache=cache)
+    assert cache.pos == 0 and (cache.k.is_meta or cache.k.abs().sum() == 0)  # refused before anything was written

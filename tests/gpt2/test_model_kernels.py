@@ -55,6 +55,21 @@ def test_logits_loss_and_gradients_match_eager(model_and_data, setting):
         torch.testing.assert_close(got[2][name], g, **t, msg=lambda m: f"grad of {name}: {m}")
 
 
+def test_fused_loss_of_strided_targets_matches_eager(device):
+    # One row of every other target: flatten keeps the stride-2 view, which reaches the kernel.
+    torch.manual_seed(torch.seed() % 2**31)
+    model = GPT2(GPT2Config(**CFG)).to(device)
+    idx = torch.randint(0, CFG["vocab_size"], (1, T), device=device)
+    targets = torch.randint(0, CFG["vocab_size"], (1, 2 * T), device=device)[:, ::2]
+    assert targets.flatten().stride() == (2,)
+    ref = run(model.set_kernels("torch"), idx, targets)
+    got = run(model.set_kernels(loss="triton"), idx, targets)
+    t = tol("model", torch.float32) if not ON_GPU else {"atol": 5e-3, "rtol": 5e-3}  # tf32 on GPU
+    torch.testing.assert_close(got[1], ref[1], **t)
+    for name, g in ref[2].items():
+        torch.testing.assert_close(got[2][name], g, **t, msg=lambda m: f"grad of {name}: {m}")
+
+
 def test_training_steps_match_eager(model_and_data):
     # Every kernel, the fused residual and the fused loss included, for three AdamW steps.
     model, idx, targets = model_and_data

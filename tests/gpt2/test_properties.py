@@ -6,6 +6,8 @@
 - The fast tokenizer and the teaching BPE agree on random text (any Unicode, lone surrogates
   included) and on random ids: the same ids, the same text, or the same error; and
   decode(encode(text)) == text whenever encode succeeds.
+- generate(eos_token_id=...) ends where the last row of a random batch produced it, whatever
+  check_every is.
 
 Examples per test: tests/conftest.py's profiles (HYPOTHESIS_PROFILE=long for a longer run).
 """
@@ -25,6 +27,7 @@ from gpt2 import GPT2, GPT2Config  # noqa: E402
 from gpt2.bpe import BPETokenizer  # noqa: E402
 from gpt2.tokenizer import Tokenizer  # noqa: E402
 from tests.conftest import examples  # noqa: E402
+from tests.gpt2.test_generate import CountSyncs, tiny  # noqa: E402
 
 FILES = ("config.json", "model.safetensors")
 
@@ -110,3 +113,27 @@ def test_tokenizers_agree_on_any_text(both, text):
 def test_tokenizers_agree_on_any_ids(both, ids):
     fast, teaching = both
     assert _outcome(fast.decode, ids) == _outcome(teaching.decode, ids)
+
+
+@settings(max_examples=examples(6))
+@given(check_every=st.integers(1, 9), rows=st.integers(1, 3), pick=st.integers(0, 9), seed=st.integers(0, 99))
+def test_early_stop_on_eos_cuts_after_the_step_where_the_last_row_finished(check_every, rows, pick, seed):
+    """The result ends with the step at which the last row produced eos_token_id, whatever
+    check_every is (it sets how often the host looks, not where the result is cut); rows that
+    finished earlier are padded with it; one sync a check, and one at the end."""
+    torch.manual_seed(seed)
+    model = tiny()
+    T, n = 4, 24
+    idx = torch.randint(0, model.config.vocab_size, (rows, T))
+    greedy = model.generate(idx, n, temperature=0)
+    eos = int(greedy[0, T + pick])  # a token the first row makes at new position `pick`, or earlier
+    firsts = [int(hit[0]) if len(hit := (row[T:] == eos).nonzero()) else None for row in greedy]
+    with CountSyncs() as c:
+        out = model.generate(idx, n, temperature=0, eos_token_id=eos, check_every=check_every)
+    last = n - 1 if None in firsts else max(firsts)
+    assert out.shape == (rows, T + last + 1)
+    for b, first in enumerate(firsts):
+        end = T + (last + 1 if first is None else first + 1)
+        assert torch.equal(out[b, :end], greedy[b, :end])
+        assert (out[b, end:] == eos).all()  # padded after its eos
+    assert c.n <= 1 + -(-(last + 1) // check_every) + 1  # the prompt's range check, the checks, the end

@@ -13,6 +13,7 @@
 Runs of one process go through ``main(argv)`` in this process (no interpreter start).
 """
 
+import argparse
 import csv
 import os
 import shutil
@@ -229,3 +230,165 @@ def test_an_existing_run_is_neither_overwritten_nor_resumed_with_other_settings(
     torch.save({**state, "weights": state["weights"] + 1e-3}, mixed / STATE)
     assert main(["train", "--out", str(mixed), "--resume", "--steps", "6", "--data-cache", str(cache)]) == 1
     assert "is not the one training_state.pt was saved with" in capsys.readouterr().err
+
+
+# ---- issue 22: nothing lost, nothing silently wrong, one line for bad input --------------------
+def _copy(run, tmp_path, name="copy", keep=None):
+    """A copy of a run's folder (only the files in ``keep``, when given)."""
+    dest = tmp_path / name
+    shutil.copytree(run, dest, ignore=None if keep is None else lambda d, names: [n for n in names if n not in keep])
+    return dest
+
+
+def _contents(folder):
+    return {p.name: p.read_bytes() for p in Path(folder).iterdir() if p.is_file()}
+
+
+@pytest.mark.parametrize("keep", [("config.json", "model.safetensors"), (LOG,)], ids=["a model", "an old log"])
+def test_a_new_run_never_replaces_what_out_holds(tmp_path, text, cache, capsys, one_process, keep):
+    # --init X --out X (a model and nothing else), or an earlier run's log without its state.
+    out = _copy(one_process, tmp_path, keep=keep)
+    before = _contents(out)
+    init = ["--init", str(out)] if "model.safetensors" in keep else []
+    argv = ["train", "--data", str(text), "--out", str(out), "--data-cache", str(cache), *init,
+            *(TINY[6:] if init else TINY), "--steps", "1"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m gpt2: error:") and f"{out} already holds {', '.join(keep)}" in err[-1], err
+    assert _contents(out) == before
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--lr", "inf"], "--lr"),
+    (["--lr", "1e30"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--weight-decay", "inf"], "--weight-decay"),
+    (["--lr", "0.5", "--weight-decay", "3"], "--weight-decay"),
+    (["--peak-flops", "-1"], "--peak-flops"),
+    (["--peak-flops", "nan"], "--peak-flops"),
+    (["--peak-flops", "0"], "--peak-flops"),
+    (["--lr", "1e-3", "--min-lr", "2e-3"], "--min-lr"),
+    (["--grad-clip", "inf"], "--grad-clip"),
+])
+def test_numbers_that_would_wreck_the_run_are_usage_errors(tmp_path, text, cache, capsys, argv, flag):
+    out = tmp_path / "o"
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--data", str(text), "--out", str(out), "--data-cache", str(cache), *TINY, "--steps", "1", *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and flag in err[-1] and "Traceback" not in "\n".join(err), err
+    assert not out.exists()
+
+
+def _saving_args(run):
+    """save_checkpoint's arguments for a finished run's folder, with weights changed by a step."""
+    from gpt2.train import Dist, param_groups
+
+    state = torch.load(run / STATE, weights_only=True)
+    args = argparse.Namespace(**state["args"])
+    model = GPT2.from_pretrained(run)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-3)
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay))
+    return args, model, optimizer, Dist("cpu", False)
+
+
+def _resumable(out):
+    """(step, whether the weights are the ones its state was saved with): what --resume checks."""
+    from gpt2.__main__ import build_parser
+    from gpt2.train import build_model, fingerprint, resolve_args
+
+    parser = build_parser().subcommands["train"]
+    args = parser.parse_args(["--out", str(out), "--resume", "--steps", "10"])
+    args, state = resolve_args(args, {"out", "resume", "steps"}, parser)
+    return state["step"], state["weights"] == fingerprint(build_model(args, out))
+
+
+def test_a_checkpoint_cut_short_anywhere_leaves_one_complete(tmp_path, one_process, monkeypatch):
+    """A second Ctrl-C or a SIGTERM at any point of a checkpoint's write (each file move) leaves
+    a folder that --resume takes: the checkpoint before, or the new one whole."""
+    from gpt2.train import save_checkpoint
+
+    real = os.replace
+    calls = []
+    monkeypatch.setattr(os, "replace", lambda *a: calls.append(a) or real(*a))
+    scratch = _copy(one_process, tmp_path, "scratch")
+    args, model, optimizer, dist = _saving_args(scratch)
+    save_checkpoint(scratch, 5, args, model, model, optimizer, dist)
+    assert _resumable(scratch) == (5, True)
+    for cut in range(len(calls)):
+        out = _copy(one_process, tmp_path, f"cut{cut}")
+        args, model, optimizer, dist = _saving_args(out)
+        moves = []
+
+        def interrupted(*a):
+            if len(moves) == cut:
+                raise KeyboardInterrupt
+            moves.append(a)
+            return real(*a)
+
+        monkeypatch.setattr(os, "replace", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            save_checkpoint(out, 5, args, model, model, optimizer, dist)
+        monkeypatch.setattr(os, "replace", real)
+        step, same = _resumable(out)
+        assert step in (4, 5) and same, (cut, calls[cut], step)
+
+
+def test_a_checkpoint_of_weights_that_are_not_finite_is_never_written(tmp_path, one_process):
+    from gpt2.train import save_checkpoint
+
+    out = _copy(one_process, tmp_path)
+    before = _contents(out)
+    args, model, optimizer, dist = _saving_args(out)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight[3, 2] = float("nan")
+    with pytest.raises(RuntimeError, match=r"transformer.h.0.mlp.c_fc.weight .*not finite.* checkpoint of step 5 "
+                                           r"was not written"):
+        save_checkpoint(out, 5, args, model, model, optimizer, dist)
+    assert _contents(out) == before
+
+
+def _damage_state(path, how):
+    state = torch.load(path, weights_only=True)
+    if how == "random bytes":
+        path.write_bytes(os.urandom(300))
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "missing keys":
+        torch.save({k: v for k, v in state.items() if k not in ("optimizer", "weights")}, path)
+    elif how == "not a dict":
+        torch.save([1, 2, 3], path)
+    elif how == "missing args":
+        torch.save({**state, "args": {k: v for k, v in state["args"].items() if k != "lr"}}, path)
+
+
+@pytest.mark.parametrize("how", ["random bytes", "empty", "missing keys", "not a dict", "missing args"])
+def test_resume_with_a_damaged_training_state_is_one_line(tmp_path, cache, capsys, one_process, how):
+    out = _copy(one_process, tmp_path)
+    _damage_state(out / STATE, how)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "6", "--data-cache", str(cache)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"python -m gpt2: error: {out / STATE}"), err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace(",", ";"), "expected the header step,train_loss"),
+    (lambda t: t.split("\n", 1)[1], "expected the header step,train_loss"),
+    (lambda t: t.replace("\n1,", "\none,", 1), "line 3: step 'one' is not a whole number"),
+    (lambda t: t.replace("\n2,", "\n2,abc", 1), "line 4: train_loss 'abc"),
+    (lambda t: t + "5,1.0\n", "line 7: expected 7 fields"),
+], ids=["semicolons", "no header", "bad step", "bad number", "short row"])
+def test_resume_with_an_edited_log_is_one_line(tmp_path, cache, capsys, one_process, edit, message):
+    out = _copy(one_process, tmp_path)
+    (out / LOG).write_text(edit((out / LOG).read_text()))
+    assert main(["train", "--out", str(out), "--resume", "--steps", "6", "--data-cache", str(cache)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"python -m gpt2: error: {out / LOG}") and message in err[-1], err
+
+
+def test_resume_with_a_log_saved_with_a_byte_order_mark_goes_on(tmp_path, cache, one_process):
+    out = _copy(one_process, tmp_path)
+    (out / LOG).write_bytes(b"\xef\xbb\xbf" + (out / LOG).read_bytes())  # as a spreadsheet saves it
+    assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--data-cache", str(cache)]) == 0
+    assert [int(r["step"]) for r in log(out)] == [0, 1, 2, 3, 4, 5]

@@ -107,6 +107,25 @@ def test_static_cache_views_and_lengths_on_the_device(device):
     _check(decode_attention(q, k[:, :, :33], v[:, :, :33], num_splits=2), q, k[:, :, :33], v[:, :, :33])
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("lens", [[200], [3, 41, 40, 1000]], ids=["one", "per_row"])
+def test_kv_len_past_the_cache_is_clamped_to_it(lens, causal, device):
+    """kv_len > Sk (a caller's length past its buffer) counts as Sk, on the device: no key past
+    the cache is read. The cache is a view of a longer buffer whose rows past Sk are NaN, so a
+    read past Sk would show, where on a GPU it could be an illegal access."""
+    B, H, Sk, D = len(lens), 2, 40, 16
+    buffers = [torch.randn(B, H, Sk + 200, D, device=device) for _ in range(2)]
+    for buf in buffers:
+        buf[:, :, Sk:] = float("nan")
+    k, v = (buf[:, :, :Sk] for buf in buffers)
+    q = torch.randn(B, H, 3, D, device=device)
+    kv_len = torch.tensor(lens, dtype=torch.int64, device=device)
+    got = decode_attention(q, k, v, kv_len=kv_len, causal=causal, num_splits=2)
+    _check(got, q, k, v, kv_len.clamp(max=Sk), causal=causal)
+    torch.testing.assert_close(decode_attention_reference(q, k, v, kv_len, causal),
+                               decode_attention_reference(q, k, v, kv_len.clamp(max=Sk), causal))
+
+
 def test_split_heuristic_fills_the_gpu():
     """On 132 SMs: at least one program per SM wherever the cache has enough tiles, splits
     start on tile boundaries and cover every key, and never more than MAX_SPLITS."""

@@ -8,6 +8,9 @@ the shapes keep few rows; d = 8 makes a chunk 16 rows (`_chunk_rows`), so 37 row
 chunks, the last one partial.
 """
 
+import math
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -210,3 +213,90 @@ def test_cpu_without_interpreter_raises():
     out = run_without_interpreter(code)
     assert out.returncode == 0, out.stderr
     assert "ValueError: linear_cross_entropy: got CPU tensors" in out.stdout, out.stdout
+
+
+# ---- issue 22: targets as views, large logits, ignore_index, second order -----------------
+
+
+def _target_view(view, n, v, device):
+    """(N,) targets as a view: every other element, one element broadcast (stride 0, inside a
+    longer storage so that a kernel reading it as contiguous stays in bounds and is wrong), or
+    a column of a matrix."""
+    if view == "every_other":
+        return torch.randint(0, v, (2 * n,), device=device)[::2]
+    if view == "expanded":
+        return torch.randint(0, v, (2 * n,), device=device)[5:6].expand(n)
+    return torch.randint(0, v, (n, 3), device=device)[:, 1]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+@pytest.mark.parametrize("view", ["every_other", "expanded", "column"])
+def test_targets_as_strided_views_match_float64(view, reduction, device):
+    x, w, _, b = _inputs(torch.float32, device, n=20, bias=True)
+    t = _target_view(view, 20, V, device)
+    assert not t.is_contiguous()
+    grad_out = torch.randn(20 if reduction == "none" else (), device=device)
+    got = _run(linear_cross_entropy, x, w, t, b, reduction, grad_out)
+    ref = _run(linear_cross_entropy_reference, x, w, t, b, reduction, grad_out, torch.float64)
+    _assert_matches_float64(got, got, ref, torch.float32, ["loss", "dx", "dweight", "dbias"])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("value", [-1e30, -1e36, "min"])
+def test_rows_of_huge_negative_logits_give_log_v(value, dtype, device):
+    # Every logit of a row at or below -1e30 (a masked row): the softmax is uniform, the loss
+    # log V, as torch computes it (not 0 or -inf from a running max that starts at -1e30).
+    n, v = 5, 37
+    value = torch.finfo(dtype).min if value == "min" else value
+    x = torch.randn(n, D, device=device).to(dtype)
+    w = torch.zeros(v, D, device=device, dtype=dtype)
+    b = torch.full((v,), value, device=device, dtype=dtype)
+    t = torch.randint(0, v, (n,), device=device)
+    grad_out = torch.randn(n, device=device)
+    got = _run(linear_cross_entropy, x, w, t, b, "none", grad_out)
+    ref = _run(linear_cross_entropy_reference, x, w, t, b, "none", grad_out, torch.float64)
+    torch.testing.assert_close(got[0].double(), torch.full((n,), math.log(v), dtype=torch.float64),
+                               **tol("linear_cross_entropy", torch.float32))
+    _assert_matches_float64(got, got, ref, dtype, ["loss", "dx", "dweight", "dbias"])
+
+
+@pytest.mark.parametrize("ignore_index, error, match", [
+    (1.5, TypeError, "ignore_index must be an int"),
+    (float("nan"), TypeError, "ignore_index must be an int"),
+    ("-1", TypeError, "ignore_index must be an int"),
+    (None, TypeError, "ignore_index must be an int"),
+    (True, TypeError, "ignore_index must be an int"),
+    (2**31, ValueError, r"ignore_index must be in \[-2147483648, 2147483647\]"),
+    (-(2**31) - 1, ValueError, r"ignore_index must be in \[-2147483648, 2147483647\]"),
+])
+def test_ignore_index_that_is_not_an_int32_is_refused(ignore_index, error, match, device):
+    x, w, t, _ = _inputs(torch.float32, device, n=4, v=9)
+    with pytest.raises(error, match=match):
+        linear_cross_entropy(x, w, t, ignore_index=ignore_index)
+
+
+@pytest.mark.parametrize("ignore_index", [2**31 - 1, -(2**31), np.int64(3)], ids=str)
+def test_ignore_index_at_the_int32_limits_and_numpy_ints_work(ignore_index, device):
+    x, w, t, _ = _inputs(torch.float32, device, n=8, v=9)
+    t[::3] = int(ignore_index)
+    got = _run(lambda *a, **k: linear_cross_entropy(*a, **k, ignore_index=ignore_index), x, w, t, None, "mean",
+               torch.ones((), device=device))
+    ref = _run(lambda *a, **k: linear_cross_entropy_reference(*a, **k, ignore_index=int(ignore_index)), x, w, t,
+               None, "mean", torch.ones((), device=device), torch.float64)
+    _assert_matches_float64(got, got, ref, torch.float32, ["loss", "dx", "dweight"])
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_second_order_gradients_raise(reduction, device):
+    # Another term keeps the first-order gradients in the graph, so a missing second-order
+    # term of the loss would be a silent 0 and not an error; first order stays exact.
+    x, w, t, _ = _inputs(torch.float32, device, n=6, v=11)
+    x, w = x.requires_grad_(), w.requires_grad_()
+    loss = linear_cross_entropy(x, w, t, reduction=reduction).sum() + x.pow(2).sum() + w.pow(2).sum()
+    gx, gw = torch.autograd.grad(loss, (x, w), create_graph=True)
+    ref_x, ref_w = torch.autograd.grad(linear_cross_entropy_reference(x, w, t, reduction=reduction).sum()
+                                       + x.pow(2).sum() + w.pow(2).sum(), (x, w))
+    torch.testing.assert_close(gx, ref_x, **tol("linear_cross_entropy", torch.float32))
+    torch.testing.assert_close(gw, ref_w, **tol("linear_cross_entropy", torch.float32))
+    with pytest.raises(RuntimeError, match="linear_cross_entropy_bwd.*no autograd formula"):
+        torch.autograd.grad((gx.sum() + gw.sum()), (x, w))

@@ -1,6 +1,7 @@
 """Property-based tests of the three kernels (hypothesis): random shapes, dtypes, layouts
 (slices, transposes, stride-0 broadcasts) and values (tiny, large, NaN, inf), each compared
-with the float64 eager reference, forward and backward.
+with the float64 eager reference, forward and backward; and the linear cross-entropy's loss
+and gradients at logits offset by up to 2^24.
 
 Special values are checked forward only, NaN where the reference has NaN: their gradients are
 NaN or inf by either route, and agreeing on which is not a property of the math. Examples per
@@ -13,13 +14,14 @@ import pytest
 import torch
 
 hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import gpt2_kernels  # noqa: E402
 from gpt2_kernels.attention import attention_reference  # noqa: E402
 from gpt2_kernels.gelu import gelu_reference  # noqa: E402
 from gpt2_kernels.layer_norm import layer_norm_reference  # noqa: E402
+from gpt2_kernels.linear_cross_entropy import linear_cross_entropy_reference  # noqa: E402
 from tests.conftest import examples  # noqa: E402
 from tests.tolerances import tol  # noqa: E402
 
@@ -195,3 +197,34 @@ def test_attention_matches_float64(data, dtype, causal, B, H, Sq, extra, D, scal
         err, budget = ((t.double() - ref).abs().max().item() for t in (got, base))
         atol = tol("attention" if name == "o" else "attention_bwd", dtype)["atol"]
         assert err <= 2 * budget + atol, f"{name}: error {err:.2e} against float64, eager's {budget:.2e}"
+
+
+# ---- linear cross-entropy: logits far from 0 -------------------------------------------------
+def _lce_and_grads(fn, x, w, t, b, reduction, dy):
+    leaves = [v.detach().clone().requires_grad_() for v in (x, w, b)]
+    loss = fn(*leaves[:2], t, leaves[2], reduction=reduction)
+    loss.backward(dy)
+    return [loss.detach()] + [v.grad for v in leaves]
+
+
+@settings(max_examples=examples(5))
+@given(offset=st.integers(-(2**24) + 64, 2**24 - 64), reduction=st.sampled_from(["mean", "none"]),
+       seed=st.integers(0, 2**31 - 1))
+@example(offset=10**7, reduction="none", seed=0)
+@example(offset=-(10**7), reduction="mean", seed=1)
+def test_linear_cross_entropy_keeps_fp32_accuracy_far_from_zero(offset, reduction, seed):
+    """x and W small integers, the bias an offset plus small integers: every logit is an integer
+    under 2^24 in size, exact in fp32 and float64, so the reference sees the logits the kernel
+    does and any difference is the kernel's arithmetic. The offset cancels in the softmax; an
+    fp32 lse - z[t] would keep its rounding (0.5 at 1e7) in a loss of a few nats."""
+    g = torch.Generator().manual_seed(seed)
+    n, d, v = 6, 8, 40
+    x = torch.randint(-1, 2, (n, d), generator=g).float().to(DEVICE)
+    w = torch.randint(-3, 4, (v, d), generator=g).float().to(DEVICE)
+    b = (torch.randint(-8, 9, (v,), generator=g) + offset).float().to(DEVICE)
+    t = torch.randint(0, v, (n,), generator=g).to(DEVICE)
+    dy = torch.randn(n if reduction == "none" else (), generator=g).to(DEVICE)
+    got = _lce_and_grads(gpt2_kernels.linear_cross_entropy, x, w, t, b, reduction, dy)
+    want = _lce_and_grads(linear_cross_entropy_reference, x.double(), w.double(), t, b.double(), reduction, dy.double())
+    for name, g_, w_ in zip(("loss", "dx", "dweight", "dbias"), got, want):
+        _close(g_, w_, tol("linear_cross_entropy", torch.float32), name)

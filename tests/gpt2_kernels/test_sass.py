@@ -421,3 +421,22 @@ def test_resident_ctas():
     assert resident_ctas(90, 255, 0, 8) == 1  # 255 registers x 256 threads: one block of 8 warps
     assert resident_ctas(90, 128, 100000, 4) == 2  # shared memory: 2 x (100000 + 1024) <= 233472
     assert resident_ctas(80, 32, 0, 4) == 16  # 64 warps at most
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--arch", "0"], "--arch must be one of 80, 86, 87, 89, 90, 100, 120 or 'all'"),
+    (["--arch", "999"], "--arch must be one of"),
+    (["--arch", "sm_90"], "--arch must be one of"),
+    (["--dump", "{file}"], "--dump {file} is a file; it takes a folder"),
+])
+def test_bad_arch_or_dump_is_a_usage_error_before_any_compile(tmp_path, capsys, argv, message):
+    # In process: the arguments are judged before the interpreter check and before compiling.
+    from gpt2_kernels.sass import main
+
+    file = tmp_path / "notes.txt"
+    file.write_text("not a folder")
+    with pytest.raises(SystemExit) as e:
+        main([a.format(file=file) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and message.format(file=file) in err[-1], err
+    assert file.read_text() == "not a folder"

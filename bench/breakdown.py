@@ -6,7 +6,8 @@ For each case (an op and a pass at GPT-2 small's shapes, bf16) it measures three
     gpu ms      the sum of the GPU kernels' own durations in one call (torch.profiler)
     host ms     the CPU time to issue one call, without waiting for the GPU
 
-and lists each kernel's share. When the timed time is well above the GPU kernels' sum and near
+and lists each kernel's share, and the Python functions where the host time goes (cProfile,
+own time per call), so that a host-bound op shows what to cut. When the timed time is well above the GPU kernels' sum and near
 the host time, the GPU is waiting for the host (launch and dispatch overhead), and no kernel
 change helps; when it is near the GPU sum, the kernels themselves are the cost.
 
@@ -14,8 +15,10 @@ change helps; when it is near the GPU sum, the kernels themselves are the cost.
 """
 
 import argparse
+import cProfile
 import importlib
 import json
+import pstats
 import sys
 import time
 
@@ -97,8 +100,26 @@ def measure(make, fn, passes=("fwd", "fwd+bwd")):
             if us:
                 kernels[e.key] = us / n / 1e3
         top = dict(sorted(kernels.items(), key=lambda kv: -kv[1])[:8])
-        out[pass_] = {"timed_ms": timed, "gpu_ms": sum(kernels.values()), "host_ms": host, "kernels_ms": top}
+        out[pass_] = {"timed_ms": timed, "gpu_ms": sum(kernels.values()), "host_ms": host, "kernels_ms": top,
+                      "host_top_us": _host_profile(call, n)}
     return out
+
+
+def _host_profile(call, n, top=12):
+    """{"file:line(function)": own microseconds per call} of the slowest Python functions."""
+    import torch
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(n):
+        call()
+    prof.disable()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (calls, primitive, own s, cumulative s, callers)}
+    rows = sorted(stats.items(), key=lambda kv: -kv[1][2])[:top]
+    return {f"{f.rsplit('/', 2)[-1] if '/' in f else f}:{line}({name})": round(v[2] / n * 1e6, 1)
+            for (f, line, name), v in rows}
 
 
 def main(argv=None):

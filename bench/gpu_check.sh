@@ -15,6 +15,8 @@
 #   tests       80 s  pytest -m gpu: every kernel and the model at GPT-2's        pytest.log
 #                     shapes, in parallel (pytest-xdist), stopped by SIGINT
 #                     at the limit so that failures are still named
+#   breakdown   45 s  python -m bench.breakdown: each op's GPU-kernel time        steps/breakdown.json
+#                     against its timed and host time (is it host-bound?)
 #   rest       what   LayerNorm, add+LayerNorm, GELU, the fused loss,            steps/rest/
 #              is left generation and Hugging Face's GPT-2
 #
@@ -35,16 +37,18 @@
 set -uo pipefail
 
 usage() { echo "usage: bash bench/gpu_check.sh OUT [--deadline SECONDS] [--steps a,b] [--limits a=S,b=S] [--dry-run]" >&2; exit 2; }
-STEPS_ALL=(attention model tests rest)
-declare -A LIMIT=([attention]=110 [model]=120 [tests]=80 [rest]=0)  # rest: what is left
+STEPS_ALL=(attention model tests breakdown rest)
+declare -A LIMIT=([attention]=110 [model]=120 [tests]=80 [breakdown]=45 [rest]=0)  # rest: what is left
 declare -A WHAT=(
     [attention]="python -m bench --only attention --sizes gpt2,gpt2-xl --seq-lens 1024,2048,4096"
     [model]="python -m bench --only model --sizes gpt2 --seq-lens 1024"
     [tests]="python -m pytest -m gpu -n 8 --timeout 150"
+    [breakdown]="python -m bench.breakdown"
     [rest]="python -m bench --only layer_norm,add_layer_norm,gelu,loss,generation,hf --sizes gpt2,gpt2-xl --seq-lens 1024"
 )
 declare -A WRITES=([attention]="steps.tar.gz: steps/attention/ (results.json, summary.md, plots)"
-                   [model]="steps.tar.gz: steps/model/" [tests]="pytest.log" [rest]="steps.tar.gz: steps/rest/")
+                   [model]="steps.tar.gz: steps/model/" [tests]="pytest.log"
+                   [breakdown]="steps.tar.gz: steps/breakdown.json" [rest]="steps.tar.gz: steps/rest/")
 RESERVE=${GPU_CHECK_RESERVE:-15}    # seconds kept at the end to pack and write the summary
 MIN_STEP=${GPU_CHECK_MIN_STEP:-20}  # a step the deadline leaves less time than this is skipped
 
@@ -115,6 +119,10 @@ summary() {
             f=$WORK/steps/$s/summary.md
             [ -f "$f" ] && { echo; echo "## $s: the benchmark's summary"; echo; head -n 60 "$f"; }
         done
+        if [ -f "$WORK/steps/breakdown.log" ]; then
+            echo; echo "## breakdown: timed, GPU-kernel and host ms per call"; echo; echo '```'
+            grep -v -i warn "$WORK/steps/breakdown.log" | head -n 30; echo '```'
+        fi
         if [ -f "$OUT/pytest.log" ]; then
             echo; echo "## tests: failures and the last line"; echo
             grep -E '^(FAILED|ERROR)' "$OUT/pytest.log" | head -n 30
@@ -204,6 +212,9 @@ for s in "${STEPS[@]}"; do
             run_step tests $PY "${args[@]}" tests
             cp "$WORK/steps/tests.log" "$OUT/pytest.log"
             KEY[tests]=$(grep -E '(passed|failed|error|no tests ran)' "$OUT/pytest.log" | tail -n 1) ;;
+        breakdown)
+            run_step breakdown $PY -m bench.breakdown --out "$WORK/steps/breakdown.json"
+            KEY[breakdown]="$(grep -c ' fwd' "$WORK/steps/breakdown.log") ops timed" ;;
         *)
             read -r -a bench_args <<< "${WHAT[$s]#python -m bench }"
             # The benchmark's own budget ends it (with its plots) before the step's limit does.

@@ -48,6 +48,11 @@ if args[:2] == ["-m", "pytest"]:
         print("1 failed, 4 passed in 3.0s")
         sys.exit(2)
     sys.exit(0)
+if args[:2] == ["-m", "bench.breakdown"]:
+    with open(args[args.index("--out") + 1], "w") as f:
+        json.dump({"cases": []}, f)
+    print("attention   triton      fwd          0.238    0.191    0.223  _attn_fwd_kernel 0.191")
+    sys.exit(0)
 if args[:2] == ["-m", "bench"]:
     step = {"attention": "attention", "model": "model"}.get(args[args.index("--only") + 1], "rest")
     out = args[args.index("--out") + 1]
@@ -105,8 +110,8 @@ def test_every_step_runs_in_order_and_out_holds_few_files(tmp_path):
     p, out, called, _ = run(tmp_path, "--deadline", "60")
     assert p.returncode == 0, p.stdout + p.stderr
     assert sorted(os.listdir(out)) == ["SUMMARY.md", "env.txt", "gpu_check.log", "pytest.log", "steps.tar.gz"]
-    assert step_status(out) == {"attention": "ok", "model": "ok", "tests": "ok", "rest": "ok"}
-    assert [c["args"][1] for c in called] == ["bench", "bench", "pytest", "bench"]
+    assert step_status(out) == {"attention": "ok", "model": "ok", "tests": "ok", "breakdown": "ok", "rest": "ok"}
+    assert [c["args"][1] for c in called] == ["bench", "bench", "pytest", "bench.breakdown", "bench"]
     assert [c["args"][3] for c in called if c["args"][1] == "bench"][:2] == ["attention", "model"]
     pytest_args = next(c["args"] for c in called if c["args"][1] == "pytest")
     assert pytest_args[2:4] == ["-m", "gpu"] and "-n" in pytest_args and "--timeout" in pytest_args
@@ -114,8 +119,10 @@ def test_every_step_runs_in_order_and_out_holds_few_files(tmp_path):
     names = archive(out)
     for step in ("attention", "model", "rest"):
         assert f"steps/{step}/results.json" in names and f"steps/{step}.log" in names
+    assert "steps/breakdown.json" in names
     summary = (out / "SUMMARY.md").read_text()
     assert "FAKE GPU" in summary and "summary of attention: complete" in summary and "5 passed" in summary
+    assert "_attn_fwd_kernel 0.191" in summary
 
 
 def test_a_step_past_its_limit_or_crashing_leaves_the_rest_running(tmp_path):
@@ -141,7 +148,7 @@ def test_the_deadline_skips_what_it_cannot_fit(tmp_path):
                                   GPU_CHECK_MIN_STEP="3")
     status = step_status(out)
     assert status["attention"].startswith("stopped at its limit")
-    assert all(status[s].startswith("skipped") for s in ("model", "tests", "rest")), status
+    assert all(status[s].startswith("skipped") for s in ("model", "tests", "breakdown", "rest")), status
     assert [c["args"][1] for c in called] == ["bench"] and seconds < 15
 
 
@@ -164,7 +171,7 @@ def test_dry_run_prints_each_step_within_the_default_deadline(tmp_path):
                        timeout=30)
     assert p.returncode == 0 and not (tmp_path / "OUT").exists()
     starts = re.findall(r"^  (\w+)\s+at \+\s*(\d+)s, limit\s+(\d+)s: (.+)$", p.stdout, re.M)
-    assert [s[0] for s in starts] == ["attention", "model", "tests", "rest"]
+    assert [s[0] for s in starts] == ["attention", "model", "tests", "breakdown", "rest"]
     assert int(starts[-1][1]) + int(starts[-1][2]) <= 390
     assert "-m gpu" in starts[2][3] and "total at most 390s" in p.stdout
 

@@ -400,18 +400,10 @@ def param_groups(model, weight_decay):
     ]
 
 
-def config_params(config):
-    """Parameters of a GPT-2 of this shape, counted once each (the tied head is wte); the same
-    count as ``model.num_parameters()``, without a model (under FSDP each process holds a shard)."""
-    d, L = config.n_embd, config.n_layer
-    return config.vocab_size * d + config.block_size * d + L * (12 * d * d + 13 * d) + 2 * d
-
-
-def flops_per_token(config, seq_len):
-    """Training FLOPs a token (PaLM's appendix B, as nanoGPT counts them): 6 per weight that a
-    token multiplies (all but the position table) plus attention's 12 * n_layer * n_embd * T."""
-    n = config_params(config) - config.block_size * config.n_embd
-    return 6 * n + 12 * config.n_layer * config.n_embd * seq_len
+def mfu(config, seq_len, tokens_per_s, peak):
+    """Model FLOPs utilisation of one device processing tokens_per_s: the benchmark's count
+    (``GPT2Config.flops_per_token``) over the device's peak FLOP/s."""
+    return config.flops_per_token(seq_len) * tokens_per_s / peak
 
 
 def peak_flops(args, device, precision):
@@ -728,6 +720,7 @@ def _train(args, state, out, dist, interrupted):
     autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16"
                 else contextlib.nullcontext())
 
+    n_params = model.num_parameters()  # before FSDP shards it
     model.to(device)
     wrapped = model
     if dist.enabled and args.fsdp:
@@ -755,9 +748,7 @@ def _train(args, state, out, dist, interrupted):
         write_log(out / LOG, rows)
 
     tokens_per_step = B * T * args.grad_accum * world
-    fpt = flops_per_token(config, T)
     peak = peak_flops(args, device, precision)
-    n_params = config_params(config)
     log(f"model: {config.n_layer} layers, {config.n_head} heads, width {config.n_embd}, "
         f"{n_params / 1e6:.2f}M parameters, block_size {config.block_size}"
         + (f", from {args.init}" if args.init else "") + (f" (resumed at step {start})" if start else ""))
@@ -833,7 +824,7 @@ def _train(args, state, out, dist, interrupted):
         evaluating = step % args.eval_interval == 0 or step == args.steps
         val = evaluate() if evaluating else None
         row = {"step": step, "train_loss": _fmt(train_loss), "val_loss": _fmt(val), "lr": f"{lr:.6g}",
-               "tokens_per_s": f"{tok_s:.1f}", "mfu": f"{fpt * tok_s / world / peak:.4f}" if peak else "",
+               "tokens_per_s": f"{tok_s:.1f}", "mfu": f"{mfu(config, T, tok_s / world, peak):.4f}" if peak else "",
                "peak_mem": f"{peak_mem_mib(device):.1f}"}
         if dist.main:
             rows.append(row)

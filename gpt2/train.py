@@ -64,6 +64,7 @@ from . import data as D
 from .checkpoint import CONFIG, SAFETENSORS
 from .config import SIZES, GPT2Config
 from .model import GPT2
+from .options import add_kernel_flags, float_in, int_at_least, kernel_overrides, resolve_device
 from .switch import KERNELS
 
 STATE, LOG, PLOT = "training_state.pt", "train_log.csv", "loss.png"
@@ -88,33 +89,6 @@ RESUMABLE = {
 
 
 # ---- arguments ---------------------------------------------------------------------------
-def _int_at_least(lo):
-    def parse(s):
-        n = int(s)
-        if n < lo:
-            raise argparse.ArgumentTypeError(f"must be >= {lo}, got {n}")
-        return n
-
-    return parse
-
-
-def _float_in(lo, hi=math.inf, hi_open=False, lo_open=False):
-    """A finite number in the interval: inf or nan would reach the optimizer (NaN weights
-    from the first step) or the log, never a meaningful setting."""
-    if hi == math.inf:
-        where = f"{'>' if lo_open else '>='} {lo}"
-    else:
-        where = f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-
-    def parse(s):
-        x = float(s)
-        if not (math.isfinite(x) and (lo < x if lo_open else lo <= x) and (x < hi if hi_open else x <= hi)):
-            raise argparse.ArgumentTypeError(f"must be a finite number {where}, got {s}")
-        return x
-
-    return parse
-
-
 def add_parser(subparsers):
     """The ``train`` subcommand's parser, added to ``python -m gpt2``'s subparsers."""
     p = subparsers.add_parser(
@@ -122,14 +96,14 @@ def add_parser(subparsers):
         description="Train GPT-2 on text: a tiny model on a CPU, or GPT-2 itself on many GPUs through torchrun.",
         formatter_class=_Help,
     )
-    pos, nonneg, frac = _int_at_least(1), _int_at_least(0), _float_in(0.0)
+    pos, nonneg, frac = int_at_least(1), int_at_least(0), float_in(0.0)
     g = p.add_argument_group("data and output")
     g.add_argument("--data", metavar="PATH",
                    help="a text file, a folder of .txt files, or a uint16 token file (.bin); "
                         "required unless --resume")
     g.add_argument("--out", metavar="DIR", required=True, help="the output folder (checkpoint, log, plot)")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
-    g.add_argument("--val-fraction", type=_float_in(0.0, 1.0, hi_open=True), default=0.1, metavar="F",
+    g.add_argument("--val-fraction", type=float_in(0.0, 1.0, hi_open=True), default=0.1, metavar="F",
                    help="the tail of the text held out for validation")
     g.add_argument("--data-cache", metavar="DIR", help=f"where tokenized text is kept (default {D.default_cache_dir()})")
 
@@ -142,7 +116,7 @@ def add_parser(subparsers):
     g.add_argument("--block-size", type=pos, help="context of a new model (default 1024; --seq-len for a custom shape)")
     g.add_argument("--vocab-size", type=pos,
                    help="embedding rows of a new model (default 50257; 50304, a multiple of 64, is faster on GPUs)")
-    g.add_argument("--dropout", type=_float_in(0.0, 1.0, hi_open=True), help="dropout of a new model (default 0)")
+    g.add_argument("--dropout", type=float_in(0.0, 1.0, hi_open=True), help="dropout of a new model (default 0)")
 
     g = p.add_argument_group("batches and optimiser")
     g.add_argument("--seq-len", type=pos, help="tokens a window (default: the model's block_size)")
@@ -152,14 +126,14 @@ def add_parser(subparsers):
     g.add_argument("--stop-at", type=pos, metavar="STEP",
                    help="end this run after STEP (checkpointed), as if interrupted; --resume continues")
     # An AdamW step moves each weight by about lr: above 1 a GPT-2's weights (~0.02) are gone in one.
-    g.add_argument("--lr", type=_float_in(0.0, 1.0), default=6e-4, help="peak learning rate, at most 1")
-    g.add_argument("--min-lr", type=_float_in(0.0, 1.0),
+    g.add_argument("--lr", type=float_in(0.0, 1.0), default=6e-4, help="peak learning rate, at most 1")
+    g.add_argument("--min-lr", type=float_in(0.0, 1.0),
                    help="learning rate at the end of the cosine, at most --lr (default lr / 10)")
     g.add_argument("--warmup-steps", type=nonneg, help="linear warm-up (default 5%% of --steps)")
     g.add_argument("--weight-decay", type=frac, default=0.1,
                    help="AdamW decay of the matrices; lr * weight_decay at most 1")
-    g.add_argument("--beta1", type=_float_in(0.0, 1.0, hi_open=True), default=0.9, help="AdamW's beta1")
-    g.add_argument("--beta2", type=_float_in(0.0, 1.0, hi_open=True), default=0.95, help="AdamW's beta2")
+    g.add_argument("--beta1", type=float_in(0.0, 1.0, hi_open=True), default=0.9, help="AdamW's beta1")
+    g.add_argument("--beta2", type=float_in(0.0, 1.0, hi_open=True), default=0.95, help="AdamW's beta2")
     g.add_argument("--grad-clip", type=frac, default=1.0, help="clip the gradient's global norm (0: off)")
 
     g = p.add_argument_group("evaluation")
@@ -168,21 +142,19 @@ def add_parser(subparsers):
     g.add_argument("--save-interval", type=pos, help="steps between checkpoints (default --eval-interval)")
 
     g = p.add_argument_group("how it runs")
-    g.add_argument("--kernels", choices=("torch", "triton", "sdpa"),
-                   help="every op: eager PyTorch, this project's Triton kernels, or PyTorch's fused "
-                        "attention (sdpa) with eager LayerNorm and GELU (default triton on a GPU, torch on a CPU)")
-    for op, choices in KERNELS.items():
-        g.add_argument(f"--{op}", choices=tuple(choices), help=f"overrides --kernels for {op}")
+    add_kernel_flags(g, ("torch", "triton", "sdpa"),
+                     "every op: eager PyTorch, this project's Triton kernels, or PyTorch's fused attention (sdpa) "
+                     "with eager LayerNorm and GELU (default triton on a GPU, torch on a CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--seed", type=nonneg, default=0, help="initial weights, windows and dropout")
     g.add_argument("--device", help="cpu, cuda (default cuda when available; under torchrun cuda:LOCAL_RANK)")
     g.add_argument("--precision", choices=("bf16", "fp32"), help="autocast dtype (default bf16 on a GPU, fp32 on a CPU)")
     g.add_argument("--fsdp", action="store_true", help="shard parameters and optimizer state (FSDP) instead of DDP")
-    g.add_argument("--peak-flops", type=_float_in(0.0, lo_open=True), metavar="FLOPS",
+    g.add_argument("--peak-flops", type=float_in(0.0, lo_open=True), metavar="FLOPS",
                    help="the device's peak FLOP/s for MFU (default: bf16 data-sheet value of known GPUs)")
     for a in p._actions:  # short metavars: N for counts, X for real numbers
         if a.option_strings and a.metavar is None and a.type is not None and a.choices is None:
-            a.metavar = "N" if a.type in (pos, nonneg) else "X"
+            a.metavar = "N" if a.type.__name__ == "int" else "X"
     return p
 
 
@@ -302,14 +274,8 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.local_main = local_rank == 0  # the first process of its machine
-        want = device_arg or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            device = torch.device(want)
-        except RuntimeError:
-            raise ValueError(f"--device {want!r} is not a device; use cpu or cuda (cuda:N)") from None
+        device = resolve_device(device_arg)
         if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError(f"--device {want}: no CUDA GPU is visible (torch.cuda.is_available() is False)")
             if "LOCAL_RANK" in os.environ:
                 device = torch.device("cuda", local_rank)  # torchrun: one GPU a process
             elif device.index is None:
@@ -317,8 +283,6 @@ class Dist:
             if device.index >= torch.cuda.device_count():
                 raise RuntimeError(f"--device {device}: only {torch.cuda.device_count()} GPU(s) visible")
             torch.cuda.set_device(device)
-        elif device.type != "cpu":
-            raise ValueError(f"--device {want}: the trainer runs on cpu or cuda")
         self.device = device
         if fsdp and self.world == 1 and "RANK" not in os.environ:
             raise ValueError("--fsdp shards the model across processes: launch with torchrun (e.g. --nproc_per_node 8)")
@@ -380,8 +344,7 @@ def set_kernels(model, args, device):
     default = args.kernels or ("triton" if device.type == "cuda" else "torch")
     # "sdpa" names an attention implementation only; the other ops stay eager PyTorch.
     base, extra = (("torch", {"attention": "sdpa"}) if default == "sdpa" else (default, {}))
-    per_op = {op: getattr(args, op, None) for op in KERNELS}
-    model.set_kernels(base, **{**extra, **{k: v for k, v in per_op.items() if v is not None}})
+    model.set_kernels(base, **{**extra, **kernel_overrides(args)})
     triton_ops = [op for op, impl in model.kernels.items() if impl == "triton"]
     if triton_ops and device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         raise ValueError(

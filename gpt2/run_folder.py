@@ -35,7 +35,9 @@ STATE, LOG, PLOT = "training_state.pt", "train_log.csv", "loss.png"
 CHECKPOINT = (SAFETENSORS, CONFIG, STATE)  # the files of one checkpoint, in the order they are moved in
 # A checkpoint being written, and one written whole but not yet moved into --out (save_checkpoint).
 PARTIAL, PENDING = ".checkpoint.tmp", ".checkpoint"
-COLUMNS = ("step", "train_loss", "val_loss", "lr", "tokens_per_s", "mfu", "peak_mem")
+# The log's columns after the step, and how each is written.
+FORMATS = {"train_loss": ".6f", "val_loss": ".6f", "lr": ".6g", "tokens_per_s": ".1f", "mfu": ".4f", "peak_mem": ".1f"}
+COLUMNS = ("step", *FORMATS)
 
 
 def check_new(out):
@@ -80,7 +82,39 @@ def read_state(out, names):
 
 
 # ---- the log -----------------------------------------------------------------------------
-FORMATS = {"train_loss": ".6f", "val_loss": ".6f", "lr": ".6g", "tokens_per_s": ".1f", "mfu": ".4f", "peak_mem": ".1f"}
+def _hms(seconds):
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _read_log(path, up_to_step):
+    """The rows of an earlier run's log up to a step. A log that is not this trainer's CSV (another
+    delimiter, no header, a field that is not a number) is a ValueError naming its line; a
+    byte-order mark, which spreadsheets add on saving, is read past."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        lines = csv.reader(f)
+        header = next(lines, None)
+        if header != list(COLUMNS):
+            raise ValueError(f"{path}: expected the header {','.join(COLUMNS)}, got {','.join(header or [])[:80]!r}; "
+                             f"restore the log, or move it away to resume without it")
+        rows = []
+        for n, cells in enumerate(lines, start=2):
+            if len(cells) != len(COLUMNS):
+                raise ValueError(f"{path}, line {n}: expected {len(COLUMNS)} fields, got {len(cells)}")
+            row = dict(zip(COLUMNS, cells))
+            if not row["step"].isdigit():
+                raise ValueError(f"{path}, line {n}: step {row['step']!r} is not a whole number")
+            for column in COLUMNS[1:]:
+                if row[column] != "":
+                    try:
+                        float(row[column])
+                    except ValueError:
+                        raise ValueError(f"{path}, line {n}: {column} {row[column]!r} is not a number") from None
+            if int(row["step"]) <= up_to_step:
+                rows.append(row)
+    return rows
 
 
 class RunLog:
@@ -89,8 +123,8 @@ class RunLog:
     redrawn in place on a terminal, a line every ~5% of the run otherwise. Only the first
     process writes (``main``); the others hold a silent one."""
 
-    def __init__(self, out, start, steps, main, stream=sys.stderr):
-        self.path, self.main, self.stream = out / LOG, main, stream
+    def __init__(self, out, start, steps, main, stream=None):
+        self.path, self.main, self.stream = out / LOG, main, stream or sys.stderr
         self.rows = _read_log(self.path, start) if main else []
         if main:  # a resumed run drops the rows after its checkpoint: it is about to write them again
             out.mkdir(parents=True, exist_ok=True)
@@ -99,7 +133,7 @@ class RunLog:
                 w.writeheader()
                 w.writerows(self.rows)
         self.first, self.last, self.shown = start, steps, start
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.t0 = time.perf_counter()
         self.times = []  # (time, step) of recent progress lines
         self.every = max(1, (steps - start) // 20)
@@ -140,41 +174,6 @@ class RunLog:
             self.width = 0
         self.stream.write(text + "\n")
         self.stream.flush()
-
-
-def _hms(seconds):
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _read_log(path, up_to_step):
-    """The rows of an earlier run's log up to a step. A log that is not this trainer's CSV (another
-    delimiter, no header, a field that is not a number) is a ValueError naming its line; a
-    byte-order mark, which spreadsheets add on saving, is read past."""
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        lines = csv.reader(f)
-        header = next(lines, None)
-        if header != list(COLUMNS):
-            raise ValueError(f"{path}: expected the header {','.join(COLUMNS)}, got {','.join(header or [])[:80]!r}; "
-                             f"restore the log, or move it away to resume without it")
-        rows = []
-        for n, cells in enumerate(lines, start=2):
-            if len(cells) != len(COLUMNS):
-                raise ValueError(f"{path}, line {n}: expected {len(COLUMNS)} fields, got {len(cells)}")
-            row = dict(zip(COLUMNS, cells))
-            if not row["step"].isdigit():
-                raise ValueError(f"{path}, line {n}: step {row['step']!r} is not a whole number")
-            for column in COLUMNS[1:]:
-                if row[column] != "":
-                    try:
-                        float(row[column])
-                    except ValueError:
-                        raise ValueError(f"{path}, line {n}: {column} {row[column]!r} is not a number") from None
-            if int(row["step"]) <= up_to_step:
-                rows.append(row)
-    return rows
 
 
 def save_plot(fig, path):

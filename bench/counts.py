@@ -24,7 +24,9 @@ written once); GB/s from them is an *effective* bandwidth, comparable across imp
 - The model (model FLOPs, no recomputation; PaLM's appendix B): per token, 2 FLOPs per weight of
   every matmul, 12*L*d^2 (attention qkv and projection, MLP up and down) + d*V (LM head), plus
   causal attention 2*L*S*d (QK^T and PV, halved); a training step is 3x the forward. Biases,
-  LayerNorm, GELU, softmax and the optimizer are not counted. MFU = achieved / measured matmul rate.
+  LayerNorm, GELU, softmax and the optimizer are not counted. The count is
+  ``gpt2.GPT2Config.flops_per_token``, which the trainer's MFU uses too. MFU = achieved /
+  measured matmul rate.
 """
 
 from .points import dtype_bytes, model_config
@@ -63,13 +65,13 @@ def attention_bytes(batch, heads, seq_q, seq_k, head_dim, elem, pass_):
 
 def model_matmul_params(cfg):
     """Weights that take part in a matmul per token: 12*L*d^2 in the blocks, d*V in the LM head."""
-    return 12 * cfg.n_layer * cfg.n_embd**2 + cfg.n_embd * cfg.vocab_size
+    return cfg.matmul_weights
 
 
 def model_flops(cfg, batch, seq_len, pass_):
-    tokens = batch * seq_len
-    fwd = 2 * model_matmul_params(cfg) * tokens + 2 * cfg.n_layer * batch * seq_len**2 * cfg.n_embd
-    return {"fwd": fwd, "train": 3 * fwd}[pass_]
+    """Model FLOPs of a forward ("fwd") or training step ("train"): GPT2Config.flops_per_token,
+    the count the trainer's MFU uses too."""
+    return batch * seq_len * cfg.flops_per_token(seq_len, train={"fwd": False, "train": True}[pass_])
 
 
 def generation_bytes(cfg, batch, prompt, new, elem):

@@ -17,31 +17,10 @@ import os
 import sys
 
 from .config import SIZES, GPT2Config
-from .switch import KERNELS
+from .options import add_kernel_flags, float_in, int_at_least, kernel_overrides, resolve_device
 from .train import add_parser as add_train_parser
 
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def _positive_int(s):
-    n = int(s)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
-
-
-def _non_negative_int(s):
-    n = int(s)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def _non_negative_float(s):
-    x = float(s)
-    if not x >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {s}")
-    return x
 
 
 def build_parser():
@@ -55,20 +34,18 @@ def build_parser():
                    help="an HF-format directory, or a Hub name (gpt2, gpt2-medium, ...)")
     g.add_argument("--model", choices=SIZES,
                    help="size of the random model when there is no checkpoint (default gpt2)")
-    g.add_argument("--max-new-tokens", type=_non_negative_int, default=50, metavar="N",
+    g.add_argument("--max-new-tokens", type=int_at_least(0), default=50, metavar="N",
                    help="tokens to add (default 50)")
-    g.add_argument("--temperature", type=_non_negative_float, default=0.8, metavar="T",
+    g.add_argument("--temperature", type=float_in(0.0), default=0.8, metavar="T",
                    help="0 = greedy (default 0.8)")
-    g.add_argument("--top-k", type=_positive_int, default=200, metavar="K",
+    g.add_argument("--top-k", type=int_at_least(1), default=200, metavar="K",
                    help="sample from the K most likely (default 200)")
     g.add_argument("--seed", type=int, help="seed for the random weights and the sampling")
-    g.add_argument("--num-samples", type=_positive_int, default=1, metavar="N",
+    g.add_argument("--num-samples", type=int_at_least(1), default=1, metavar="N",
                    help="continuations to write (default 1)")
-    g.add_argument("--kernels", choices=("torch", "triton"), default="torch",
-                   help="all three ops at once (default torch)")
-    g.add_argument("--attention", choices=tuple(KERNELS["attention"]), help="overrides --kernels for attention")
-    g.add_argument("--layernorm", choices=tuple(KERNELS["layernorm"]), help="overrides --kernels for LayerNorm")
-    g.add_argument("--gelu", choices=tuple(KERNELS["gelu"]), help="overrides --kernels for GELU")
+    # Generation computes no loss: the loss kernel has no flag here.
+    add_kernel_flags(g, ("torch", "triton"), "every op at once (default torch)", ("attention", "layernorm", "gelu"),
+                     default="torch")
     g.add_argument("--no-cache", action="store_true", help="recompute the whole prefix every step (no KV cache)")
     g.add_argument("--device", help="cpu, cuda, cuda:1, ... (default cuda when available)")
     g.add_argument("--dtype", choices=DTYPES, default="float32", help="parameter dtype (default float32)")
@@ -158,27 +135,6 @@ def info_all(out):
 
 
 # ---- generate ----------------------------------------------------------------------------
-def _device(spec, parser):
-    """The torch.device of --device (default: cuda when there is one), or a usage error naming
-    what this machine has."""
-    import torch
-
-    if spec is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except (RuntimeError, ValueError):
-        parser.error(f"--device {spec!r} is not a device; use cpu, cuda or cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error(f"--device {spec}: there is no CUDA GPU on this machine (or torch is a CPU build); use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        parser.error(f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
-                     f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    if device.type not in ("cpu", "cuda"):
-        parser.error(f"--device {spec}: only cpu and cuda (cuda:N) are supported")
-    return device
-
-
 def generate(args, parser):
     import torch
 
@@ -187,7 +143,10 @@ def generate(args, parser):
 
     if args.checkpoint and args.model:
         parser.error("--model sets the size of a random model; a --checkpoint brings its own")
-    device = _device(args.device, parser)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        parser.error(str(e))
     dtype = getattr(torch, args.dtype)
     if args.seed is not None:
         torch.manual_seed(args.seed)  # also makes the random weights reproducible
@@ -211,7 +170,7 @@ def generate(args, parser):
         )
     if cfg.vocab_size < tok.vocab_size and max(prompt_ids) >= cfg.vocab_size:
         parser.error(f"the model's vocab_size is {cfg.vocab_size}; the prompt has ids up to {max(prompt_ids)}")
-    model.set_kernels(args.kernels, attention=args.attention, layernorm=args.layernorm, gelu=args.gelu)
+    model.set_kernels(args.kernels, **kernel_overrides(args))
 
     generator = None
     if args.seed is not None:

@@ -48,6 +48,23 @@ class GPT2Config:
     def head_size(self):
         return self.n_embd // self.n_head
 
+    @property
+    def matmul_weights(self):
+        """Weights a token meets in a matmul: 12 * n_layer * n_embd^2 in the blocks (qkv,
+        attention projection, MLP up and down) and n_embd * vocab_size in the LM head (tied to
+        wte, so counted here once, as a matmul; the embedding lookups are not matmuls)."""
+        return 12 * self.n_layer * self.n_embd**2 + self.n_embd * self.vocab_size
+
+    def flops_per_token(self, seq_len, train=True):
+        """Model FLOPs per token of a seq_len-token sequence (6N-style, causal attention halved):
+        2 per matmul weight, plus the attention matmuls QK^T and PV, 4 * n_layer * n_embd *
+        seq_len of which the causal mask leaves half; a training step is 3x the forward (the
+        backward's two matmuls per forward one). Biases, LayerNorm, GELU, softmax, the optimizer
+        and any recomputation are not counted (PaLM's appendix B). The one count behind both the
+        trainer's and the benchmark's MFU."""
+        forward = 2 * self.matmul_weights + 2 * self.n_layer * self.n_embd * seq_len
+        return 3 * forward if train else forward
+
     @classmethod
     def from_name(cls, name, **overrides):
         """One of "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", optionally with fields changed."""

@@ -1,4 +1,5 @@
-"""Pictures of the model: attention heatmaps, and the architecture diagram.
+"""Pictures of the model: attention heatmaps, the loss curves of a training run, and the
+architecture diagram.
 
     python -m gpt2.viz attention --prompt "The cat sat on the mat" --layer 0 -o attn.png
     python -m gpt2.viz attention --prompt "..." --checkpoint path/to/gpt2 --layer 5 --head 1 -o h.png
@@ -301,6 +302,38 @@ def plot_attention_tiles(seq_q=512, seq_k=512, block_m=128, block_n=64):
     fig.legend(handles=handles, loc="outside lower center", fontsize=8, ncols=2)
     ax.set_title(f"Causal FlashAttention-2 forward, Sq = {seq_q}, Sk = {seq_k}: "
                  f"{counts[TILE_SKIPPED]} of {tiles.numel()} tiles skipped", fontsize=10)
+    return fig
+
+
+# ---- training ----------------------------------------------------------------------------
+def plot_losses(rows, title):
+    """A training run's loss curves from its log rows (``gpt2/run_folder.py``'s train_log.csv):
+    the training loss each step (faint) and smoothed, and the validation loss."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    train = [(int(r["step"]), float(r["train_loss"])) for r in rows if r["train_loss"] != ""]
+    val = [(int(r["step"]), float(r["val_loss"])) for r in rows if r["val_loss"] != ""]
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.add_subplot()
+    if train:
+        steps, losses = zip(*train)
+        ax.plot(steps, losses, color="tab:blue", alpha=0.25, lw=0.8)
+        k = max(1, len(losses) // 50)  # a moving average over ~2% of the run
+        smooth = [sum(losses[max(0, i - k + 1): i + 1]) / len(losses[max(0, i - k + 1): i + 1]) for i in range(len(losses))]
+        ax.plot(steps, smooth, color="tab:blue", lw=1.6, label=f"train (mean of {k} steps)" if k > 1 else "train")
+    if val:
+        steps, losses = zip(*val)
+        ax.plot(steps, losses, "o-", color="tab:orange", lw=1.6, ms=4, label="validation")
+        ax.annotate(f"{losses[-1]:.3f}", (steps[-1], losses[-1]), textcoords="offset points", xytext=(0, 8),
+                    ha="right", color="tab:orange", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats / token)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if train or val:
+        ax.legend()
     return fig
 
 

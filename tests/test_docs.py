@@ -302,3 +302,62 @@ def test_diagram_shows_c_attn_and_what_only_triton_fuses():
     assert r"\node[tri, below=3mm of fc, minimum height=6mm] (gelu) {GELU (tanh form)};" in tex
     assert re.search(r"Triton only: .*bias fused", tex)
     assert r"dims/.style={font=\small" in tex  # shape notes readable at the README's width
+
+
+# ---- counts: what the docs say there are, against what the code holds ------------------------
+NUMBER_WORDS = "zero one two three four five six seven eight nine ten eleven twelve".split()
+NOUNS = r"(kernels|operations|ops|public functions|modules)\b"
+# "four of its operations", "six public functions", "27 modules" (a figure right before its noun:
+# "0.35 ms of kernels" or "Triton 3.9 the same kernels" are not counts)
+COUNT = re.compile(r"\b(" + "|".join(NUMBER_WORDS[2:]) + r")\s+(?:[\w`.-]+\s+){0,2}?" + NOUNS
+                   + r"|(?<![\d.])(\d+)\s+" + NOUNS, re.IGNORECASE)
+
+
+def code_counts():
+    """The numbers a doc may put before each noun, from the code: "operations" and "ops" are the
+    model's switchable ops (gpt2/switch.py::KERNELS), "kernels" and "public functions" the ops
+    gpt2_kernels exports, "modules" the modules of one of our packages."""
+    import gpt2_kernels
+    from gpt2.switch import KERNELS
+
+    modules = {len([p for p in (ROOT / pkg).glob("*.py") if p.name != "__init__.py"])
+               for pkg in ("gpt2", "gpt2_kernels", "bench")}
+    return {"operations": {len(KERNELS)}, "ops": {len(KERNELS)}, "kernels": {len(gpt2_kernels.__all__)},
+            "public functions": {len(gpt2_kernels.__all__)}, "modules": modules}
+
+
+def stated_counts(text):
+    """(number, noun, the words around it) for every "N ... kernels/operations/modules" in prose."""
+    out = []
+    for m in COUNT.finditer(re.sub(r"\s+", " ", _prose(text))):
+        word, noun = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+        n = int(word) if word.isdigit() else NUMBER_WORDS.index(word.lower())
+        out.append((n, noun.lower(), m.group(0)))
+    return out
+
+
+@pytest.mark.parametrize("doc", [*MARKDOWN, DOCS / "tour.ipynb"], ids=lambda p: p.name)
+def test_every_count_of_kernels_ops_and_modules_is_true(doc):
+    text = _notebook_markdown() if doc.suffix == ".ipynb" else doc.read_text(encoding="utf-8")
+    true = code_counts()
+    wrong = [f"{words!r} (the code has {' or '.join(map(str, sorted(true[noun])))})"
+             for n, noun, words in stated_counts(text) if n not in true[noun]]
+    assert not wrong, f"{doc.name} states wrong counts: {wrong}"
+
+
+def test_the_count_check_catches_a_stale_count():
+    assert stated_counts("replaces three operations with Triton kernels") == [
+        (3, "operations", "three operations")]
+    assert [n for n, *_ in stated_counts("exports the three public functions eagerly; the 8 modules")] == [3, 8]
+    assert 3 not in code_counts()["operations"]
+
+
+def test_the_layout_table_lists_every_module():
+    """The README's layout table names each module of the model and kernel packages."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    for pkg in ("gpt2", "gpt2_kernels"):
+        row = next(line for line in readme.splitlines() if line.startswith(f"| [{pkg}/]({pkg}/) |"))
+        listed = set(re.findall(r"`(\w+\.py)`", row))
+        modules = {p.name for p in (ROOT / pkg).glob("*.py") if p.name != "__init__.py"}
+        assert listed == modules, f"README's layout row for {pkg}/: missing {sorted(modules - listed)}, " \
+                                  f"gone {sorted(listed - modules)}"

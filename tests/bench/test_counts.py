@@ -1,11 +1,13 @@
 """FLOP and byte counts, checked against numbers worked out by hand or counted independently."""
 
+import pytest
 import torch
 
 from bench.counts import (
     attention_bytes, attention_flops, counts, gelu_bytes, layer_norm_bytes, model_flops, model_matmul_params,
 )
 from bench.points import Point, model_config
+from bench.results import fill_rates, make_row
 
 
 def test_layer_norm_bytes_by_hand():
@@ -90,3 +92,16 @@ def test_counts_per_point():
     assert nbytes is None
     # gpt2: 12 * 12 * 768^2 + 768 * 50257 matmul weights
     assert flops == 3 * (2 * (12 * 12 * 768**2 + 768 * 50257) * 8 * 1024 + 2 * 12 * 8 * 1024**2 * 768)
+
+
+@pytest.mark.parametrize("size, seq_len, batch", [("gpt2", 1024, 8), ("gpt2-xl", 2048, 2)])
+def test_trainer_and_bench_report_the_same_mfu(size, seq_len, batch):
+    """One step time and shape: the trainer's log column and the benchmark's frac_flops agree."""
+    from gpt2.train import mfu
+
+    cfg = model_config(size)
+    p = Point("model", "gpt2_train_step", "train", size, cfg.n_embd, cfg.n_head, seq_len, batch, "bf16")
+    ms, peak = 250.0, 989e12
+    row = fill_rates(make_row(p, "triton", "ours", ms=ms, flops=counts(p)[0]), {"matmul_tflops": peak / 1e12})
+    tokens_per_s = batch * seq_len / (ms * 1e-3)
+    assert mfu(cfg, seq_len, tokens_per_s, peak) == pytest.approx(row["frac_flops"], rel=1e-12)

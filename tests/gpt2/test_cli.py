@@ -170,3 +170,24 @@ def test_errors_found_after_parsing(tiny_checkpoint, capsys, tmp_path):
     assert "the prompt (3 tokens) + --max-new-tokens (62) = 65 exceeds the model's block_size (64)" in err
     assert main(["generate", "--checkpoint", str(tmp_path / "nowhere")]) == 1
     assert "error: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("generate, train, message", [
+    (["--temperature", "inf"], ["--lr", "inf"], r"must be (>= 0.0|in \[0.0, 1.0\]) and finite, got inf"),
+    (["--top-k", "0"], ["--steps", "0"], "must be >= 1, got 0"),
+    (["--top-k", "1.5"], ["--steps", "1.5"], "invalid int value: '1.5'"),
+])
+def test_the_commands_refuse_a_number_with_the_same_words(generate, train, message, tmp_path, capsys):
+    for argv in (["generate", *generate], ["train", "--data", "x", "--out", str(tmp_path), *train]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and re.search(message, capsys.readouterr().err), argv
+
+
+def test_the_commands_refuse_a_device_with_the_same_words(tmp_path, capsys):
+    message = "--device 'tpu:x' is not a device; use cpu, cuda or cuda:N"
+    with pytest.raises(SystemExit) as e:  # a usage error before generate loads anything
+        main(["generate", "--device", "tpu:x"])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert main(["train", "--data", "x", "--out", str(tmp_path / "o"), "--device", "tpu:x"]) == 1
+    assert message in capsys.readouterr().err

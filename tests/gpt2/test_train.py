@@ -15,6 +15,7 @@ Runs of one process go through ``main(argv)`` in this process (no interpreter st
 
 import argparse
 import csv
+import math
 import os
 import shutil
 import struct
@@ -28,7 +29,7 @@ from safetensors.torch import load_file
 
 from gpt2 import GPT2
 from gpt2.__main__ import main
-from gpt2.train import COLUMNS, LOG, PLOT, STATE
+from gpt2.run_folder import COLUMNS, LOG, PLOT, STATE
 from tests.conftest import ON_GPU
 from tests.tolerances import tol
 
@@ -281,7 +282,8 @@ def test_numbers_that_would_wreck_the_run_are_usage_errors(tmp_path, text, cache
 
 def _saving_args(run):
     """save_checkpoint's arguments for a finished run's folder, with weights changed by a step."""
-    from gpt2.train import Dist, param_groups
+    from gpt2.distributed import Dist
+    from gpt2.train import param_groups
 
     state = torch.load(run / STATE, weights_only=True)
     args = argparse.Namespace(**state["args"])
@@ -296,7 +298,8 @@ def _saving_args(run):
 def _resumable(out):
     """(step, whether the weights are the ones its state was saved with): what --resume checks."""
     from gpt2.__main__ import build_parser
-    from gpt2.train import build_model, fingerprint, resolve_args
+    from gpt2.run_folder import fingerprint
+    from gpt2.train import build_model, resolve_args
 
     parser = build_parser().subcommands["train"]
     args = parser.parse_args(["--out", str(out), "--resume", "--steps", "10"])
@@ -307,7 +310,7 @@ def _resumable(out):
 def test_a_checkpoint_cut_short_anywhere_leaves_one_complete(tmp_path, one_process, monkeypatch):
     """A second Ctrl-C or a SIGTERM at any point of a checkpoint's write (each file move) leaves
     a folder that --resume takes: the checkpoint before, or the new one whole."""
-    from gpt2.train import save_checkpoint
+    from gpt2.run_folder import save_checkpoint
 
     real = os.replace
     calls = []
@@ -336,7 +339,7 @@ def test_a_checkpoint_cut_short_anywhere_leaves_one_complete(tmp_path, one_proce
 
 
 def test_a_checkpoint_of_weights_that_are_not_finite_is_never_written(tmp_path, one_process):
-    from gpt2.train import save_checkpoint
+    from gpt2.run_folder import save_checkpoint
 
     out = _copy(one_process, tmp_path)
     before = _contents(out)
@@ -392,3 +395,59 @@ def test_resume_with_a_log_saved_with_a_byte_order_mark_goes_on(tmp_path, cache,
     (out / LOG).write_bytes(b"\xef\xbb\xbf" + (out / LOG).read_bytes())  # as a spreadsheet saves it
     assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--data-cache", str(cache)]) == 0
     assert [int(r["step"]) for r in log(out)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_step_that_does_not_log_never_waits_for_the_device(tmp_path, text, cache, monkeypatch):
+    """No host sync (.item(), float(tensor), bool(tensor): aten._local_scalar_dense) in a step that
+    neither logs, evaluates nor checkpoints: its loss stays on the device until a step that does.
+    With the same logging, evaluations and checkpoints, 9 steps sync exactly as often as 3."""
+    from tests.gpt2.test_generate import CountSyncs
+
+    class FusedAdamW(torch.optim.AdamW):
+        """AdamW's CPU loop reads its step count back (torch.optim's _get_value); the fused one,
+        which the trainer runs on a GPU, keeps it on the device."""
+
+        def __init__(self, params, **kwargs):
+            super().__init__(params, **{**kwargs, "fused": True})
+
+    monkeypatch.setattr(torch.optim, "AdamW", FusedAdamW)
+    syncs = {}
+    for steps in (3, 9):
+        with CountSyncs() as c:  # logs, evaluates and checkpoints at steps 0 and `steps` only
+            train(tmp_path / str(steps), text, cache, "--batch-size", "2", "--steps", str(steps),
+                  "--log-interval", "100", "--eval-interval", "100")
+        syncs[steps] = c.n
+    assert [int(r["step"]) for r in log(tmp_path / "9")] == list(range(10))  # every step still has its row
+    assert syncs[9] == syncs[3] > 0, syncs  # > 0: the counter sees the evaluations' and checkpoints' reads
+
+
+def test_a_log_interval_writes_the_same_rows(tmp_path, text, cache, one_process):
+    out = tmp_path / "run"
+    train(out, text, cache, "--batch-size", "8", "--steps", "4", "--warmup-steps", "2", "--lr", "3e-3",
+          "--log-interval", "3")
+    assert [int(r["step"]) for r in log(out)] == [0, 1, 2, 3, 4]
+    exact = {"atol": 0, "rtol": 0}
+    assert_same_run(one_process, out, exact, exact)
+
+
+def test_resume_of_a_run_saved_before_a_resumable_flag_existed(tmp_path, cache, one_process):
+    out = _copy(one_process, tmp_path)
+    state = torch.load(out / STATE, weights_only=True)
+    torch.save({**state, "args": {k: v for k, v in state["args"].items() if k != "log_interval"}}, out / STATE)
+    assert main(["train", "--out", str(out), "--resume", "--steps", "5", "--data-cache", str(cache)]) == 0
+    assert [int(r["step"]) for r in log(out)] == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_loss_that_is_not_finite_is_named_by_its_step_when_it_is_read_back(tmp_path, text, cache, capsys,
+                                                                              monkeypatch):
+    import gpt2.train
+
+    real = gpt2.train.lr_at
+    monkeypatch.setattr(gpt2.train, "lr_at", lambda step, args: math.nan if step == 2 else real(step, args))
+    out = tmp_path / "run"
+    argv = ["train", "--data", str(text), "--out", str(out), "--data-cache", str(cache), *TINY, "--batch-size", "2",
+            "--steps", "6", "--eval-interval", "6", "--log-interval", "10"]
+    assert main(argv) == 1  # step 3 steps at lr nan: its weights, then step 4's loss, are nan
+    assert "the training loss is nan at step 4; lower --lr" in capsys.readouterr().err
+    assert [r["train_loss"] for r in log(out)][4:] == ["nan"] * 3  # read back and logged at step 6
+    assert not (out / STATE).exists()  # never checkpointed

@@ -10,6 +10,7 @@
     python -m bench --plot DIR               redraw the plots of a results folder
     python -m bench --compare OLD NEW        the ratio of two result folders, point by point
                                              (table, compare.csv and compare.png in --out or NEW)
+    python -m bench --memory [--batch B]     peak memory of every configuration, counted without a GPU
 
 How a point is timed: bench/timing.py, ``Timer`` (built in ``run`` below) and ``time_kernel``.
 
@@ -25,6 +26,8 @@ import signal
 import sys
 import tempfile
 import time
+
+from .memory_sweep import add_arguments as add_memory_arguments, run as run_memory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
@@ -53,6 +56,7 @@ def parse_args(argv=None):
                    help="tabulate and plot NEW's speedup over OLD at every point both measured")
     p.add_argument("--dry-run", action="store_true", help="print the planned tasks in order and stop")
     p.add_argument("--verbose", action="store_true", help="print the traceback of every failing point")
+    add_memory_arguments(p)  # --memory, --batch, --measure-cuda
     args = p.parse_args(argv)
     if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):  # refuses nan
         p.error(f"--budget must be a positive, finite number of seconds, got {args.budget}")
@@ -133,6 +137,8 @@ def print_plan(tasks, info, budget=None):
 def main(argv=None):
     t_start = time.monotonic()
     parser, args = parse_args(argv)
+    if args.memory or args.batch is not None or args.measure_cuda:
+        return run_memory(args, parser.prog)
     if args.compare:
         from .compare import CompareError, compare
 
@@ -284,8 +290,7 @@ def run(args, sweep, info, budget, t_start):
 
 
 def _attention_configs():
-    """The candidate tiles gpt2_kernels.attention's first-call tuner chose in this run (empty when
-    nothing was timed, e.g. without a GPU)."""
+    """The tiles gpt2_kernels.attention's first-call tuner chose in this run ([] when nothing was timed)."""
     module = sys.modules.get("gpt2_kernels.attention")
     return module.chosen_configs() if module is not None else []
 

@@ -1,12 +1,17 @@
 """python -m bench --memory: the count on fake tensors against the same count on real ones, each
-op's declared scratch against what its implementation holds, CUDA's autocast rules."""
+op's declared scratch against what its implementation holds, CUDA's autocast rules, the
+largest-batch search against a brute-force one, and the command line."""
 
+import json
 import math
+import random
 
 import pytest
 import torch
 
 from bench import cuda_autocast, memory
+from bench.__main__ import main
+from bench.memory_sweep import largest_batch, largest_batches
 from gpt2_kernels import workspace_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -119,3 +124,82 @@ def test_cuda_autocast_rules():
         assert torch.ones(3, dtype=torch.long).sum().dtype == torch.long
     with torch.autocast("cpu", dtype=torch.bfloat16):  # gone after the block: the CPU's own rules
         assert torch.softmax(x, -1).dtype == torch.bfloat16
+
+
+# ---- the largest batch ---------------------------------------------------------------------------
+
+
+def test_largest_batch_matches_a_brute_force_search():
+    rnd = random.Random(0)
+    for _ in range(300):
+        fixed, slope, curve = rnd.uniform(0, 50), rnd.uniform(0.1, 5), rnd.choice([0.0, 0.002, 0.05])
+        jump_at = rnd.randint(1, 40)  # a step, as when the fused loss's chunk stops growing with B
+
+        def peak(b):
+            return fixed + slope * b + curve * b * b + (3.0 if b >= jump_at else 0.0)
+
+        capacity = rnd.uniform(0, 400)
+        truth = next(b for b in range(10**6) if peak(b + 1) > capacity)
+        calls = []
+        got = largest_batch(lambda b: calls.append(b) or peak(b), capacity, {8: peak(8), 16: peak(16)})
+        assert got == truth and len(calls) <= 30
+
+
+def test_largest_batch_of_a_linear_peak_costs_two_measurements():
+    calls = []
+    assert largest_batch(lambda b: calls.append(b) or 10 + 3 * b, 100, {1: 13, 2: 16}) == 30
+    assert sorted(calls) == [30, 31]
+
+
+# ---- the command line ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--memory", "--batch", "0"], "--batch must be a positive number"),
+    (["--memory", "--sizes", "gpt3"], "unknown GPT-2 size 'gpt3'"),
+    (["--memory", "--seq-lens", "0"], "sequence lengths must be positive"),
+    (["--batch", "4"], "go with --memory"),
+    (["--memory", "--only", "attention"], "--memory does not take --only"),
+    (["--memory", "--measure-cuda"] if not torch.cuda.is_available() else ["--memory", "--smoke"], "--m"),
+])
+def test_bad_command_lines_are_one_line_errors(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+
+
+def test_the_cli_writes_its_files(tmp_path, capsys, monkeypatch):
+    # gpt2 at one S, two configurations (a fake gpt2 costs about a second a point), both passes;
+    # S = 2048 leaves out the largest-batch table, checked on its own below.
+    monkeypatch.setattr(memory, "configs", lambda: ["eager+sdpa", "triton-loss"])
+    assert main(["--memory", "--sizes", "gpt2", "--seq-lens", "2048", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "memory.json").read_text())
+    assert [(r["impl"], r["pass"], r["batch"], r["status"]) for r in data["rows"]] == [
+        (impl, pass_, 4, "ok") for impl in ("eager+sdpa", "triton-loss") for pass_ in ("fwd", "train")]
+    peak = {(r["impl"], r["pass"]): r["peak_mem_bytes"] for r in data["rows"]}
+    saved = peak[("eager+sdpa", "train")] - peak[("triton-loss", "train")]
+    # The logits the fused loss never makes: bf16 (held), their fp32 copy and its log-softmax
+    # (4 bytes each) are each 8192 x 50257 x (2 or 4) bytes; more than two of them are saved.
+    assert saved > 8192 * 50257 * 6
+    assert data["savings"] == [{"what": "fused loss (no logits)", "size": "gpt2", "seq_len": 2048, "batch": 4,
+                                "without": "eager+sdpa", "with": "triton-loss", "saved_bytes": saved,
+                                "saved_frac": saved / peak[("eager+sdpa", "train")]}]
+    assert data["largest_batch"] == []
+    assert (tmp_path / "memory.csv").read_text().count("\n") == 5
+    assert (tmp_path / "memory.png").stat().st_size > 10_000
+    assert "fused loss (no logits)" in (tmp_path / "memory.md").read_text()
+    assert f"{saved / 1e9:.2f} GB" in capsys.readouterr().out
+
+
+def test_largest_batches_of_the_rows_trained_at_1024(monkeypatch):
+    # The table's wiring, on a made-up peak: only S = 1024 training rows, each capacity found.
+    def peak_bytes(size, impl, pass_, S, B):
+        return (10e9 + B * (1e9 if impl == "eager" else 0.25e9), 10e9)
+
+    monkeypatch.setattr(memory, "peak_bytes", peak_bytes)
+    rows = [{"size": "gpt2", "impl": impl, "pass": pass_, "seq_len": S, "batch": 8192 // S, "status": "ok",
+             "peak_mem_bytes": peak_bytes("gpt2", impl, pass_, S, 8192 // S)[0]}
+            for impl in ("eager", "triton") for pass_ in ("fwd", "train") for S in (1024, 2048)]
+    table = largest_batches(rows, log=lambda line: None)
+    assert table == [{"size": "gpt2", "impl": "eager", "seq_len": 1024, "H100 80 GB": 70, "H200 141 GB": 131},
+                     {"size": "gpt2", "impl": "triton", "seq_len": 1024, "H100 80 GB": 280, "H200 141 GB": 524}]

@@ -37,8 +37,8 @@ from .cuda_autocast import cuda_autocast_rules
 SEQ_LENS = (1024, 2048, 4096, 8192)
 PASSES = ("fwd", "train")
 HF_CONFIGS = {"hf-eager": "eager", "hf-sdpa": "sdpa", "hf-triton": "triton"}
-# Decimal GB, as the GPUs are sold: below what PyTorch can allocate on them (79 GiB = 85e9 bytes
-# on an H100, 140 GiB on an H200), which leaves the CUDA context and uncounted scratch a margin.
+# Decimal GB, as the GPUs are sold: below their memory (nvidia-smi: 81,559 MiB = 85.5e9 bytes on an
+# H100, 143,771 MiB = 150.8e9 on an H200), a margin for the CUDA context and uncounted scratch.
 CAPACITIES = (("H100 80 GB", 80e9), ("H200 141 GB", 141e9))
 TABLE_SEQ_LEN = 1024
 

@@ -72,8 +72,10 @@ def peaks_table(data):
             t = by.get((size, S, B, impl, "train"), dict.fromkeys(FIELDS))
             cells = [gb(r["peak_mem_bytes"]) if r["status"] == "ok" else r["status"],
                      gb(t["peak_mem_bytes"]) if t["status"] == "ok" else t["status"], gb(t["resident_bytes"])]
-            if measured:
-                cells += [gb(r["measured_bytes"]), gb(t["measured_bytes"])]
+            if measured:  # the GPU's reading, and its ratio to the count
+                cells += [gb(x["measured_bytes"]) + (f" ({x['measured_bytes'] / x['peak_mem_bytes']:.3f}x)"
+                                                     if x["measured_bytes"] and x["peak_mem_bytes"] else "")
+                          for x in (r, t)]
             lines.append(f"| {size} | {S} x {B} | {impl} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -205,3 +205,16 @@ def test_largest_batches_of_the_rows_trained_at_1024(monkeypatch):
     table = largest_batches(rows, log=lambda line: None)
     assert table == [{"size": "gpt2", "impl": "eager", "seq_len": 1024, "H100 80 GB": 70, "H200 141 GB": 131},
                      {"size": "gpt2", "impl": "triton", "seq_len": 1024, "H100 80 GB": 280, "H200 141 GB": 524}]
+
+
+def test_the_summary_puts_a_gpus_reading_beside_the_count():
+    # What --measure-cuda adds (it needs a GPU): the reading and its ratio to the count, per pass.
+    from bench.memory_report import FIELDS, markdown
+
+    rows = [{**dict.fromkeys(FIELDS), "size": "gpt2", "impl": "eager", "pass": p, "seq_len": 1024, "batch": 8,
+             "status": "ok", "peak_mem_bytes": 10e9 * k, "resident_bytes": 1e9, "measured_bytes": 10.5e9 * k}
+            for p, k in (("fwd", 1), ("train", 2))]
+    meta = {"method": "counted", "settings": {"capacities": dict(memory.CAPACITIES), "table_seq_len": 1024}}
+    text = markdown({"meta": meta, "rows": rows, "largest_batch": [], "savings": []})
+    assert "| GPU forward | GPU train |" in text
+    assert "| gpt2 | 1024 x 8 | eager | 10.00 GB | 20.00 GB | 1.00 GB | 10.50 GB (1.050x) | 21.00 GB (1.050x) |" in text

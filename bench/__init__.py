@@ -12,7 +12,10 @@
     bench/layer_norm.py, bench/gelu.py, bench/attention.py, bench/model.py   one family each,
     bench/hf.py          and Hugging Face's GPT2LMHeadModel, as shipped and patched (gpt2.hf)
     bench/targets.py     the performance targets, checked against results
-    bench/plots/         PNG plots (style, ops, end_to_end, compare); bench/summary.py: summary.md
+    bench/memory.py      --memory: peak bytes counted on fake tensors (no GPU), with CUDA's autocast
+                         rules (bench/cuda_autocast.py); the run, the largest batch that fits and the
+                         savings in bench/memory_sweep.py, its files in bench/memory_report.py
+    bench/plots/         PNG plots (style, ops, end_to_end, compare, memory); bench/summary.py: summary.md
     bench/gpu_check.sh   tests + kernel inspection + benchmark on a GPU machine, packed in <= 8 files
 
 Nothing here imports ``kernels`` at import time: ``--smoke`` must set TRITON_INTERPRET first.

@@ -12,6 +12,7 @@
                                              (table, compare.csv and compare.png in --out or NEW)
     python -m bench --merge A B ... --out DIR   one results folder (and its plots) from the
                                              folders of one run's steps (bench/gpu_check.sh)
+    python -m bench --memory [--batch B]     peak memory of every configuration, counted without a GPU
 
 How a point is timed: bench/timing.py, ``Timer`` (built in ``run`` below) and ``time_kernel``.
 
@@ -30,6 +31,8 @@ import signal
 import sys
 import tempfile
 import time
+
+from .memory_sweep import add_arguments as add_memory_arguments, run as run_memory
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS_DIR = os.path.join(HERE, "results")
@@ -60,6 +63,7 @@ def parse_args(argv=None):
                    help="merge these results folders (one run's steps) into --out, then plot them")
     p.add_argument("--dry-run", action="store_true", help="print the planned tasks in order and stop")
     p.add_argument("--verbose", action="store_true", help="print the traceback of every failing point")
+    add_memory_arguments(p)  # --memory, --batch, --measure-cuda
     args = p.parse_args(argv)
     if args.budget is not None and not (math.isfinite(args.budget) and args.budget > 0):  # refuses nan
         p.error(f"--budget must be a positive, finite number of seconds, got {args.budget}")
@@ -142,6 +146,8 @@ def print_plan(tasks, info, budget=None):
 def main(argv=None):
     t_start = time.monotonic()
     parser, args = parse_args(argv)
+    if args.memory or args.batch is not None or args.measure_cuda:
+        return run_memory(args, parser.prog)
     if args.compare:
         from .compare import CompareError, compare
 
@@ -309,8 +315,7 @@ def run(args, sweep, info, budget, t_start):
 
 
 def _attention_configs():
-    """The candidate tiles gpt2_kernels.attention's first-call tuner chose in this run (empty when
-    nothing was timed, e.g. without a GPU)."""
+    """The tiles gpt2_kernels.attention's first-call tuner chose in this run ([] when nothing was timed)."""
     module = sys.modules.get("gpt2_kernels.attention")
     return module.chosen_configs() if module is not None else []
 

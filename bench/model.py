@@ -93,22 +93,30 @@ def get_model(size, ctx):
                    lambda: GPT2(model_config(size, block_size=ctx.meta.get("block_size", 1024))))
 
 
-def get_hf_model(size, ctx):
+def _transformers():
     try:
         import transformers
     except ImportError as e:
         raise Unavailable(f"transformers not installed ({e})") from e
+    return transformers
 
-    def build():
-        cfg = model_config(size)
-        hf_cfg = transformers.GPT2Config(
-            vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-            n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1,  # GPT-2's 50256, or the tiny vocab's last
-        )
-        return transformers.GPT2LMHeadModel(hf_cfg).eval()
 
-    return _cached(ctx, ("hf", size), build)
+def hf_model(size, block_size=None):
+    """Hugging Face's GPT2LMHeadModel of a size (random weights, no dropout), its position table
+    ``block_size`` long (default the size's, 1024)."""
+    transformers = _transformers()
+    cfg = model_config(size, **({"block_size": block_size} if block_size else {}))
+    hf_cfg = transformers.GPT2Config(
+        vocab_size=cfg.vocab_size, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+        n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1,  # GPT-2's 50256, or the tiny vocab's last
+    )
+    return transformers.GPT2LMHeadModel(hf_cfg)
+
+
+def get_hf_model(size, ctx):
+    _transformers()  # Unavailable before any cached model is dropped
+    return _cached(ctx, ("hf", size), lambda: hf_model(size).eval())
 
 
 def _configure(model, impl):

@@ -21,6 +21,7 @@ import math
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.overrides import TorchFunctionMode
 
 from . import checkpoint
@@ -291,8 +292,9 @@ class GPT2(nn.Module):
             raise ValueError(
                 f"sequence of {offset + T} tokens exceeds block_size={self.config.block_size}"
             )
-        # A data-dependent check; torch.compile cannot trace it, so it is skipped while compiling.
-        if not torch.compiler.is_compiling():
+        # A data-dependent check; torch.compile cannot trace it, so it is skipped while compiling,
+        # and ids without values (meta, or FakeTensorMode's, as bench --memory runs) have none to check.
+        if not torch.compiler.is_compiling() and not (idx.is_meta or isinstance(idx, FakeTensor)):
             lo, hi = torch.stack([idx.min(), idx.max()]).tolist()
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(

@@ -16,6 +16,10 @@ On a machine without a GPU the kernels run through Triton's interpreter when
 ``@triton.jit`` decorates a function). Without CUDA and without the interpreter, calling an
 op raises a clear error instead of running.
 
+Memory: ``gpt2_kernels.workspace_bytes(name, *args)`` is the scratch an op (by its registered
+name, "gpt2_kernels::attention_bwd") holds besides its inputs and outputs for those arguments,
+declared beside each op; a fake or meta run adds it to the outputs its fake implementation makes.
+
 Each op lives in a module of the same name (``gpt2_kernels/layer_norm.py`` holds
 ``layer_norm``). The functions are imported here, eagerly, so that ``gpt2_kernels.layer_norm``
 is always the function: a lazy lookup would be shadowed by the submodule as soon as anything
@@ -28,6 +32,8 @@ from .decode_attention import decode_attention
 from .gelu import gelu
 from .layer_norm import layer_norm
 from .linear_cross_entropy import linear_cross_entropy
+from ._common import workspace_bytes
 
-__all__ = ["add_layer_norm", "attention", "decode_attention", "gelu", "layer_norm", "linear_cross_entropy"]
+__all__ = ["add_layer_norm", "attention", "decode_attention", "gelu", "layer_norm", "linear_cross_entropy",
+           "workspace_bytes"]
 

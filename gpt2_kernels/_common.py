@@ -7,6 +7,7 @@ import os
 from typing import NamedTuple
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 # Triton reads TRITON_INTERPRET when @triton.jit decorates a function, i.e. when an op
 # module is imported, so the value at import time is the one that counts.
@@ -17,14 +18,15 @@ FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def check_runnable(op, *tensors):
     """Raise unless the tensors can go to a Triton kernel: all on one device, and that device
-    CUDA (or the CPU under Triton's interpreter)."""
+    CUDA (or the CPU under Triton's interpreter); or tensors without data (``has_data``), which
+    go to the op's fake implementation instead."""
     devices = {t.device for t in tensors}
     if len(devices) > 1:
         names = ", ".join(str(d) for d in sorted(devices, key=str))
         raise ValueError(f"{op}: all tensors must be on one device, got {names}")
     (device,) = devices
-    if device.type == "cuda":
-        return
+    if device.type == "cuda" or not all(has_data(t) for t in tensors):
+        return  # a tensor without data only ever reaches the op's fake implementation
     if device.type == "cpu" and INTERPRET:
         return
     if device.type == "cpu":
@@ -34,6 +36,14 @@ def check_runnable(op, *tensors):
             "the eager PyTorch path (model.set_kernels('torch'))."
         )
     raise ValueError(f"{op}: tensors on {device.type} are not supported; use CUDA tensors")
+
+
+def has_data(t):
+    """False for a tensor that holds no values: a meta tensor or a FakeTensorMode fake (shape,
+    dtype and device only, as torch.compile traces with and ``python -m bench --memory`` counts
+    bytes with). Such a tensor reaches only an op's fake implementation, never a kernel, and
+    a check that reads values (a target's range) has nothing to read."""
+    return not (t.is_meta or isinstance(t, FakeTensor))
 
 
 def check_float_dtype(op, name, t, allowed=FLOAT_DTYPES):
@@ -130,3 +140,48 @@ def device_guard(t):
     """Make t's GPU the current device: Triton launches on the current device, which for
     tensors on another GPU (cuda:1 while cuda:0 is current) would be the wrong one."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- scratch memory
+
+_WORKSPACE = {}  # a custom op's "gpt2_kernels::name" -> f(*its arguments) -> bytes
+
+
+def workspace_of(op):
+    """Decorator: declare the scratch memory of custom op ``op``. The decorated f takes the op's
+    arguments (tensors with or without data) and returns the most bytes the op's implementation
+    holds at once besides its inputs and its outputs (buffers, partial sums, copies of inputs
+    whose layout a kernel does not take), all alive when its outputs are. A fake implementation
+    allocates only the outputs; this is the rest, so that a run on fake tensors can count what
+    the real run holds (``python -m bench --memory``, which checks the two against each other)."""
+
+    def register(f):
+        _WORKSPACE[op._qualname] = f  # "namespace::name", what a dispatched OpOverload's name() gives
+        return f
+
+    return register
+
+
+def workspace_bytes(name, *args, **kwargs):
+    """The scratch bytes of the op named ``name`` ("gpt2_kernels::attention_bwd") for these
+    arguments. KeyError for an op that declares none."""
+    return _WORKSPACE[name](*args, **kwargs)
+
+
+def nbytes(t):
+    return t.numel() * t.element_size()
+
+
+def contiguous_copy_bytes(t):
+    """What ``t.contiguous()`` allocates: nothing for a contiguous tensor, a copy otherwise."""
+    return 0 if t is None or t.is_contiguous() else nbytes(t)
+
+
+def rows_copy_bytes(t, N):
+    """What ``as_rows(t, N)`` allocates: nothing when the leading dims fold into one as a view
+    (each stride the next one's times its size; size-1 dims do not count), a copy otherwise."""
+    if t.stride(-1) != 1:
+        return nbytes(t)
+    dims = [(n, s) for n, s in zip(t.shape[:-1], t.stride()[:-1]) if n != 1]
+    foldable = all(outer == inner * n for (_, outer), (n, inner) in zip(dims, dims[1:]))
+    return 0 if foldable else nbytes(t)

@@ -36,10 +36,11 @@ import triton.language as tl
 from gpt2_kernels import registry
 from gpt2_kernels._common import (
     autocast_dtype, cast_floats,
-    as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard,
+    as_rows, check_float_dtype, check_runnable, check_same_dtype, device_guard, rows_copy_bytes, workspace_of,
 )
 from gpt2_kernels.layer_norm import _launch_config as _layer_norm_launch_config, check_rows, compile_configs
 from gpt2_kernels.layer_norm import _layer_norm_bwd_kernel, _layer_norm_bwd_rows, _layer_norm_fwd_kernel, layer_norm_reference
+from gpt2_kernels.layer_norm import bwd_rows_workspace
 
 
 @triton.jit
@@ -140,6 +141,19 @@ def _add_layer_norm_bwd(
 def _(dy, dh, h, weight, mean, rstd):
     N = h.shape[-1]
     return h.new_empty(h.shape), weight.new_empty((N,)), weight.new_empty((N,))
+
+
+@workspace_of(_add_layer_norm_fwd)
+def _(x, residual, weight, bias, eps):
+    return rows_copy_bytes(x, x.shape[-1]) + rows_copy_bytes(residual, x.shape[-1])
+
+
+@workspace_of(_add_layer_norm_bwd)
+def _(dy, dh, h, weight, mean, rstd):
+    N = h.shape[-1]
+    M = h.numel() // N if N else 0
+    copies = rows_copy_bytes(h, N) + (rows_copy_bytes(dy, N) + rows_copy_bytes(dh, N) if M else 0)
+    return copies + bwd_rows_workspace(M, N, weight, h.device)
 
 
 def _setup_context(ctx, inputs, output):

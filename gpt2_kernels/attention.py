@@ -54,7 +54,7 @@ import triton.language as tl
 
 from gpt2_kernels import registry
 from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_qkv,
-                                  check_runnable, device_guard)
+                                  check_runnable, device_guard, nbytes, workspace_of)
 from gpt2_kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
 from gpt2_kernels.tuner import Tuner
 
@@ -683,13 +683,22 @@ def _launch(kernel, grid, warmup):
 
 
 def _kernel_layout(t):
-    """t, or a contiguous copy when its layout is not one the kernels are compiled for:
-    unit stride in the last dim, other strides multiples of 16 elements (so every row of a
-    TMA descriptor starts 16-byte aligned), rows not broadcast (stride 0, which a descriptor
-    cannot take), 16-byte aligned data."""
-    if t.stride(-1) != 1 or any(s % 16 for s in _strides(t)) or t.data_ptr() % 16 or _strides(t)[2] == 0:
-        return t.contiguous()
-    return t
+    """t, or a contiguous copy when its layout is not one the kernels are compiled for."""
+    return t.contiguous() if _needs_copy(t, t.data_ptr()) else t
+
+
+def _needs_copy(t, address):
+    """Whether t's layout (at this address) is not one the kernels are compiled for: unit
+    stride in the last dim, other strides multiples of 16 elements (so every row of a TMA
+    descriptor starts 16-byte aligned), rows not broadcast (stride 0, which a descriptor cannot
+    take), 16-byte aligned data."""
+    return t.stride(-1) != 1 or any(s % 16 for s in _strides(t)) or address % 16 or _strides(t)[2] == 0
+
+
+def _copies_bytes(*tensors):
+    """What `_kernel_layout` allocates for these tensors. A tensor without data has no address:
+    its offset into its storage stands in (every allocation starts 16-byte aligned)."""
+    return sum(nbytes(t) for t in tensors if _needs_copy(t, t.storage_offset() * t.element_size()))
 
 
 def _strides(t):
@@ -719,6 +728,10 @@ def _attention_fwd(q, k, v, causal, scale):
     return o, lse
 
 
+def _stat_stride(Sq):
+    return triton.cdiv(Sq, 16) * 16
+
+
 def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
     q, k, v, o, do = (_kernel_layout(t) for t in (q, k, v, o, do))
     B, H, Sq, D = q.shape
@@ -726,7 +739,7 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
     dk = torch.empty((B, H, Sk, D), dtype=k.dtype, device=q.device)
     dv = torch.empty((B, H, Sk, D), dtype=v.dtype, device=q.device)
     # delta and a copy of lse, in rows padded to a multiple of 16 floats (see the preprocess kernel)
-    stride_stat = triton.cdiv(Sq, 16) * 16
+    stride_stat = _stat_stride(Sq)
     delta = torch.empty((B * H, stride_stat), dtype=torch.float32, device=q.device)
     lse_pad = torch.empty((B * H, stride_stat), dtype=torch.float32, device=q.device)
     # deterministic=False: dQ is accumulated in fp32 by atomic adds inside the dK/dV kernel.
@@ -794,6 +807,19 @@ def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
 @_attention_bwd_op.register_fake
 def _(do, q, k, v, o, lse, causal, scale, deterministic):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@workspace_of(_attention_fwd_op)
+def _(q, k, v, causal, scale, deterministic):
+    return _copies_bytes(q, k, v)
+
+
+@workspace_of(_attention_bwd_op)
+def _(do, q, k, v, o, lse, causal, scale, deterministic):
+    """delta and lse_pad, dQ's fp32 accumulator (one float when deterministic), any layout copies."""
+    B, H, Sq, D = q.shape
+    stats = 2 * B * H * _stat_stride(Sq) * 4
+    return stats + (4 if deterministic else B * H * Sq * D * 4) + _copies_bytes(q, k, v, o, do)
 
 
 def _setup_context(ctx, inputs, output):

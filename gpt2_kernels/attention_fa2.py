@@ -21,9 +21,9 @@ import triton
 import triton.language as tl
 
 from gpt2_kernels import registry
-from gpt2_kernels._common import INTERPRET, TRITON_TYPE, Launch, device_guard
-from gpt2_kernels.attention import (HEAD_DIMS, LN2, LOG2E, _attn_bwd_preprocess_kernel, _check_inputs, _kernel_layout,
-                               _strides)
+from gpt2_kernels._common import INTERPRET, TRITON_TYPE, Launch, device_guard, workspace_of
+from gpt2_kernels.attention import (HEAD_DIMS, LN2, LOG2E, _attn_bwd_preprocess_kernel, _check_inputs, _copies_bytes,
+                               _kernel_layout, _strides)
 
 
 # A note on INTERPRET, which every kernel takes: Triton's interpreter hands bf16 tiles to
@@ -496,6 +496,17 @@ def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: tor
 @_attention_bwd_op.register_fake
 def _(do, q, k, v, o, lse, causal, scale):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
+
+
+@workspace_of(_attention_fwd_op)
+def _(q, k, v, causal, scale):
+    return _copies_bytes(q, k, v)
+
+
+@workspace_of(_attention_bwd_op)
+def _(do, q, k, v, o, lse, causal, scale):
+    B, H, Sq, _ = q.shape
+    return B * H * Sq * 4 + _copies_bytes(q, k, v, o, do)  # delta, any layout copies
 
 
 def _setup_context(ctx, inputs, output):

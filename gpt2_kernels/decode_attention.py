@@ -51,7 +51,7 @@ import triton.language as tl
 
 from gpt2_kernels import registry
 from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, check_qkv, check_runnable, device_guard,
-                             num_sms)
+                             nbytes, num_sms, workspace_of)
 
 MAX_QUERIES = 16  # the query tile: every query of a call fits one tl.dot tile
 MIN_KEYS = 64  # gpt2_kernels.attention sends Sq <= MAX_QUERIES here from this many keys on
@@ -262,6 +262,17 @@ def _strides(t):
     return tuple(0 if n == 1 else s for n, s in zip(t.shape[:3], t.stride()[:3]))
 
 
+def _splits(q, k, num_splits):
+    """(splits, keys per split) of a launch: `_num_splits`'s choice, or num_splits as asked."""
+    B, H, _, D = q.shape
+    Sk = k.shape[2]
+    block_n = _launch_config("split", D, q.dtype).constexprs["BLOCK_N"]
+    if num_splits is None:
+        return _num_splits(B * H, Sk, block_n, num_sms(q.device))
+    per_split = triton.cdiv(triton.cdiv(Sk, block_n), num_splits) * block_n
+    return triton.cdiv(Sk, per_split), per_split
+
+
 def _decode_attention(q, k, v, kv_len, causal, scale, num_splits):
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, Sq, D = q.shape
@@ -269,12 +280,7 @@ def _decode_attention(q, k, v, kv_len, causal, scale, num_splits):
     if kv_len is None:
         kv_len = torch.full((1,), Sk, dtype=torch.int32, device=q.device)
     cfg = _launch_config("split", D, q.dtype)
-    block_n = cfg.constexprs["BLOCK_N"]
-    if num_splits is None:
-        splits, per_split = _num_splits(B * H, Sk, block_n, num_sms(q.device))
-    else:
-        per_split = triton.cdiv(triton.cdiv(Sk, block_n), num_splits) * block_n
-        splits = triton.cdiv(Sk, per_split)
+    splits, per_split = _splits(q, k, num_splits)
     o_part = torch.empty((B * H, splits, Sq, D), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((B * H, splits, Sq), dtype=torch.float32, device=q.device)
     o = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
@@ -309,6 +315,16 @@ def _decode_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_l
 @_decode_attention_op.register_fake
 def _(q, k, v, kv_len, causal, scale, num_splits):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
+
+
+@workspace_of(_decode_attention_op)
+def _(q, k, v, kv_len, causal, scale, num_splits):
+    """Each split's fp32 partial output and log-sum-exp, a length when none is given, and a copy of
+    any of q, k, v whose last dim is strided."""
+    B, H, Sq, D = q.shape
+    splits, _ = _splits(q, k, num_splits)
+    copies = sum(nbytes(t) for t in (q, k, v) if t.stride(-1) != 1)
+    return B * H * splits * Sq * (D + 1) * 4 + (4 if kv_len is None else 0) + copies
 
 
 # ----------------------------------------------------------------------------------------

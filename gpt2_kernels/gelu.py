@@ -46,6 +46,7 @@ import triton.language as tl
 from gpt2_kernels import registry
 from gpt2_kernels._common import (
     TRITON_TYPE, Launch, as_rows, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype,
+    contiguous_copy_bytes, rows_copy_bytes, workspace_of,
     device_guard, num_sms,
 )
 
@@ -279,6 +280,33 @@ def _gelu_bias_bwd(dy: torch.Tensor, x: torch.Tensor, bias: torch.Tensor) -> tup
 @_gelu_bias_bwd.register_fake
 def _(dy, x, bias):
     return x.new_empty(x.shape), bias.new_empty(bias.shape)
+
+
+@workspace_of(_gelu_fwd)
+def _(x, bias):
+    if x.numel() == 0:
+        return 0
+    if bias is None:
+        return contiguous_copy_bytes(x)
+    return rows_copy_bytes(x, x.shape[-1]) + contiguous_copy_bytes(bias)
+
+
+@workspace_of(_gelu_bwd)
+def _(dy, x):
+    return 0 if x.numel() == 0 else contiguous_copy_bytes(dy) + contiguous_copy_bytes(x)
+
+
+@workspace_of(_gelu_bias_bwd)
+def _(dy, x, bias):
+    """Copies as in the forward, the (G, N) fp32 partial sums of dbias (G as the interpreter's
+    grid and a fake run's has it), and their fp32 sum before its cast to a bias that is not fp32."""
+    N = x.shape[-1]
+    if x.numel() == 0:
+        return 0
+    M = x.numel() // N
+    G, _, _ = _bias_bwd_grid(M, N, _launch_config(_gelu_bias_bwd_kernel, N), x.device)
+    copies = rows_copy_bytes(x, N) + rows_copy_bytes(dy, N) + contiguous_copy_bytes(bias)
+    return copies + G * N * 4 + (0 if bias.dtype == torch.float32 else 4 * N)
 
 
 def _setup_context(ctx, inputs, output):

@@ -62,6 +62,7 @@ import triton.language as tl
 from gpt2_kernels import registry
 from gpt2_kernels._common import (
     TRITON_TYPE, Launch, as_rows, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype,
+    contiguous_copy_bytes, rows_copy_bytes, workspace_of,
     device_guard, num_sms,
 )
 
@@ -226,6 +227,16 @@ def _layer_norm_bwd_rows(dy2, x2, weight, mean, rstd, dx, dh2=None):
     return (p.sum(0).to(weight.dtype) for p in partial)
 
 
+def bwd_rows_workspace(M, N, weight, device):
+    """The scratch of `_layer_norm_bwd_rows` beside its outputs: the (2, P, N) fp32 partial sums,
+    and one fp32 sum before its cast to a weight that is not fp32. P as the interpreter's grid
+    (and a fake run's) has it; on a GPU the compiled kernel's registers set it, a few MB at most."""
+    if M == 0:
+        return 0
+    P, _ = _bwd_grid(M, _launch_config(_layer_norm_bwd_kernel, N), device, _BWD_REGISTERS_GUESS)
+    return 2 * P * N * 4 + (0 if weight.dtype == torch.float32 else 4 * N)
+
+
 def compile_configs(op, cases, kernels, launch_config):
     """CompileConfigs of `op` for each (dtype, N) in cases and each (kernel, name) in kernels,
     launched as launch_config(kernel, N) says: statistics and partial sums fp32, the rest the
@@ -307,6 +318,19 @@ def _layer_norm_bwd(
 def _(dy, x, weight, mean, rstd):
     N = x.shape[-1]
     return x.new_empty(x.shape), weight.new_empty((N,)), weight.new_empty((N,))
+
+
+@workspace_of(_layer_norm_fwd)
+def _(x, weight, bias, eps):
+    return rows_copy_bytes(x, x.shape[-1]) + contiguous_copy_bytes(weight) + contiguous_copy_bytes(bias)
+
+
+@workspace_of(_layer_norm_bwd)
+def _(dy, x, weight, mean, rstd):
+    N = x.shape[-1]
+    M = x.numel() // N if N else 0
+    return (rows_copy_bytes(x, N) + rows_copy_bytes(dy, N) + (contiguous_copy_bytes(weight) if M else 0)
+            + bwd_rows_workspace(M, N, weight, x.device))
 
 
 def _setup_context(ctx, inputs, output):

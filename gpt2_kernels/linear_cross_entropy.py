@@ -28,8 +28,9 @@ the backward runs the chunks again with g_i folded into dz (a fourth matmul).
 Chunk size and memory (s = bytes per element of x's dtype):
 
     C = min(N, max(16, next_pow2(d)))                   rows per chunk
-    extra memory at the peak = C * Vp * s  +  4 * N  (+ 4 * V for db with a bias)
+    extra memory at the peak = C * Vp * s  +  4 * N  (+ 4 * V or, s < 4, 8 * V for db with a bias)
         Vp = V rounded up to a multiple of 16 (the chunk's rows start 32-byte aligned)
+        (declared to python -m bench --memory by `_chunks_workspace`)
 
 i.e. one chunk of logits, about the size of W itself (C ~ d), instead of N * V * (s + 4) and
 the gradients' N * V * (s + 4) more. For gpt2 (d = 768, C = 1024, V = 50257) in bf16 that is
@@ -74,6 +75,7 @@ import triton.language as tl
 from gpt2_kernels import registry
 from gpt2_kernels._common import (
     TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_float_dtype, check_runnable, check_same_dtype, device_guard,
+    has_data, workspace_of,
 )
 
 LOG2E = tl.constexpr(1.4426950408889634)
@@ -150,6 +152,11 @@ def _chunk_rows(N, d):
     return max(1, min(N, max(16, triton.next_power_of_2(d))))
 
 
+def _padded(V):
+    """Vp, a chunk row's length: V rounded up to 16, so every row starts 32-byte aligned."""
+    return triton.cdiv(V, 16) * 16
+
+
 @registry.configs_of("linear_cross_entropy")
 def _configs():
     """The kernel as the forward (loss and gradient) and the "none" backward (per-row scale)
@@ -180,7 +187,7 @@ def _chunks(x, weight, targets, bias, ignore_index, row_scale, write_grad):
     N, d = x.shape
     V = weight.shape[0]
     C = _chunk_rows(N, d)
-    Vp = triton.cdiv(V, 16) * 16
+    Vp = _padded(V)
     losses = torch.empty((N,), dtype=torch.float32, device=x.device)
     buffer = torch.empty((C, Vp), dtype=x.dtype, device=x.device)
     dx = torch.empty_like(x, memory_format=torch.contiguous_format) if write_grad else None
@@ -260,6 +267,29 @@ def _lce_bwd(
 def _(grad_losses, x, weight, targets, bias, ignore_index):
     db = x.new_empty((weight.shape[0],)) if bias is not None else x.new_empty((0,))
     return x.new_empty(x.shape), weight.new_empty(weight.shape), db
+
+
+def _chunks_workspace(x, weight, bias, write_grad, losses_out):
+    """The scratch of `_chunks` beside the op's outputs (the module docstring's "extra memory"):
+    one chunk of logits, the per-row losses unless they are the output, and with a bias each
+    chunk's fp32 column sum and db in fp32 before its cast to x's dtype."""
+    N, d = x.shape
+    V = weight.shape[0]
+    scratch = _chunk_rows(N, d) * _padded(V) * x.element_size() + (0 if losses_out else 4 * N)
+    if write_grad and bias is not None:
+        scratch += 4 * V * (1 if x.dtype == torch.float32 else 2)
+    return scratch
+
+
+@workspace_of(_lce_fwd)
+def _(x, weight, targets, bias, ignore_index, reduction, with_grad):
+    return _chunks_workspace(x, weight, bias, with_grad and reduction != "none", losses_out=reduction == "none")
+
+
+@workspace_of(_lce_bwd)
+def _(grad_losses, x, weight, targets, bias, ignore_index):
+    row_scale = 0 if grad_losses.dtype == torch.float32 and grad_losses.is_contiguous() else 4 * x.shape[0]
+    return row_scale + _chunks_workspace(x, weight, bias, True, losses_out=False)
 
 
 def _setup_context(ctx, inputs, output):
@@ -362,14 +392,21 @@ def linear_cross_entropy(x, weight, targets, bias=None, ignore_index=-1, reducti
     if bias is not None and bias.shape != (V,):
         raise ValueError(f"{op}: bias must be (V,) = ({V},), got shape {tuple(bias.shape)}")
     check_runnable(op, *(t for t in (x, weight, targets, bias) if t is not None))
-    # A data-dependent check (a sync); torch.compile cannot trace it, so it is skipped while compiling.
-    if N and not torch.compiler.is_compiling():
-        valid = targets[targets != ignore_index]
-        if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= V):
-            raise ValueError(f"{op}: targets must be in [0, {V}) or ignore_index={ignore_index}, got values "
-                             f"in [{int(valid.min())}, {int(valid.max())}]")
+    # A data-dependent check (a sync); torch.compile cannot trace it, so it is skipped while
+    # compiling, and fake or meta targets have no values to check.
+    if N and not torch.compiler.is_compiling() and has_data(targets):
+        _check_target_range(op, targets, V, ignore_index)
     with_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
     return _lce_fwd(x, weight, targets.long(), bias, ignore_index, reduction, with_grad)[0]
+
+
+def _check_target_range(op, targets, V, ignore_index):
+    # A function of its own, so that the copy of the valid targets (8 bytes a row) is freed
+    # before the loss runs, not held through it.
+    valid = targets[targets != ignore_index]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= V):
+        raise ValueError(f"{op}: targets must be in [0, {V}) or ignore_index={ignore_index}, got values "
+                         f"in [{int(valid.min())}, {int(valid.max())}]")
 
 
 # ----------------------------------------------------------------------------- reference

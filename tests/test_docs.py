@@ -165,6 +165,7 @@ def test_generated_parts_are_what_the_code_prints():
     assert "theory.md" in seen.get("bpe", []) and "theory.md" in seen.get("sizes", [])
     assert all("theory.md" in seen.get(name, []) for name in ("decode", "training", "roofline"))
     assert "triton-primer.md" in seen.get("gelu_kernel", [])
+    assert "README.md" in seen.get("memory", [])  # from bench/results/memory/memory.json
 
 
 def test_primer_annotates_the_kernel_as_it_is():

@@ -9,6 +9,7 @@
     model.png               training-step speedups vs S, each kernel alone and all together,
                             MFU, generation tokens/s vs Hugging Face
     memory.png              peak memory of the training step per configuration and of attention
+                            (python -m bench --memory draws its own memory.png: bench/plots/memory.py)
     targets.png             every target: met, missed or not measured, with its worst point
     compare.png             (python -m bench --compare) the ratio of two runs, point by point
 

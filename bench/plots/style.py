@@ -13,6 +13,7 @@ IMPL_COLORS = {
     "sdpa-flash": "#2ca02c", "sdpa-efficient": "#17becf", "sdpa-cudnn": "#bcbd22", "sdpa-math": "#9467bd",
     "eager+sdpa": "#000000", "triton-attention": "#ff9896", "triton-layernorm": "#ffbb78",
     "triton-gelu": "#c5b0d5", "triton-loss": "#f7b6d2", "hf": "#8c564b",
+    "hf-eager": "#bcbd22", "hf-sdpa": "#17becf", "hf-triton": "#e377c2",
 }
 # Lines that can coincide (memory of several implementations) differ in marker and dash too.
 MARKERS = "osD^vP*Xh<>"

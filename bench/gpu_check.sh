@@ -19,6 +19,9 @@
 #                     against its timed and host time (is it host-bound?)
 #   rest       what   LayerNorm, add+LayerNorm, GELU, the fused loss,            steps/rest/
 #              is left generation and Hugging Face's GPT-2
+#   memory     150 s  only when --steps names it: python -m bench --memory         steps/memory/
+#                     --measure-cuda, torch.cuda.max_memory_allocated beside
+#                     the peak counted without a GPU (gpt2, S=1024)
 #
 # OUT then holds at most 5 files: SUMMARY.md (rewritten after every step: each step's status,
 # time and key line), gpu_check.log, pytest.log, steps.tar.gz (every step's results folder and
@@ -38,17 +41,19 @@ set -uo pipefail
 
 usage() { echo "usage: bash bench/gpu_check.sh OUT [--deadline SECONDS] [--steps a,b] [--limits a=S,b=S] [--dry-run]" >&2; exit 2; }
 STEPS_ALL=(attention model tests breakdown rest)
-declare -A LIMIT=([attention]=110 [model]=120 [tests]=80 [breakdown]=45 [rest]=0)  # rest: what is left
+declare -A LIMIT=([attention]=110 [model]=120 [tests]=80 [breakdown]=45 [rest]=0 [memory]=150)  # rest: what is left
 declare -A WHAT=(
     [attention]="python -m bench --only attention --sizes gpt2,gpt2-xl --seq-lens 1024,2048,4096"
     [model]="python -m bench --only model --sizes gpt2 --seq-lens 1024"
     [tests]="python -m pytest -m gpu -n 8 --timeout 150"
     [breakdown]="python -m bench.breakdown"
+    [memory]="python -m bench --memory --measure-cuda --sizes gpt2 --seq-lens 1024"
     [rest]="python -m bench --only layer_norm,add_layer_norm,gelu,loss,generation,hf --sizes gpt2,gpt2-xl --seq-lens 1024"
 )
 declare -A WRITES=([attention]="steps.tar.gz: steps/attention/ (results.json, summary.md, plots)"
                    [model]="steps.tar.gz: steps/model/" [tests]="pytest.log"
-                   [breakdown]="steps.tar.gz: steps/breakdown.json" [rest]="steps.tar.gz: steps/rest/")
+                   [breakdown]="steps.tar.gz: steps/breakdown.json" [rest]="steps.tar.gz: steps/rest/"
+                   [memory]="steps.tar.gz: steps/memory/ (memory.json, memory.md)")
 RESERVE=${GPU_CHECK_RESERVE:-15}    # seconds kept at the end to pack and write the summary
 MIN_STEP=${GPU_CHECK_MIN_STEP:-20}  # a step the deadline leaves less time than this is skipped
 
@@ -212,6 +217,10 @@ for s in "${STEPS[@]}"; do
             run_step tests $PY "${args[@]}" tests
             cp "$WORK/steps/tests.log" "$OUT/pytest.log"
             KEY[tests]=$(grep -E '(passed|failed|error|no tests ran)' "$OUT/pytest.log" | tail -n 1) ;;
+        memory)
+            read -r -a mem_args <<< "${WHAT[memory]#python -m bench }"
+            run_step memory $PY -m bench "${mem_args[@]}" --out "$WORK/steps/memory"
+            KEY[memory]=$(tail -n 1 "$WORK/steps/memory.log") ;;
         breakdown)
             run_step breakdown $PY -m bench.breakdown --out "$WORK/steps/breakdown.json"
             KEY[breakdown]="$(grep -c ' fwd' "$WORK/steps/breakdown.log") ops timed" ;;

@@ -54,7 +54,8 @@ if args[:2] == ["-m", "bench.breakdown"]:
     print("attention   triton      fwd          0.238    0.191    0.223  _attn_fwd_kernel 0.191")
     sys.exit(0)
 if args[:2] == ["-m", "bench"]:
-    step = {"attention": "attention", "model": "model"}.get(args[args.index("--only") + 1], "rest")
+    step = "memory" if "--memory" in args else {"attention": "attention", "model": "model"}.get(
+        args[args.index("--only") + 1], "rest")
     out = args[args.index("--out") + 1]
     how = mode.get(step, "ok")
     os.makedirs(out, exist_ok=True)
@@ -157,6 +158,14 @@ def test_steps_reruns_a_subset(tmp_path):
     assert p.returncode == 0
     assert [c["args"][1] for c in called] == ["pytest", "bench"]
     assert set(step_status(out)) == {"tests", "rest"}
+
+
+def test_the_memory_step_runs_only_when_named(tmp_path):
+    p, out, called, _ = run(tmp_path, "--steps", "memory", "--deadline", "60")
+    assert p.returncode == 0, p.stdout + p.stderr
+    (args,) = [c["args"] for c in called]
+    assert args[:3] == ["-m", "bench", "--memory"] and "--measure-cuda" in args
+    assert step_status(out) == {"memory": "ok"}
 
 
 def test_no_gpu_is_said_and_runs_nothing(tmp_path):

@@ -123,26 +123,6 @@ def no_gpu(out=None):
     return 0
 
 
-def print_plan(tasks, info, budget=None):
-    from .sweep import estimate
-
-    total = 0.0
-    print(f"{len(tasks)} tasks, planned for {info.name} ({info.sm_count} SMs, {info.total_mem / 2**30:.0f} GiB)")
-    print(f"{'#':>4} tier {'family':<10} {'pass':<8} {'size':<12} {'S':>5} {'B':>4} {'impl':<17} "
-          f"{'est s':>6} {'cum s':>7}")
-    seen = set()
-    for i, t in enumerate(tasks):
-        p = t.point
-        shape = (p.shape_key(), t.impl)
-        est = 0.0 if shape in seen else estimate(t, {})
-        seen.add(shape)
-        total += est
-        mark = "  <- past budget" if budget and total > budget else ""
-        print(f"{i + 1:>4} {t.tier:>4} {p.family:<10} {p.pass_:<8} {p.size:<12} {p.seq_len:>5} {p.batch:>4} "
-              f"{t.impl:<17} {est:>6.1f} {total:>7.0f}{mark}")
-    print(f"expected total (before any timing is observed): {total / 60:.1f} min")
-
-
 def main(argv=None):
     t_start = time.monotonic()
     parser, args = parse_args(argv)
@@ -187,7 +167,7 @@ def main(argv=None):
         # such as liger_kernel) is imported; every such import in bench/ happens after this line.
         os.environ["TRITON_INTERPRET"] = "1"
 
-    from .sweep import QUICK_BUDGET_S, make_sweep, plan
+    from .sweep import QUICK_BUDGET_S, make_sweep, plan, print_plan
 
     try:
         sweep = make_sweep(args.only, args.sizes, args.seq_lens, args.dtype, quick=args.quick, smoke=args.smoke,
@@ -213,7 +193,7 @@ def main(argv=None):
 def run(args, sweep, info, budget, t_start):
     from . import plots
     from .results import fill_speedups, write_results
-    from .run_meta import Progress, base_meta, device_slug, peer_version
+    from .run_meta import Progress, attention_configs, base_meta, device_slug, peer_version
     from .timing import Context, Timer, measure_limits
     from .runner import execute
     from .summary import write_summary
@@ -298,7 +278,7 @@ def run(args, sweep, info, budget, t_start):
         if progress is not None:
             progress.close()
     rows = fill_speedups([dict(r) for r in done])
-    meta["attention_configs"] = _attention_configs()
+    meta["attention_configs"] = attention_configs()
     meta["status"] = status
     meta["elapsed_s"] = round(time.monotonic() - t_start, 1)
     jpath, cpath = write_results(out, meta, rows)
@@ -312,12 +292,6 @@ def run(args, sweep, info, budget, t_start):
     print(f"bench: {meta['status']} in {meta['elapsed_s']:.0f} s; wrote {jpath}, {cpath}, summary.md and "
           f"{len(paths)} plots in {out}")
     return rc
-
-
-def _attention_configs():
-    """The tiles gpt2_kernels.attention's first-call tuner chose in this run ([] when nothing was timed)."""
-    module = sys.modules.get("gpt2_kernels.attention")
-    return module.chosen_configs() if module is not None else []
 
 
 if __name__ == "__main__":

@@ -232,3 +232,21 @@ def estimate(task, observed):
             base *= max(1.0, p.seq_len / 2048)  # attention grows with S at fixed tokens
         return base
     return _EST[("kernel", task.impl == "compile")]
+
+
+def print_plan(tasks, info, budget=None):
+    total = 0.0
+    print(f"{len(tasks)} tasks, planned for {info.name} ({info.sm_count} SMs, {info.total_mem / 2**30:.0f} GiB)")
+    print(f"{'#':>4} tier {'family':<10} {'pass':<8} {'size':<12} {'S':>5} {'B':>4} {'impl':<17} "
+          f"{'est s':>6} {'cum s':>7}")
+    seen = set()
+    for i, t in enumerate(tasks):
+        p = t.point
+        shape = (p.shape_key(), t.impl)
+        est = 0.0 if shape in seen else estimate(t, {})
+        seen.add(shape)
+        total += est
+        mark = "  <- past budget" if budget and total > budget else ""
+        print(f"{i + 1:>4} {t.tier:>4} {p.family:<10} {p.pass_:<8} {p.size:<12} {p.seq_len:>5} {p.batch:>4} "
+              f"{t.impl:<17} {est:>6.1f} {total:>7.0f}{mark}")
+    print(f"expected total (before any timing is observed): {total / 60:.1f} min")

@@ -7,8 +7,11 @@ Implementations:
     triton          ours: ``gpt2_kernels.attention(q, k, v, causal=True)``; on a GPU its first call per
                     shape class times each candidate tile and keeps the fastest (the choices
                     are recorded in the run's metadata as ``attention_configs``)
-    triton-fa2      the previous kernel (``gpt2_kernels.attention_fa2``, FlashAttention-2 style, one
-                    tile family for every GPU), kept as a line so a run shows which change paid
+    triton-sm80     the same kernel with the sm_80 candidate family forced
+                    (``gpt2_kernels.attention(..., family=80)``): on Hopper, the difference to
+                    ``triton`` is what TMA, the pipelining and the Hopper tiles bring; on other
+                    GPUs the two lines run the same launches. A true before/after of a change is
+                    ``python -m bench --compare`` against an older commit's results folder
     eager           the textbook op: q @ k^T, mask, softmax, @ v, with the (S, S) scores in
                     memory (``gpt2.attention.attend``, the model's eager path)
     compile         ``torch.compile`` of the textbook op
@@ -36,7 +39,7 @@ SDPA_BACKENDS = {
     "sdpa-math": "MATH",
 }
 IMPLS = (
-    ("triton", "ours"), ("triton-fa2", "variant"), ("eager", "baseline"), ("compile", "baseline"),
+    ("triton", "ours"), ("triton-sm80", "variant"), ("eager", "baseline"), ("compile", "baseline"),
     *((name, "baseline") for name in SDPA_BACKENDS), ("flash_attn", "peer"),
 )
 
@@ -84,7 +87,7 @@ def _flash_attn(flash_attn_func):
 
 IMPORTED = {
     "triton": ("gpt2_kernels", "attention", lambda fn: lambda q, k, v: fn(q, k, v, causal=True)),
-    "triton-fa2": ("gpt2_kernels.attention_fa2", "attention_fa2", lambda fn: lambda q, k, v: fn(q, k, v, causal=True)),
+    "triton-sm80": ("gpt2_kernels", "attention", lambda fn: lambda q, k, v: fn(q, k, v, causal=True, family=80)),
     "flash_attn": ("flash_attn", "flash_attn_func", _flash_attn),
 }
 

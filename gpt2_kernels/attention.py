@@ -44,9 +44,22 @@ Limits and numerics:
   guarantee is what lets the compiled kernels use 16-byte vector loads.
 - No dropout, no arbitrary masks; ``scale`` must be a positive finite number.
 - Under torch.autocast, q, k and v are cast to autocast's dtype first, as for torch's SDPA.
+
+Launch configurations: each kernel has a list of candidate launches per GPU family (ARCHS:
+sm_90 for Hopper, sm_80 for every other GPU; see ``_candidates``), and on a GPU the first call
+of a shape class times them and keeps the fastest. ``attention(..., family=80)`` forces one
+family's list instead of the device's own: on Hopper, family 80 runs the same kernels with
+the sm_80 tiles and pointer loads only (no TMA, no pipelined forward, no Hopper tiles), which
+is the benchmark's ``triton-sm80`` line. A family newer than the device's is refused (its
+tiles are sized for that generation's registers and shared memory). The family travels with
+the op to its backward and is part of the tuner's key, so forced and native choices are
+timed and cached apart. Under Triton's interpreter the interpreter's own candidates run
+whatever is forced; the split-KV decode path (few queries, no gradient) has its own launches
+and ignores it.
 """
 
 import math
+from typing import Optional
 
 import torch
 import triton
@@ -629,6 +642,20 @@ def _arch(device):
     return 90 if torch.cuda.get_device_capability(device)[0] == 9 else 80
 
 
+def _family(device, family=None):
+    """The candidate family to launch on ``device``: its own (``_arch``) unless ``family`` forces
+    one of ARCHS. The interpreter keeps its own candidates (None) whatever is forced."""
+    if family is not None and (type(family) is not int or family not in ARCHS):  # not True, not 80.0
+        raise ValueError(f"gpt2_kernels.attention: family must be None or one of {ARCHS}, got {family!r}")
+    arch = _arch(device)
+    if family is None or arch is None:
+        return arch
+    if family > arch:
+        raise ValueError(f"gpt2_kernels.attention: family={family} needs a GPU of that family or newer; "
+                         f"{torch.cuda.get_device_name(device)} takes family {arch} or older")
+    return family
+
+
 def _describe(cfg):
     return " ".join(f"{k}={v}" for k, v in cfg.constexprs.items()) + f" warps={cfg.num_warps} stages={cfg.num_stages}"
 
@@ -636,11 +663,12 @@ def _describe(cfg):
 _TUNER = Tuner("attention", _describe)
 
 
-def _pick(kernel, device, head_dim, dtype, causal, seq, run):
+def _pick(kernel, device, head_dim, dtype, causal, seq, run, family=None):
     """The candidate to launch: on a GPU the first call for a (kernel, arch, D, dtype, causal,
     power-of-two sequence length) compiles every candidate (``run(cfg, warmup=True)``), times
-    each on the real arguments, keeps the fastest and remembers it on disk (gpt2_kernels/tuner.py)."""
-    arch = _arch(device)
+    each on the real arguments, keeps the fastest and remembers it on disk (gpt2_kernels/tuner.py).
+    ``arch`` is the family whose candidates run (``_family``), so a forced family has its own key."""
+    arch = _family(device, family)
     candidates = _candidates(kernel, arch, head_dim, dtype, causal)
     key = (kernel, arch, head_dim, str(dtype).replace("torch.", ""), causal, triton.next_power_of_2(seq))
     return _TUNER.pick(key, candidates, run, compile=lambda cfg: run(cfg, warmup=True), device=device)
@@ -708,7 +736,7 @@ def _strides(t):
     return (0 if b == 1 else t.stride(0), 0 if h == 1 else t.stride(1), d if s == 1 else t.stride(2))
 
 
-def _attention_fwd(q, k, v, causal, scale):
+def _attention_fwd(q, k, v, causal, scale, family=None):
     q, k, v = _kernel_layout(q), _kernel_layout(k), _kernel_layout(v)
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
@@ -724,7 +752,7 @@ def _attention_fwd(q, k, v, causal, scale):
     with device_guard(q):
         if q.is_cuda:
             _ensure_allocator()
-        run(_pick("fwd", q.device, D, q.dtype, causal, max(Sq, Sk), run))
+        run(_pick("fwd", q.device, D, q.dtype, causal, max(Sq, Sk), run, family))
     return o, lse
 
 
@@ -732,7 +760,7 @@ def _stat_stride(Sq):
     return triton.cdiv(Sq, 16) * 16
 
 
-def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
+def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic, family=None):
     q, k, v, o, do = (_kernel_layout(t) for t in (q, k, v, o, do))
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
@@ -762,18 +790,18 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
     with device_guard(q):
         if q.is_cuda:
             _ensure_allocator()
-        cfg = _candidates("bwd_preprocess", _arch(q.device), D, q.dtype, causal)[0]
+        cfg = _candidates("bwd_preprocess", _family(q.device, family), D, q.dtype, causal)[0]
         _attn_bwd_preprocess_kernel[(triton.cdiv(Sq, cfg.constexprs["BLOCK_M"]) * B * H,)](
             o, do, lse, lse_pad, delta, *_strides(o), *_strides(do), stride_stat, H, Sq,
             HEAD_DIM=D, **cfg.constexprs, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         if deterministic:
             dq = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
-            run_dkdv(_pick("bwd_dkdv", q.device, D, q.dtype, causal, max(Sq, Sk), run_dkdv))
-            run_dq(_pick("bwd_dq", q.device, D, q.dtype, causal, max(Sq, Sk), run_dq))
+            run_dkdv(_pick("bwd_dkdv", q.device, D, q.dtype, causal, max(Sq, Sk), run_dkdv, family))
+            run_dq(_pick("bwd_dq", q.device, D, q.dtype, causal, max(Sq, Sk), run_dq, family))
         else:
             # One launch, untimed: each timing run would add into dq_acc again.
-            (cfg,) = _candidates("bwd_dkdv", _arch(q.device), D, q.dtype, causal, atomic_dq=True)
+            (cfg,) = _candidates("bwd_dkdv", _family(q.device, family), D, q.dtype, causal, atomic_dq=True)
             run_dkdv(cfg)
             dq = dq_acc.to(q.dtype)
     return dq, dk, dv
@@ -786,36 +814,36 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic):
 
 @torch.library.custom_op("gpt2_kernels::attention_fwd", mutates_args=())
 def _attention_fwd_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float,
-                      deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    # `deterministic` only travels to the backward (see _setup_context).
-    return _attention_fwd(q, k, v, causal, scale)
+                      deterministic: bool, family: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    # `deterministic` only travels to the backward (see _setup_context), `family` to both.
+    return _attention_fwd(q, k, v, causal, scale, family)
 
 
 @_attention_fwd_op.register_fake
-def _(q, k, v, causal, scale, deterministic):
+def _(q, k, v, causal, scale, deterministic, family=None):
     B, H, Sq, D = q.shape
     return q.new_empty((B, H, Sq, D)), q.new_empty((B, H, Sq), dtype=torch.float32)
 
 
 @torch.library.custom_op("gpt2_kernels::attention_bwd", mutates_args=())
 def _attention_bwd_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                      lse: torch.Tensor, causal: bool, scale: float, deterministic: bool
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic)
+                      lse: torch.Tensor, causal: bool, scale: float, deterministic: bool,
+                      family: Optional[int] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic, family)
 
 
 @_attention_bwd_op.register_fake
-def _(do, q, k, v, o, lse, causal, scale, deterministic):
+def _(do, q, k, v, o, lse, causal, scale, deterministic, family=None):
     return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 @workspace_of(_attention_fwd_op)
-def _(q, k, v, causal, scale, deterministic):
+def _(q, k, v, causal, scale, deterministic, family=None):
     return _copies_bytes(q, k, v)
 
 
 @workspace_of(_attention_bwd_op)
-def _(do, q, k, v, o, lse, causal, scale, deterministic):
+def _(do, q, k, v, o, lse, causal, scale, deterministic, family=None):
     """delta and lse_pad, dQ's fp32 accumulator (one float when deterministic), any layout copies."""
     B, H, Sq, D = q.shape
     stats = 2 * B * H * _stat_stride(Sq) * 4
@@ -823,18 +851,18 @@ def _(do, q, k, v, o, lse, causal, scale, deterministic):
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, scale, deterministic = inputs
+    q, k, v, causal, scale, deterministic, family = inputs
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
-    ctx.causal, ctx.scale, ctx.deterministic = causal, scale, deterministic
+    ctx.causal, ctx.scale, ctx.deterministic, ctx.family = causal, scale, deterministic, family
     ctx.mark_non_differentiable(lse)
 
 
 def _backward(ctx, do, dlse):
     # lse is an internal output (the public function never returns it): no gradient flows in.
     q, k, v, o, lse = ctx.saved_tensors
-    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.scale, ctx.deterministic)
-    return dq, dk, dv, None, None, None
+    dq, dk, dv = _attention_bwd_op(do, q, k, v, o, lse, ctx.causal, ctx.scale, ctx.deterministic, ctx.family)
+    return dq, dk, dv, None, None, None, None
 
 
 _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -845,7 +873,7 @@ _attention_fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ----------------------------------------------------------------------------------------
 
 
-def _check_inputs(q, k, v, causal, scale):
+def _check_inputs(q, k, v, causal, scale, family):
     op = "gpt2_kernels.attention"
     B, H, Sq, Sk, D = check_qkv(op, q, k, v)
     if 0 in (B, H, Sq, Sk):
@@ -857,9 +885,10 @@ def _check_inputs(q, k, v, causal, scale):
     # The kernels take each tile's row max before scaling, which needs scale > 0.
     if scale is not None and not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
         raise ValueError(f"{op}: scale must be a positive finite number (or None for 1/sqrt(D)), got {scale!r}")
+    _family(q.device, family)
 
 
-def attention(q, k, v, causal=True, scale=None, deterministic=True):
+def attention(q, k, v, causal=True, scale=None, deterministic=True, *, family=None):
     """Scaled dot-product attention, fused: softmax(scale * q k^T + mask) v.
 
     q: (B, H, Sq, D); k, v: (B, H, Sk, D). One dtype: float16, bfloat16 or float32. D in
@@ -873,6 +902,9 @@ def attention(q, k, v, causal=True, scale=None, deterministic=True):
        pass over the keys). False accumulates dQ with fp32 atomic adds inside the dK/dV
        kernel: 5 matrix products a tile instead of 7 and one launch fewer, but the order of
        the additions, hence the last bits of dQ, varies from run to run.
+    family: None (the default) launches the device's own candidate family; 80 or 90 forces
+       that family's candidates (one of ARCHS, not newer than the device's), e.g. 80 on Hopper
+       for the kernel without TMA and the Hopper tiles. See the module docstring.
     Returns o: (B, H, Sq, D), q's dtype. Differentiable in q, k and v.
 
     fp32 inputs on a GPU run their matrix products in TF32 (fp32 accumulation).
@@ -882,13 +914,13 @@ def attention(q, k, v, causal=True, scale=None, deterministic=True):
     dtype = autocast_dtype(q)
     if dtype is not None:
         q, k, v = cast_floats(dtype, q, k, v)
-    _check_inputs(q, k, v, causal, scale)
+    _check_inputs(q, k, v, causal, scale, family)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     # A few queries against many keys (decode): the split-KV kernel, unless a gradient is needed.
     if (q.shape[2] <= DECODE_MAX_QUERIES and k.shape[2] >= DECODE_MIN_KEYS
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))):
         return decode_attention(q, k, v, causal=causal, scale=scale)
-    o, _ = _attention_fwd_op(q, k, v, bool(causal), scale, bool(deterministic))
+    o, _ = _attention_fwd_op(q, k, v, bool(causal), scale, bool(deterministic), family)
     return o
 
 

@@ -20,7 +20,7 @@ LIMITS = {"copy_gbps": 4300.0, "matmul_tflops": 790.0, "matmul_dtype": "bf16", "
 
 # Fraction of the copy bandwidth (row-wise ops) or matmul rate (attention) each impl reaches.
 _BW = {"triton": 0.91, "eager": 0.62, "compile": 0.86, "liger": 0.80}
-_ATTN = {"triton": 0.52, "triton-fa2": 0.46, "sdpa-flash": 0.45, "sdpa-cudnn": 0.47, "sdpa-efficient": 0.33, "sdpa-math": 0.05,
+_ATTN = {"triton": 0.52, "triton-sm80": 0.46, "sdpa-flash": 0.45, "sdpa-cudnn": 0.47, "sdpa-efficient": 0.33, "sdpa-math": 0.05,
          "eager": 0.06, "compile": 0.2}
 _MFU = {"triton": 0.50, "eager": 0.22, "eager+sdpa": 0.36, "compile": 0.46, "triton-attention": 0.40,
         "triton-layernorm": 0.38, "triton-gelu": 0.38, "triton-loss": 0.38}

@@ -9,7 +9,6 @@ import random
 import pytest
 import torch
 
-import gpt2_kernels.attention_fa2  # noqa: F401 - registers the previous attention kernel's ops
 from bench import cuda_autocast, memory
 from bench.__main__ import main
 from bench.memory_sweep import largest_batch, largest_batches
@@ -82,7 +81,7 @@ def _ops():
         ("attention_fwd", (q, k, v, True, 0.125, True)), ("attention_fwd", (q[..., ::2], k[..., ::2], v[..., ::2], False, 0.1, True)),
         ("attention_bwd", (o, q, k, v, o, lse, True, 0.125, True)),
         ("attention_bwd", (o, q, k, v, o, lse, True, 0.125, False)),
-        ("attention_fa2_fwd", (q, k, v, True, 0.125)), ("attention_fa2_bwd", (o, q, k, v, o, lse, True, 0.125)),
+        ("attention_fwd", (q, k, v, True, 0.125, True, 80)), ("attention_bwd", (o, q, k, v, o, lse, True, 0.125, True, 80)),
         ("decode_attention", (q[:, :, :1], k, v, None, True, 0.125, None)),
         ("decode_attention", (q[:, :, :2], k, v, torch.tensor([20, 24], dtype=torch.int32), True, 0.125, 2)),
     ]

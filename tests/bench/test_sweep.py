@@ -54,7 +54,7 @@ def test_narrowed_sweep_has_only_what_was_asked():
     assert {t.point.family for t in tasks} == {"attention"}
     assert {t.point.size for t in tasks} == {"gpt2", "gpt2-xl"}
     assert {t.point.seq_len for t in tasks} == {1024, 2048}
-    assert len(tasks) == 2 * 2 * 2 * 9  # sizes x lengths x passes x implementations (incl. the previous kernel, triton-fa2)
+    assert len(tasks) == 2 * 2 * 2 * 9  # sizes x lengths x passes x implementations (incl. triton-sm80, the sm_80 candidates forced)
 
 
 def test_quick_and_no_compile_and_aliases():

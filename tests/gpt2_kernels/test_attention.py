@@ -17,7 +17,6 @@ import torch.nn.functional as F
 
 from gpt2_kernels import registry
 from gpt2_kernels.attention import ARCHS, HEAD_DIMS, KERNELS, attention, attention_reference
-from gpt2_kernels.attention_fa2 import attention_fa2
 from tests.conftest import run_without_interpreter
 from tests.tolerances import tol
 
@@ -396,14 +395,72 @@ def test_cpu_without_interpreter_raises():
     assert "TRITON_INTERPRET=1" in out.stdout, out.stdout
 
 
-def test_fa2_benchmark_line_matches_the_reference(device):
-    # The previous kernel, kept for `python -m bench --only attention`, still computes attention.
-    for dtype in (torch.float32, torch.bfloat16):
-        q, k, v, do = _inputs(1, 2, 37, 45, 64, dtype, device)
+# ----------------------------------------------------------------------------------------
+# A forced candidate family (the benchmark's triton-sm80 line)
+# ----------------------------------------------------------------------------------------
+
+
+def test_family_is_validated(device, monkeypatch):
+    q, k, v, _ = _inputs(1, 2, 8, 8, 16, torch.float32, device)
+    for bad in (70, 89, "80", 80.0, True):
+        with pytest.raises(ValueError, match="family must be None or one of"):
+            attention(q, k, v, family=bad)
+    # A family newer than the device's: its tiles would not fit an older GPU.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    with pytest.raises(ValueError, match="family=90 needs a GPU of that family or newer; NVIDIA A100 takes family 80"):
+        attn_mod._family(torch.device("cuda", 0), 90)
+    assert attn_mod._family(torch.device("cuda", 0), 80) == 80
+
+
+def test_family_80_on_hopper_picks_among_the_sm80_candidates_only(monkeypatch):
+    # A mocked capability-9 device; the tuner records what it is offered instead of timing it.
+    offered = []
+
+    class Recorder:
+        def pick(self, key, candidates, run, compile=None, device=None):
+            offered.append((key, candidates))
+            return candidates[0]
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    monkeypatch.setattr(attn_mod, "_TUNER", Recorder())
+    hopper = torch.device("cuda", 0)
+    for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
+        for D in HEAD_DIMS:
+            for family, arch in ((80, 80), (None, 90)):
+                offered.clear()
+                attn_mod._pick(kernel, hopper, D, torch.bfloat16, True, 1000, None, family)
+                ((key, candidates),) = offered
+                assert candidates == attn_mod._candidates(kernel, arch, D, torch.bfloat16, True)
+                # The family is in the tuner's key: forced and native choices are kept apart.
+                assert key == (kernel, arch, D, "bfloat16", True, 1024)
+            sm80 = attn_mod._candidates(kernel, 80, D, torch.bfloat16, True)
+            assert not any(c.constexprs["TMA"] for c in sm80)
+            assert len(sm80) < len(attn_mod._candidates(kernel, 90, D, torch.bfloat16, True))
+
+
+def test_a_forced_family_reaches_every_kernel_and_runs(device, monkeypatch):
+    # The device is mocked as Hopper; the candidates asked for are recorded, and the real
+    # device's own (the interpreter's without a GPU) run in their place.
+    asked = []
+    candidates, own = attn_mod._candidates, attn_mod._arch(torch.device(device))
+
+    def record(kernel, arch, *args, **kwargs):
+        asked.append((kernel, arch, kwargs.get("atomic_dq", False)))
+        return candidates(kernel, own, *args, **kwargs)
+
+    monkeypatch.setattr(attn_mod, "_arch", lambda device: 90)
+    monkeypatch.setattr(attn_mod, "_candidates", record)
+    for dtype, deterministic in ((torch.float32, True), (torch.bfloat16, False)):
+        q, k, v, do = _inputs(1, 2, 37, 45, 16, dtype, device)
         q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-        o = attention_fa2(q, k, v)
+        asked.clear()
+        o = attention(q, k, v, deterministic=deterministic, family=80)
         o.backward(do)
-        want = _ref64(q, k, v, True, 1 / 8, do)
+        bwd = ["bwd_dkdv"] if not deterministic else ["bwd_dkdv", "bwd_dq"]
+        assert sorted(asked) == sorted([("fwd", 80, False), ("bwd_preprocess", 80, False)]
+                                       + [(kernel, 80, not deterministic) for kernel in bwd])
+        want = _ref64(q, k, v, True, 1 / 4, do)
         for got, ref in zip((o, q.grad, k.grad, v.grad), want):
             torch.testing.assert_close(got.double(), ref, **_tol("attention_bwd", dtype))
 

@@ -94,7 +94,7 @@ def _decode_function(impl):
         return lambda q, k, v: gpt2_kernels.decode_attention(q, k, v, causal=True)
     if impl == "triton-train":
         scale = 1 / 8.0  # D = 64
-        return lambda q, k, v: _attention_fwd_op(q, k, v, True, scale)[0]
+        return lambda q, k, v: _attention_fwd_op(q, k, v, True, scale, True)[0]  # causal, deterministic
     from torch.nn import attention as nn_attention
 
     backend = getattr(nn_attention.SDPBackend, SDPA_BACKENDS[impl], None)

@@ -54,3 +54,17 @@ def test_one_point_of_each_kind_runs_on_the_cpu():
     dec = next(p for p in pts if p.pass_ == "fwd" and p.seq_len == 48)
     out = generation.run(dec, "triton", ctx)
     assert out["max_abs_err"] < 1e-4 and "splits" in out["note"]
+
+
+@pytest.mark.parametrize("impl", ["triton", "triton-train"])
+def test_decode_lines_compute_attention(impl):
+    # Each decode-attention line of the benchmark calls its kernel as the kernel expects (the
+    # triton-train line once lacked the op's deterministic argument and failed on every point).
+    import torch
+
+    from bench.generation import _decode_function
+    from gpt2_kernels.attention import attention_reference
+
+    q, k, v = (torch.randn(1, 2, s, 64) for s in (1, 70, 70))
+    got = _decode_function(impl)(q, k, v)
+    torch.testing.assert_close(got, attention_reference(q, k, v, True, 1 / 8.0), atol=1e-5, rtol=1e-5)

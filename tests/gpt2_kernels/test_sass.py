@@ -94,11 +94,14 @@ def test_attention_runs_on_tensor_cores(shipped):
     _, doc = shipped
     rows = [r for r in doc["kernels"] if r["kernel"] in MMA_KERNELS]
     assert {r["kernel"] for r in rows} == MMA_KERNELS
+    assert {r["arch"] for r in rows} == {80, 90, 100}
     for r in rows:
         if r["arch"] == 80:
             assert r["hmma"] > 0, r
-        else:
+        elif r["arch"] == 90:
             assert r["hgmma"] > 0, r
+        else:
+            assert r["utcmma"] > 0 and r["hgmma"] == 0, r
 
 
 def test_attention_static_cost_on_sm90(shipped):
@@ -116,6 +119,23 @@ def test_attention_static_cost_on_sm90(shipped):
     for r in rows:
         assert r["ctas"] >= 1 and r["warps_per_sm"] == r["ctas"] * r["num_warps"], r
         assert r["mma"] and all(m.startswith("HGMMA") or m.startswith("HMMA") for m in r["mma"]), r
+
+
+def test_attention_on_sm100_runs_tcgen05_and_tma_in_its_main_loop(shipped):
+    # Issue 27: every sm_100 forward candidate's main loop issues tcgen05 MMAs (no HMMA) and
+    # TMA loads; the dK/dV and dQ kernels run on tcgen05 too; nothing asks for more tensor
+    # memory than an SM has (the tool fails those), and each candidate fits on an SM.
+    _, doc = shipped
+    rows = [r for r in doc["kernels"] if r["op"] == "attention" and r["arch"] == 100
+            and r["kernel"] in MMA_KERNELS]
+    assert {r["kernel"] for r in rows} == MMA_KERNELS
+    for r in rows:
+        assert "error" not in r, r
+        assert r["tmem"] > 0 and r["ctas"] >= 1 and r["warps_per_sm"] == r["ctas"] * r["num_warps"], r
+        assert r["loop_mma"] and all(op.startswith("UTC") for op in r["loop_mma"]), r
+        if r["kernel"] == "_attn_fwd_kernel":
+            assert r["hmma"] == 0 and r["loop_tma"], r
+            assert r["mma"] and all(m.startswith("UTCHMMA.128x") for m in r["mma"]), r
 
 
 # ---------------------------------------------------------------------------------------

@@ -345,10 +345,10 @@ _IDESC = re.compile(r"idesc\[(UR\d+|0x[0-9a-f]+)\]")
 
 
 def tcgen05_shape(instrs, i):
-    """"MxNxK" of the tcgen05 MMA instrs[i] ("MxN" when K is not known for its opcode), or ""
-    when its instruction descriptor is not an immediate that can be found: the last
-    instruction before it (in program order) that writes its idesc register must be an
-    unpredicated UMOV of an immediate."""
+    """The shape "MxNxK" of the tcgen05 MMA instrs[i] ("MxN" when K is not known for its
+    opcode), or "" when its instruction descriptor is not an immediate that can be found:
+    the last instruction before it (in program order) that writes its idesc register must
+    be an unpredicated UMOV of an immediate."""
     m = _IDESC.search(instrs[i])
     if not m:
         return ""

@@ -1,6 +1,6 @@
 """Compile every registered kernel configuration for a GPU that is not here, and read its SASS.
 
-    python -m gpt2_kernels.sass [--arch 80|90|100|all] [--op NAME] [--match TEXT] [--json] [--dump DIR] [--jobs N]
+    python -m gpt2_kernels.sass [--arch 80|90|100|80,90|all] [--op NAME] [--match TEXT] [--json] [--dump DIR] [--jobs N]
                            [--module MOD]
 
 Each configuration that an op registers in ``gpt2_kernels.registry`` (the ones its launcher can
@@ -578,8 +578,8 @@ def format_table(rows):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpt2_kernels.sass", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="90", help="target compute capability: 80, 90, 100, ... or 'all' "
-                        "(80, 90 and 100); default 90")
+    parser.add_argument("--arch", default="90", help="target compute capability: 80, 90, 100, ..., several "
+                        "joined by commas (80,90), or 'all' (80, 90 and 100); default 90")
     parser.add_argument("--op", action="append", help="inspect only this op (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--dump", metavar="DIR", help="also write each config's SASS and cubin into DIR, "
@@ -592,10 +592,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.arch == "all":
         archs = list(ARCHS)
-    elif args.arch.isdigit():
-        archs = [int(args.arch)]
+    elif all(a.isdigit() for a in args.arch.split(",")):
+        archs = [int(a) for a in args.arch.split(",")]
     else:
-        parser.error(f"--arch must be a compute capability such as 80, 90 or 100, or 'all'; got {args.arch!r}")
+        parser.error(f"--arch must be compute capabilities such as 80, 90 or 100 (comma-separated), or 'all'; "
+                     f"got {args.arch!r}")
     from gpt2_kernels._common import INTERPRET
 
     if INTERPRET:

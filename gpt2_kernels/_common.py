@@ -129,6 +129,16 @@ def num_sms(device):
     return 2  # the interpreter runs programs one by one; a couple still exercises the loop
 
 
+def arch_family(device):
+    """The family of launch configurations for a device: 100 for the Blackwell data-centre parts
+    (compute capability 10.x: B200, GB200, B300, with tcgen05 tensor cores and tensor memory),
+    90 for Hopper, 80 for every other GPU (consumer Blackwell, sm_120, has neither wgmma nor
+    tcgen05), None off the GPU (Triton's interpreter)."""
+    if device.type != "cuda":
+        return None
+    return {10: 100, 9: 90}.get(torch.cuda.get_device_capability(device)[0], 80)
+
+
 def as_rows(t, N):
     """t as an (M, N) tensor whose last dim is contiguous (a view when possible)."""
     if t.stride(-1) != 1:

@@ -66,8 +66,8 @@ import triton
 import triton.language as tl
 
 from gpt2_kernels import registry
-from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, autocast_dtype, cast_floats, check_qkv,
-                                  check_runnable, device_guard, nbytes, workspace_of)
+from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, arch_family, autocast_dtype, cast_floats,
+                                  check_qkv, check_runnable, device_guard, nbytes, workspace_of)
 from gpt2_kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
 from gpt2_kernels.tuner import Tuner
 
@@ -502,7 +502,9 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
 # ----------------------------------------------------------------------------------------
 
 KERNELS = ("fwd", "bwd_preprocess", "bwd_dkdv", "bwd_dq")
-ARCHS = (80, 90)  # the two families of tiles: sm_90 (Hopper: wgmma, TMA) and everything else from sm_80 on
+# The families of tiles: sm_100 (data-centre Blackwell: tcgen05, tensor memory, TMA), sm_90
+# (Hopper: wgmma, TMA) and everything else from sm_80 on.
+ARCHS = (80, 90, 100)
 
 
 def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
@@ -517,6 +519,42 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
     rows each for wgmma, so a 128x128 forward tile is two 64x128 HGMMAs; with PIPELINE each
     iteration issues the next tile's Q K^T before this tile's softmax. Every sm_90 candidate
     compiles with no spills and at most 227 KB of shared memory.
+    sm_100 (B200/GB200): every matrix product is a tcgen05 MMA (UTCHMMA) that one thread
+    issues for the whole block, accumulating in tensor memory (TMEM: 128 lanes x 512 fp32
+    columns an SM) instead of registers; the softmax reads S from TMEM and writes P back
+    there, where the P V MMA takes it as its A operand. Registers then hold only the
+    softmax's share of S, so tiles that spill on sm_90 fit; an MMA has 64 or 128 rows, so
+    every tile side that is an MMA's M is >= 64; operands arrive by TMA, fp32 too (TF32
+    MMAs). The TMEM a block takes bounds the blocks per SM. Per candidate, why it should be
+    fast, from ``python -m gpt2_kernels.sass --arch 100`` (main-loop instructions per score,
+    Triton 3.9 / 3.6, bf16 causal at D=64 unless said):
+      fwd 128x128, 4 warps, pipelined: 4 warps are the 128 TMEM lanes, one query row a
+        thread, so the row max and sum need no shuffles (5.1 / 5.9); 256 TMEM columns and
+        254 / 168 registers leave room for 2 blocks an SM.
+      fwd 128x128, 8 warps: two warpgroups split each row; 6.5 / 7.4, and at D=128 (7.1 / 8.2)
+        S and O fill the 512 TMEM columns, one block an SM.
+      fwd 128x64, 4 warps, pipelined: one row a thread with half the key tile, 48 KB of
+        shared memory and 128 registers (6.6 / 7.5; at D=128 7.6 / 8.6, 2 blocks an SM).
+        In every forward the exps run while the tile before's P V MMA is still in flight
+        (waits: no), pipelined or not; the 8-warp pipelined forward spills without the mask.
+      bwd_dkdv 128x128 (queries x keys), 8 warps, statistics by TMA (8.4 / 8.7); 64x128, 4
+        warps, one key row a thread (7.6 / 13.3: Triton 3.6 loads the statistics one float at
+        a time, and spills with them by TMA); 64x64, 4 warps, 2 blocks an SM (11.4 / 12.1).
+        D=128: 64x128, 8 warps, statistics by TMA (12.3 / 13.3) or pointers (11.2 / 26.0),
+        and 32x128, 4 warps (11.5 / 17.4), whose S^T is still a 128-row MMA.
+      bwd_dkdv with deterministic=False: 64x64, so the extra dQ = dS K is a 64-row tcgen05 MMA
+        too (32 query rows fall back to HMMA; 64x128 at D=128 needs 576 TMEM columns): 4
+        warps (16.3 / 22.1), 8 at D=128 (30.1 / 39.6; 4 spill without the mask).
+      bwd_dq 128x64, 4 warps, one query row a thread, 2 blocks an SM (5.8 / 6.4; D=128 6.3 /
+        6.9); 128x128 with 8 warps (6.0 / 6.8), at D=128 128x64 with 8 (9.4 / 10.3).
+      fp32, one launch each: fwd 128x64, 4 warps, pipelined (6.7 / 7.9, where the sm_80/90
+        fp32 tile 64x16 reads 29 / 30 on sm_100), dK/dV 64x64 (17.9 / 22.6), dQ 128x32 (10.8 /
+        11.8); at D=128 128x32 unpipelined, 32x64 with 8 warps and 128x16 (the others spill).
+        deterministic=False keeps the other families' fp32 dK/dV launch (HMMA dQ).
+    Every sm_100 launch compiles with Triton 3.6 and 3.9 without spills, within 227 KB of
+    shared memory and 512 TMEM columns. Warp-specialized loops (``tl.range(...,
+    warp_specialize=True)``: load, MMA and softmax partitions) were tried and left out: the
+    SASS report cannot cost a kernel split into partitions yet.
     sm_80 and every other GPU (A100, consumer parts): pointer loads (cp.async), tiles that
     fit 255 registers of mma.sync operands and 99 KB of shared memory (so sm_86/89/120 too).
     ``causal`` is part of the key; the lists are the same today. ``atomic_dq`` (bwd_dkdv with
@@ -539,8 +577,14 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
         return Launch(cx, num_warps, num_stages)
 
     if kernel == "bwd_preprocess":
-        # Streams O and dO once: 128 rows (64 rows at D=128) of fp32 products per program.
-        return [launch(16, 0, 4, 1) if arch is None else launch(64 if big else 128, 0, 4, 1)]
+        # Streams O and dO once: 128 rows (64 rows at D=128) of fp32 products per program. On
+        # sm_100, 16-bit inputs take 128 rows on 8 warps: with 4, Triton 3.6's ptxas spills 6
+        # words at D=64 (in a 56-register kernel).
+        if arch is None:
+            return [launch(16, 0, 4, 1)]
+        if arch == 100 and dtype != torch.float32:
+            return [launch(128, 0, 8, 1)]
+        return [launch(64 if big else 128, 0, 4, 1)]
     if arch is None:
         # Small, unequal tiles: the tests' short sequences then cross several tiles, the
         # diagonal falls inside tiles in every way, and BLOCK_M != BLOCK_N is exercised.
@@ -550,6 +594,8 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
         tma = dtype != torch.float32
         return [{"fwd": launch(32, 16, 4, 1, tma, tma), "bwd_dkdv": launch(16, 32, 4, 1, tma, stats_tma=tma and not atomic_dq),
                  "bwd_dq": launch(32, 16, 4, 1, tma)}[kernel]]
+    if arch == 100:
+        return _sm100_candidates(kernel, launch, big, dtype, atomic_dq)
     if dtype == torch.float32:
         # TF32 operands are twice the bytes of 16-bit ones: half the key (or query) tile (the
         # forward's 64x32 spills 6 words with Triton 3.9 on sm_80; 64x16 does not).
@@ -586,6 +632,29 @@ def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
              "bwd_dq": launch(128, 32 if big else 64, 8, 2 if big else 3)}[kernel]]
 
 
+def _sm100_candidates(kernel, launch, big, dtype, atomic_dq):
+    # The sm_100 family of _candidates (see its docstring for why each tile).
+    if dtype == torch.float32:
+        if kernel == "bwd_dkdv" and atomic_dq:
+            return [launch(16, 32 if big else 64, 4, 2)]
+        # At D = 128 the pipelined forward spills (Triton 3.6) and so does dK/dV with 4 warps (3.9).
+        return [{"fwd": launch(128, 32, 4, 2, True) if big else launch(128, 64, 4, 2, True, True),
+                 "bwd_dkdv": launch(32, 64, 8, 2, True) if big else launch(64, 64, 4, 2, True),
+                 "bwd_dq": launch(128, 16 if big else 32, 4, 2, True)}[kernel]]
+    if kernel == "bwd_dkdv" and atomic_dq:
+        return [launch(64, 64, 8 if big else 4, 2, True)]
+    if big:
+        return {"fwd": [launch(128, 128, 8, 2, True), launch(128, 64, 4, 2, True, True)],
+                "bwd_dkdv": [launch(64, 128, 8, 2, True, stats_tma=True), launch(64, 128, 8, 2, True),
+                             launch(32, 128, 4, 2, True)],
+                "bwd_dq": [launch(128, 64, 4, 2, True), launch(128, 64, 8, 2, True)]}[kernel]
+    return {"fwd": [launch(128, 128, 4, 2, True, True), launch(128, 128, 8, 2, True),
+                    launch(128, 64, 4, 2, True, True)],
+            "bwd_dkdv": [launch(128, 128, 8, 2, True, stats_tma=True), launch(64, 128, 4, 2, True),
+                         launch(64, 64, 4, 2, True, stats_tma=True)],
+            "bwd_dq": [launch(128, 64, 4, 2, True), launch(128, 128, 8, 2, True)]}[kernel]
+
+
 _JIT = {"fwd": _attn_fwd_kernel, "bwd_preprocess": _attn_bwd_preprocess_kernel,
         "bwd_dkdv": _attn_bwd_dkdv_kernel, "bwd_dq": _attn_bwd_dq_kernel}
 
@@ -594,9 +663,10 @@ def _compile_config(kernel, arch, head_dim, dtype, causal, cfg, atomic_dq=False)
     fn, ty, cx = _JIT[kernel], TRITON_TYPE[dtype], cfg.constexprs
     constexprs = {"HEAD_DIM": head_dim, **cx}
     if kernel == "bwd_preprocess":
-        return registry.CompileConfig(fn, "attention", f"{kernel} D={head_dim} {ty} M={cx['BLOCK_M']}", ty, constexprs,
+        label = f"{kernel} D={head_dim} {ty} M={cx['BLOCK_M']} w{cfg.num_warps}" + (f" sm_{arch}" if arch else "")
+        return registry.CompileConfig(fn, "attention", label, ty, constexprs,
                                       cfg.num_warps, cfg.num_stages, types={"LSE": "*fp32", "LSE_PAD": "*fp32",
-                                                                           "DELTA": "*fp32"},
+                                                                           "DELTA": "*fp32"}, arch=arch,
                                       divisible_by_16=tuple(n for n in fn.arg_names if n.startswith("stride_")))
     constexprs.update(CAUSAL=causal, INTERPRET=False)
     if kernel == "bwd_dkdv":
@@ -616,12 +686,17 @@ def _compile_config(kernel, arch, head_dim, dtype, causal, cfg, atomic_dq=False)
 def _compile_configs():
     # Every GPU launch, candidates included. The launchers hand the kernels strides that are
     # multiples of 16 (see _kernel_layout), so they are declared so, as a launch specializes them.
-    combos = [(dt, d) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(torch.float32, 64)]
+    # fp32 at D = 128 too on sm_100, whose fp32 tiles there are not the D = 64 ones halved.
+    combos = [(dt, d) for dt in (torch.bfloat16, torch.float16) for d in HEAD_DIMS] + [(torch.float32, 64),
+                                                                                      (torch.float32, 128)]
     for dtype, head_dim in combos:
-        yield _compile_config("bwd_preprocess", None, head_dim, dtype, None,
-                              _candidates("bwd_preprocess", 90, head_dim, dtype, False)[0])
+        # The preprocess launch, registered once for every family that shares it.
+        pre = {arch: _candidates("bwd_preprocess", arch, head_dim, dtype, False)[0] for arch in ARCHS}
+        for arch, cfg in pre.items():
+            shared = list(pre.values()).count(cfg) == len(pre)
+            yield _compile_config("bwd_preprocess", None if shared else arch, head_dim, dtype, None, cfg)
         for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
-            for arch in ARCHS:
+            for arch in ARCHS if (dtype, head_dim) != (torch.float32, 128) else (100,):
                 for causal in (True, False):
                     for cfg in _candidates(kernel, arch, head_dim, dtype, causal):
                         yield _compile_config(kernel, arch, head_dim, dtype, causal, cfg)
@@ -636,10 +711,9 @@ def _compile_configs():
 
 
 def _arch(device):
-    """The candidate family for a device: 90 for Hopper, 80 for every other GPU, None for the interpreter."""
-    if device.type != "cuda":
-        return None
-    return 90 if torch.cuda.get_device_capability(device)[0] == 9 else 80
+    """The candidate family for a device: 100 for sm_100-class Blackwell, 90 for Hopper, 80 for
+    every other GPU, None for the interpreter (see gpt2_kernels._common.arch_family)."""
+    return arch_family(device)
 
 
 def _family(device, family=None):

@@ -50,8 +50,8 @@ import triton
 import triton.language as tl
 
 from gpt2_kernels import registry
-from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, check_qkv, check_runnable, device_guard,
-                             nbytes, num_sms, workspace_of)
+from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, arch_family, check_qkv, check_runnable,
+                                  device_guard, nbytes, num_sms, workspace_of)
 
 MAX_QUERIES = 16  # the query tile: every query of a call fits one tl.dot tile
 MIN_KEYS = 64  # gpt2_kernels.attention sends Sq <= MAX_QUERIES here from this many keys on
@@ -189,13 +189,23 @@ def _decode_combine_kernel(O_PART, LSE_PART, O,
 KERNELS = ("split", "combine")
 
 
-def _launch_config(kernel, head_dim, dtype, interpret=INTERPRET):
-    """Launch for one of KERNELS. The split kernel's tile is BLOCK_M = 16 query rows by
-    BLOCK_N keys; the combine kernel's BLOCK_S (splits per row) is set at launch, not here.
+ARCHS = (80, 90, 100)  # the launch families (gpt2_kernels._common.arch_family)
+
+
+def _launch_config(kernel, head_dim, dtype, interpret=INTERPRET, arch=80):
+    """Launch for one of KERNELS on the ``arch`` family. The split kernel's tile is BLOCK_M = 16
+    query rows by BLOCK_N keys; the combine kernel's BLOCK_S (splits per row) is set at
+    launch, not here.
 
     The split kernel streams K and V: 64-key tiles (32 at D = 128, or in fp32, to keep the
     double-buffered tiles small) with 3 stages of prefetch keep enough loads in flight per SM
-    when several programs share it. Every GPU configuration is registered below for
+    when several programs share it. sm_100 keeps the tile (16 query rows are below the 64 rows
+    a tcgen05 MMA needs, so its dots stay HMMA, which the kernel, bound by reading K and V,
+    hardly uses) and, where a stage of K and V is 16 KB (D = 64 and 128 in 16 bits, fp32 at
+    D = 64), prefetches 5 stages instead of 3: with the grid's two programs an SM, 4 tiles in
+    flight each are 128 KB an SM instead of 64 KB, for HBM (~8 TB/s) that moves about 1.7x an
+    H200's bytes a second; ~70 KB of shared memory a program (of sm_100's 227 KB), no spills
+    with Triton 3.6 or 3.9. fp32 at D = 128 (32 KB stages) keeps 3: with 5 it spills (3.6). Every GPU configuration is registered below for
     ``python -m gpt2_kernels.sass``."""
     if kernel not in KERNELS:
         raise ValueError(f"unknown decode_attention kernel {kernel!r}; expected one of {KERNELS}")
@@ -205,7 +215,8 @@ def _launch_config(kernel, head_dim, dtype, interpret=INTERPRET):
         # Small tiles, so that the tests' short caches still cross several tiles and splits.
         return Launch({"BLOCK_M": MAX_QUERIES, "BLOCK_N": 16}, 4, 1)
     block_n = 32 if head_dim == 128 or dtype == torch.float32 else 64
-    return Launch({"BLOCK_M": MAX_QUERIES, "BLOCK_N": block_n}, 4, 3)
+    deep = arch == 100 and not (head_dim == 128 and dtype == torch.float32)
+    return Launch({"BLOCK_M": MAX_QUERIES, "BLOCK_N": block_n}, 4, 5 if deep else 3)
 
 
 def _num_splits(batch_heads, seq_k, block_n, sms):
@@ -230,18 +241,19 @@ def _compile_configs():
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         ty = TRITON_TYPE[dtype]
         for head_dim in HEAD_DIMS:
-            cfg = _launch_config("split", head_dim, dtype, interpret=False)
             strides = tuple(n for n in _decode_split_kernel.arg_names if n.startswith("stride_") and n != "stride_lb")
-            for causal in (True, False):
-                yield registry.CompileConfig(
-                    _decode_split_kernel, op="decode_attention",
-                    label=f"split D={head_dim} {ty} {'causal' if causal else 'full'} "
-                          f"{cfg.constexprs['BLOCK_M']}x{cfg.constexprs['BLOCK_N']}",
-                    dtype=ty, constexprs={"HEAD_DIM": head_dim, **cfg.constexprs, "CAUSAL": causal,
-                                          "INTERPRET": False},
-                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, types=types,
-                    divisible_by_16=strides,
-                    tile=(cfg.constexprs["BLOCK_M"], cfg.constexprs["BLOCK_N"]))
+            for arch in ARCHS:
+                cfg = _launch_config("split", head_dim, dtype, interpret=False, arch=arch)
+                for causal in (True, False):
+                    yield registry.CompileConfig(
+                        _decode_split_kernel, op="decode_attention",
+                        label=f"split D={head_dim} {ty} {'causal' if causal else 'full'} "
+                              f"{cfg.constexprs['BLOCK_M']}x{cfg.constexprs['BLOCK_N']} s{cfg.num_stages} sm_{arch}",
+                        dtype=ty, constexprs={"HEAD_DIM": head_dim, **cfg.constexprs, "CAUSAL": causal,
+                                              "INTERPRET": False},
+                        num_warps=cfg.num_warps, num_stages=cfg.num_stages, types=types,
+                        divisible_by_16=strides, arch=arch,
+                        tile=(cfg.constexprs["BLOCK_M"], cfg.constexprs["BLOCK_N"]))
             cfg = _launch_config("combine", head_dim, dtype, interpret=False)
             for block_s in (16, MAX_SPLITS):
                 yield registry.CompileConfig(
@@ -266,7 +278,7 @@ def _splits(q, k, num_splits):
     """(splits, keys per split) of a launch: `_num_splits`'s choice, or num_splits as asked."""
     B, H, _, D = q.shape
     Sk = k.shape[2]
-    block_n = _launch_config("split", D, q.dtype).constexprs["BLOCK_N"]
+    block_n = _launch_config("split", D, q.dtype, arch=arch_family(q.device)).constexprs["BLOCK_N"]
     if num_splits is None:
         return _num_splits(B * H, Sk, block_n, num_sms(q.device))
     per_split = triton.cdiv(triton.cdiv(Sk, block_n), num_splits) * block_n
@@ -279,7 +291,7 @@ def _decode_attention(q, k, v, kv_len, causal, scale, num_splits):
     Sk = k.shape[2]
     if kv_len is None:
         kv_len = torch.full((1,), Sk, dtype=torch.int32, device=q.device)
-    cfg = _launch_config("split", D, q.dtype)
+    cfg = _launch_config("split", D, q.dtype, arch=arch_family(q.device))
     splits, per_split = _splits(q, k, num_splits)
     o_part = torch.empty((B * H, splits, Sq, D), dtype=torch.float32, device=q.device)
     lse_part = torch.empty((B * H, splits, Sq), dtype=torch.float32, device=q.device)

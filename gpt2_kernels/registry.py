@@ -41,7 +41,7 @@ class CompileConfig:
     num_stages: int = 1
     types: dict = field(default_factory=dict)  # overrides, e.g. {"MEAN": "*fp32", "eps": "fp32"}
     divisible_by_16: tuple = ()  # int arguments a launch passes as multiples of 16 (Triton specializes them)
-    arch: int | None = None  # 80 or 90 when the config exists for one architecture only; None = both
+    arch: int | None = None  # 80, 90 or 100 when the config exists for one architecture only; None = all
     tile: tuple | None = None  # (rows, cols) of scores one main-loop iteration computes (attention)
     options: dict = field(default_factory=dict)  # extra Triton compile options (maxnreg=...)
 

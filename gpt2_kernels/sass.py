@@ -1,6 +1,6 @@
 """Compile every registered kernel configuration for a GPU that is not here, and read its SASS.
 
-    python -m gpt2_kernels.sass [--arch 80|90|all] [--op NAME] [--match TEXT] [--json] [--dump DIR] [--jobs N]
+    python -m gpt2_kernels.sass [--arch 80|90|100|80,90|all] [--op NAME] [--match TEXT] [--json] [--dump DIR] [--jobs N]
                            [--module MOD]
 
 Each configuration that an op registers in ``gpt2_kernels.registry`` (the ones its launcher can
@@ -16,7 +16,10 @@ that ship with Triton, and per configuration we report:
     local_stores   STL instructions in the SASS (writes of spilled registers)
     shared_mem     dynamic shared memory in bytes that Triton launches the kernel with (a
                    config over the architecture's limit is reported as failed: it would not launch)
-    hmma, hgmma    tensor-core instructions: HMMA (mma.sync, sm_80+) and HGMMA (wgmma, sm_90)
+    tmem           columns of tensor memory (sm_100: 128 lanes x 512 columns of 32 bits per
+                   SM) a block allocates, 0 elsewhere; over 512 is reported as failed
+    hmma, hgmma,   tensor-core instructions: HMMA (mma.sync, sm_80+), HGMMA (wgmma, sm_90) and
+    utcmma         the tcgen05 MMAs of sm_100 (UTCHMMA for fp16/bf16/tf32; UTCQMMA, UTCIMMA, ...)
 
 and the static cost of the main loop, read from the SASS (see `loop_report`):
 
@@ -24,20 +27,31 @@ and the static cost of the main loop, read from the SASS (see `loop_report`):
                    score tile one iteration computes), i.e. instructions x 32 x warps / tile
     per_element    the same for kernels without a score tile (LayerNorm, GELU): per element of
                    the BLOCK_* tile (of the whole kernel when it has no loop)
-    mma            tensor-core instruction shapes (HGMMA.64x128x16, HMMA.16816, ...)
+    mma            tensor-core instruction shapes (HGMMA.64x128x16, HMMA.16816, ...). A tcgen05
+                   MMA names no shape in its SASS: MxN come from its instruction descriptor,
+                   the UMOV immediate that sets its idesc register, and K from the operand type
+                   (16 for fp16/bf16, 8 for tf32), e.g. UTCHMMA.128x128x16; a descriptor not
+                   set by an immediate shows as the bare opcode
     tma            whether operands arrive by TMA (UTMALDG)
+    loop_mma,      (JSON only) the tensor-core opcodes in the main loop, and whether it issues
+    loop_tma       TMA loads itself
     barriers       BAR instructions (block-wide barriers: BAR.SYNC, BAR.RED, ...) in the main
                    loop (in the whole kernel when it has none): each stalls every warp of the
                    block, so a loop that converts layouts between reductions shows many
-    waits          whether the loop waits for its own wgmma (WARPGROUP.DEPBAR.LE gsb0, 0x0
-                   with no group left in flight) before its first exp (MUFU.EX2): yes means
-                   the exp units and the tensor cores take turns; "-" without wgmma
-    ctas, warps    blocks and warps resident per SM, from registers, shared memory and warps
+    waits          whether the loop waits for all of its own MMAs before its first exp
+                   (MUFU.EX2): yes means the exp units and the tensor cores take turns; "-"
+                   without wgmma or tcgen05 MMAs (see `waits_on_own_mma`)
+    ctas, warps    blocks and warps resident per SM, from registers, shared memory, tensor
+                   memory and warps
 
 ``--dump DIR`` also writes each configuration's SASS (``*.sass``) and cubin (``*.cubin``)
 into DIR, beside ``DIR/index.json``: a JSON list, one object per configuration, with the keys
 op, kernel, arch, dtype, num_warps, num_stages, constexprs, tile and sass (the file name,
 relative to DIR).
+
+Not read: warp-specialized kernels (``tl.range(..., warp_specialize=True)``), whose load,
+MMA and softmax partitions each have their own loop after the first EXIT, are costed by
+one of them at most; the shipped kernels have none.
 
 The exit status is 1 if any configuration fails to compile or touches local memory (spills),
 so scripts can gate on it; 2 for bad arguments (an ``--arch`` not in ``MAX_SHARED_MEM``'s
@@ -66,7 +80,7 @@ import warnings
 from collections import Counter
 from importlib import import_module
 
-ARCHS = (80, 90)  # what "--arch all" means: A100 and H100/H200
+ARCHS = (80, 90, 100)  # what "--arch all" means: A100, H100/H200 and B200/GB200
 
 # The most shared memory one block may have (cudaDevAttrMaxSharedMemoryPerBlockOptin). A
 # config over it compiles, then fails at launch with "out of resource", so it counts as failed.
@@ -165,7 +179,7 @@ def cubin_stats(cubin, name):
     kept next to Triton's own cache entries, keyed by the cubin's bytes."""
     from triton.runtime.cache import get_cache_manager
 
-    key = hashlib.sha256(b"gpt2_kernels.sass/3\0" + name.encode() + b"\0" + cubin).hexdigest()
+    key = hashlib.sha256(b"gpt2_kernels.sass/5-tcgen05\0" + name.encode() + b"\0" + cubin).hexdigest()
     cache = get_cache_manager(key)
     hit = cache.get_file("sass_stats.json")
     if hit is not None:
@@ -207,6 +221,7 @@ def _cubin_stats(cubin, name):
         "local_stores": ops["STL"],
         "hmma": ops["HMMA"],
         "hgmma": ops["HGMMA"],
+        "utcmma": sum(n for op, n in ops.items() if _is_tcgen05_mma(op)),
         **loop_report(sass),
     }
 
@@ -221,6 +236,15 @@ _SASS_LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 # "@!P0 HGMMA.64x64x16.F32 ..." -> ("HGMMA", ".64x64x16.F32")
 _SASS_PARTS = re.compile(r"^(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)")
 _MMA = ("HGMMA", "HMMA")
+
+
+def _is_tcgen05_mma(op):
+    # UTCHMMA (kind::f16 and kind::tf32), UTCQMMA (fp8/fp6/fp4), UTCIMMA (int8), UTCOMMA (mxf4), ...
+    return op.startswith("UTC") and op.endswith("MMA")
+
+
+def _is_mma(op):
+    return op in _MMA or _is_tcgen05_mma(op)
 
 
 def sass_instructions(sass):
@@ -262,46 +286,121 @@ def main_loop(instrs, labels):
     shortest (causal attention's unmasked loop: the masked ones around the diagonal do more
     per tile); in a kernel without any, the longest loop. None when there is no loop."""
     found = loops(instrs, labels)
-    mma = [(e - s, s, e) for s, e in found if any(_parts(instrs[j])[0] in _MMA for j in range(s, e + 1))]
+    mma = [(e - s, s, e) for s, e in found if any(_is_mma(_parts(instrs[j])[0]) for j in range(s, e + 1))]
     if mma:
         return min(mma)[1:]
     return max(((e - s, s, e) for s, e in found), default=(0, None, None))[1:] if found else None
 
 
-def waits_on_own_wgmma(body):
-    """Whether, at the first exp (MUFU.EX2) of an iteration, every wgmma group issued so far
-    has been waited for. Two iterations are walked so that groups left in flight across the
-    back edge count: an HGMMA with gsb0 commits a group, WARPGROUP.DEPBAR.LE gsb0, N leaves
-    at most N in flight. None when the loop has no HGMMA or no exp."""
-    if not any(_parts(t)[0] == "HGMMA" for t in body):
+def waits_on_own_mma(body):
+    """Whether, at the first exp (MUFU.EX2) of an iteration, every tensor-core MMA issued so
+    far has been waited for. Two iterations are walked so that MMAs left in flight across the
+    back edge count. None when the loop has no wgmma or tcgen05 MMA, or no exp.
+
+    wgmma (sm_90): an HGMMA with gsb0 commits a group; WARPGROUP.DEPBAR.LE gsb0, N leaves at
+    most N in flight.
+    tcgen05 (sm_100): the MMAs issued since the last commit are committed to an mbarrier by
+    UTCBAR [bar], and whoever needs their result waits on that barrier (SYNCS.PHASECHK...
+    [bar]). The barrier is known only by the text of its address operand, so a commit and a
+    wait that reach one barrier through different registers are not paired, and the MMAs
+    behind it count as still in flight: on sm_100 "no" is weaker evidence than on sm_90.
+    """
+    ops = [_parts(t)[0] for t in body]
+    if "HGMMA" in ops:
+        in_flight = 0
+        for iteration in range(2):
+            for t in body:
+                op, mods = _parts(t)
+                if op == "HGMMA" and "gsb0" in t:
+                    in_flight += 1
+                elif op == "WARPGROUP" and mods.startswith(".DEPBAR"):
+                    m = re.search(r"gsb0,\s*(0x[0-9a-f]+|\d+)", t)
+                    if m:
+                        in_flight = min(in_flight, int(m.group(1), 0))
+                elif op == "MUFU" and mods.startswith(".EX2") and iteration == 1:
+                    return in_flight == 0
         return None
-    in_flight = 0
+    if not any(map(_is_tcgen05_mma, ops)):
+        return None
+    uncommitted, committed = False, set()  # MMAs not yet committed; barriers with MMAs behind them
     for iteration in range(2):
         for t in body:
             op, mods = _parts(t)
-            if op == "HGMMA" and "gsb0" in t:
-                in_flight += 1
-            elif op == "WARPGROUP" and mods.startswith(".DEPBAR"):
-                m = re.search(r"gsb0,\s*(0x[0-9a-f]+|\d+)", t)
-                if m:
-                    in_flight = min(in_flight, int(m.group(1), 0))
+            bar = re.search(r"\[[^\]]*\]", t)
+            if _is_tcgen05_mma(op):
+                uncommitted = True
+            elif op == "UTCBAR" and bar:
+                committed.add(bar.group(0))
+                uncommitted = False
+            elif op == "SYNCS" and ".PHASECHK" in mods and bar:
+                committed.discard(bar.group(0))
             elif op == "MUFU" and mods.startswith(".EX2") and iteration == 1:
-                return in_flight == 0
+                return not uncommitted and not committed
     return None
+
+
+# A tcgen05 instruction descriptor (PTX ISA, "Instruction descriptor" of tcgen05.mma):
+# bits 7-9 the type of A (kind::f16: 0 fp16, 1 bf16; kind::tf32: 2), 17-22 N / 8, 24-28 M / 16.
+_IDESC = re.compile(r"idesc\[(UR\d+|0x[0-9a-f]+)\]")
+
+
+def tcgen05_shape(instrs, i):
+    """The shape "MxNxK" of the tcgen05 MMA instrs[i] ("MxN" when K is not known for its
+    opcode), or "" when its instruction descriptor is not an immediate that can be found:
+    the last instruction before it (in program order) that writes its idesc register must
+    be an unpredicated UMOV of an immediate."""
+    m = _IDESC.search(instrs[i])
+    if not m:
+        return ""
+    reg, value = m.group(1), None
+    if reg.startswith("0x"):
+        value = int(reg, 16)
+    else:
+        n = int(reg[2:])
+        for t in reversed(instrs[:i]):
+            w = re.match(r"^(@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)((?:\.[A-Za-z0-9_]+)*)\s+UR(\d+)\b", t)
+            if not w:
+                continue
+            dest = int(w.group(4))
+            if dest == n or (".64" in w.group(3) and dest + 1 == n):
+                imm = re.match(r"UMOV UR\d+, (0x[0-9a-f]+|\d+)$", t)
+                value = int(imm.group(1), 0) if imm and not w.group(1) else None
+                break
+    if value is None:
+        return ""
+    m_rows, n_cols = ((value >> 24) & 0x1F) << 4, ((value >> 17) & 0x3F) << 3
+    if _parts(instrs[i])[0] != "UTCHMMA":
+        return f"{m_rows}x{n_cols}"
+    return f"{m_rows}x{n_cols}x{8 if (value >> 7) & 7 == 2 else 16}"
+
+
+def mma_shapes(instrs):
+    """The distinct tensor-core instruction shapes of a kernel, sorted: HMMA.16816,
+    HGMMA.64x128x16, UTCHMMA.128x128x16, ..."""
+    shapes = set()
+    for i, (op, mods) in enumerate(map(_parts, instrs)):
+        if op in _MMA:
+            shapes.add(op + mods.split(".F32")[0].split(".F16")[0])
+        elif _is_tcgen05_mma(op):
+            shape = tcgen05_shape(instrs, i)
+            shapes.add(f"{op}.{shape}" if shape else op)
+    return sorted(shapes)
 
 
 def loop_report(sass):
     """What the cost report needs from a kernel's SASS, independent of its launch:
     loop_instructions (in the main loop; the whole kernel's when it has none, with
-    in_loop False), mma (tensor-core shapes, e.g. "HGMMA.64x128x16"), tma and waits (see
-    `waits_on_own_wgmma`)."""
+    in_loop False), mma (tensor-core shapes, e.g. "HGMMA.64x128x16", see `mma_shapes`), tma,
+    waits (see `waits_on_own_mma`), and what the main loop itself runs: loop_mma (its
+    tensor-core opcodes, e.g. ["UTCHMMA"]) and loop_tma (whether it issues TMA loads)."""
     instrs, labels = sass_instructions(sass)
     loop = main_loop(instrs, labels)
     body = instrs[loop[0]:loop[1] + 1] if loop else instrs
-    shapes = sorted({op + mods.split(".F32")[0].split(".F16")[0] for op, mods in map(_parts, instrs) if op in _MMA})
-    return {"loop_instructions": len(body), "in_loop": loop is not None, "mma": shapes,
-            "barriers": sum(_parts(t)[0] == "BAR" for t in body),
-            "tma": any(_parts(t)[0] == "UTMALDG" for t in instrs), "waits": waits_on_own_wgmma(body)}
+    ops = [_parts(t)[0] for t in body]
+    return {"loop_instructions": len(body), "in_loop": loop is not None, "mma": mma_shapes(instrs),
+            "loop_mma": sorted({op for op in ops if _is_mma(op)}) if loop else [],
+            "barriers": ops.count("BAR"), "tma": any(_parts(t)[0] == "UTMALDG" for t in instrs),
+            "loop_tma": loop is not None and "UTMALDG" in ops, "waits": waits_on_own_mma(body)}
 
 
 def instructions_per_element(loop_instructions, num_warps, tile, constexprs):
@@ -318,18 +417,22 @@ def instructions_per_element(loop_instructions, num_warps, tile, constexprs):
 
 
 # Per SM: 64K registers, 64 warps, 32 blocks; shared memory for blocks (1 KB of it reserved
-# per block). Registers are allocated per warp in units of 256.
-_SM_SHARED = {80: 167936, 86: 102400, 89: 102400, 90: 233472}
+# per block); on sm_100, 512 columns of tensor memory. Registers are allocated per warp in
+# units of 256.
+_SM_SHARED = {80: 167936, 86: 102400, 89: 102400, 90: 233472, 100: 233472}
+_SM_TMEM_COLUMNS = 512
 
 
-def resident_ctas(arch, registers, shared_mem, num_warps):
-    """Blocks of this kernel that fit on one SM at once."""
+def resident_ctas(arch, registers, shared_mem, num_warps, tmem=0):
+    """Blocks of this kernel that fit on one SM at once (``tmem``: the tensor-memory columns a
+    block allocates; a block that cannot get them waits, so they bound residency too)."""
     per_warp = -(-max(registers, 1) * 32 // 256) * 256
     by_regs = (65536 // per_warp) // num_warps
     by_warps = 64 // num_warps
     smem = _SM_SHARED.get(arch, 102400)
     by_smem = smem // (shared_mem + 1024) if shared_mem else 32
-    return max(0, min(by_regs, by_warps, by_smem, 32))
+    by_tmem = _SM_TMEM_COLUMNS // tmem if tmem else 32
+    return max(0, min(by_regs, by_warps, by_smem, by_tmem, 32))
 
 
 # ----------------------------------------------------------------------------------------
@@ -348,8 +451,9 @@ def load_ops():
 _CONFIGS = []  # the configurations being inspected; forked workers read them from here
 
 
-_STATS = ("registers", "spills", "local_loads", "local_stores", "shared_mem", "hmma", "hgmma", "per_score",
-          "per_element", "loop_instructions", "barriers", "mma", "tma", "waits", "ctas", "warps_per_sm")
+_STATS = ("registers", "spills", "local_loads", "local_stores", "shared_mem", "tmem", "hmma", "hgmma", "utcmma",
+          "per_score", "per_element", "loop_instructions", "barriers", "mma", "loop_mma", "tma", "loop_tma", "waits",
+          "ctas", "warps_per_sm")
 
 
 def dump_name(row):
@@ -378,15 +482,21 @@ def inspect_config(cfg, arch, dump=None):
         ck = compile_kernel(cfg, arch)
         stats = cubin_stats(ck.asm["cubin"], ck.metadata.name)
         row.update({k: stats[k] for k in ("registers", "spills", "local_loads", "local_stores", "hmma", "hgmma",
-                                          "loop_instructions", "barriers", "mma", "tma", "waits")})
+                                          "utcmma", "loop_instructions", "barriers", "mma", "loop_mma", "tma",
+                                          "loop_tma", "waits")})
         row["shared_mem"] = ck.metadata.shared
+        row["tmem"] = getattr(ck.metadata, "tmem_size", 0) or 0
         cost = instructions_per_element(stats["loop_instructions"], cfg.num_warps, cfg.tile, cfg.constexprs)
         row["per_score"], row["per_element"] = (cost, None) if cfg.tile else (None, cost)
-        row["ctas"] = resident_ctas(arch, stats["registers"], ck.metadata.shared, cfg.num_warps)
+        row["ctas"] = resident_ctas(arch, stats["registers"], ck.metadata.shared, cfg.num_warps, row["tmem"])
         row["warps_per_sm"] = row["ctas"] * cfg.num_warps
         limit = MAX_SHARED_MEM.get(arch)
         if limit is not None and ck.metadata.shared > limit:
             row["error"] = f"needs {ck.metadata.shared} bytes of shared memory; sm_{arch} allows {limit}"
+        # Triton compiles a kernel that asks for more tensor memory than an SM has (into one
+        # that does nothing: no MMA is left in its SASS), so the limit is checked here.
+        if row["tmem"] > _SM_TMEM_COLUMNS:
+            row["error"] = f"needs {row['tmem']} columns of tensor memory; sm_{arch} has {_SM_TMEM_COLUMNS}"
         if dump:
             name = dump_name(row)
             with open(os.path.join(dump, name + ".cubin"), "wb") as f:
@@ -437,9 +547,9 @@ def inspect_all(configs, archs, jobs=None, dump=None):
 
 _COLUMNS = [("op", "op"), ("kernel", "kernel"), ("label", "label"), ("arch", "sm"), ("num_warps", "warps"),
             ("num_stages", "stages"), ("registers", "regs"), ("spills", "spills"), ("local_loads", "LDL"),
-            ("local_stores", "STL"), ("shared_mem", "smem"), ("hmma", "HMMA"), ("hgmma", "HGMMA"),
-            ("per_score", "instr/score"), ("per_element", "instr/elem"), ("barriers", "BAR"), ("mma", "mma"), ("tma", "TMA"),
-            ("waits", "waits"), ("ctas", "CTAs/SM"), ("warps_per_sm", "warps/SM")]
+            ("local_stores", "STL"), ("shared_mem", "smem"), ("tmem", "TMEM"), ("hmma", "HMMA"),
+            ("hgmma", "HGMMA"), ("utcmma", "UTCMMA"), ("per_score", "instr/score"), ("per_element", "instr/elem"),
+            ("barriers", "BAR"), ("mma", "mma"), ("tma", "TMA"), ("waits", "waits"), ("ctas", "CTAs/SM"), ("warps_per_sm", "warps/SM")]
 
 
 def format_table(rows):
@@ -469,7 +579,8 @@ def format_table(rows):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gpt2_kernels.sass", description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="90", help="target compute capability: one of "
-                        f"{', '.join(map(str, sorted(MAX_SHARED_MEM)))}, or 'all' (80 and 90); default 90")
+                        f"{', '.join(map(str, sorted(MAX_SHARED_MEM)))}, several joined by commas (80,90), "
+                        "or 'all' (80, 90 and 100); default 90")
     parser.add_argument("--op", action="append", help="inspect only this op (repeatable)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     parser.add_argument("--dump", metavar="DIR", help="also write each config's SASS and cubin into DIR, "
@@ -482,11 +593,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.arch == "all":
         archs = list(ARCHS)
-    elif args.arch.isdigit() and int(args.arch) in MAX_SHARED_MEM:
-        archs = [int(args.arch)]
+    elif all(a.isdigit() and int(a) in MAX_SHARED_MEM for a in args.arch.split(",")):
+        archs = [int(a) for a in args.arch.split(",")]
     else:  # not a GPU ptxas knows: every config would fail alike, each with the compiler's dump
-        parser.error(f"--arch must be one of {', '.join(map(str, sorted(MAX_SHARED_MEM)))} or 'all' "
-                     f"({' and '.join(map(str, ARCHS))}); got {args.arch!r}")
+        parser.error(f"--arch must be among {', '.join(map(str, sorted(MAX_SHARED_MEM)))} (comma-separated) "
+                     f"or 'all' ({', '.join(map(str, ARCHS))}); got {args.arch!r}")
     if args.dump and os.path.exists(args.dump) and not os.path.isdir(args.dump):
         parser.error(f"--dump {args.dump} is a file; it takes a folder (made if missing)")
     from gpt2_kernels._common import INTERPRET

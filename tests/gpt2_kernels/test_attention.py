@@ -175,16 +175,24 @@ def test_saved_logsumexp_is_base_2(device):
 def test_gpu_tile_configs_under_the_interpreter(monkeypatch, device):
     # The interpreter normally runs small tiles; here each architecture's first candidates
     # (sm_90: 128x128 pipelined TMA forward, 64x128 dK/dV; sm_80: 128x64 and 32x128 with
-    # pointer loads) run too, over lengths that cross several tiles with ragged ends and an
-    # offset diagonal.
+    # pointer loads; sm_100: 128x128 dK/dV with the statistics by TMA, fp32 by TMA, and the
+    # 64x64 deterministic=False dK/dV) run too, over lengths that cross several tiles with
+    # ragged ends and an offset diagonal.
     if ON_GPU:
         pytest.skip("on a GPU every test runs the GPU's own tiles")
     for arch, D, dtype, (Sq, Sk) in ((90, 64, torch.bfloat16, (150, 270)), (90, 128, torch.float16, (131, 131)),
-                                     (80, 64, torch.float16, (150, 270))):
+                                     (80, 64, torch.float16, (150, 270)), (100, 64, torch.bfloat16, (150, 270)),
+                                     (100, 64, torch.float32, (150, 270))):
         monkeypatch.setattr(attn_mod, "_arch", lambda device: arch)
         q, k, v, do = _inputs(1, 1, Sq, Sk, D, dtype, device)
         for causal in (True, False):
             _check(q, k, v, do, causal)
+        if arch == 100:
+            q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+            attention(q, k, v, deterministic=False).backward(do)
+            want = _ref64(q, k, v, True, 1 / math.sqrt(D), do)
+            for got, ref in zip((q.grad, k.grad, v.grad), want[1:]):
+                torch.testing.assert_close(got.double(), ref, **_tol("attention_bwd", dtype))
 
 
 # ----------------------------------------------------------------------------------------
@@ -316,9 +324,12 @@ def test_every_gpu_candidate_is_registered():
                             cx.update(CAUSAL=causal, INTERPRET=False)
                         if kernel == "bwd_dkdv":
                             cx["ATOMIC_DQ"] = atomic
-                        key = (attn_mod._JIT[kernel], None if kernel == "bwd_preprocess" else arch,
-                               tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
-                        assert key in registered, f"{kernel} sm_{arch} D={D} {dtype} causal={causal}: {cfg} {atomic}"
+                        # The preprocess launch is registered for every arch at once (None) when
+                        # the families share it.
+                        keys = [(attn_mod._JIT[kernel], a, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
+                                for a in ((arch, None) if kernel == "bwd_preprocess" else (arch,))]
+                        assert any(key in registered for key in keys), \
+                            f"{kernel} sm_{arch} D={D} {dtype} causal={causal}: {cfg} {atomic}"
 
 
 def test_sm90_candidates_use_tma_and_the_pipelined_forward_comes_first():
@@ -336,6 +347,33 @@ def test_sm90_candidates_use_tma_and_the_pipelined_forward_comes_first():
     # Nothing was timed without a GPU.
     if not ON_GPU:
         assert attn_mod.chosen_configs() == []
+
+
+def test_sm100_candidates_fit_tcgen05_and_use_tma():
+    # A tcgen05 MMA has 64 or 128 rows: every product of every sm_100 candidate gets a tile
+    # side of at least 64 where it is the MMA's M (the forward's and dQ's query tile, the dK/dV
+    # key tile, and the query tile too when dK/dV also adds dQ), and its operands by TMA.
+    for D in HEAD_DIMS:
+        for dtype in (torch.bfloat16, torch.float16, torch.float32):
+            for kernel, atomic in (("fwd", False), ("bwd_dkdv", False), ("bwd_dkdv", True), ("bwd_dq", False)):
+                for c in attn_mod._candidates(kernel, 100, D, dtype, True, atomic_dq=atomic):
+                    rows = c.constexprs["BLOCK_N" if kernel == "bwd_dkdv" else "BLOCK_M"]
+                    if dtype == torch.float32 and atomic:
+                        continue  # the other families' fp32 launch (HMMA for its 16-row dQ)
+                    assert rows >= 64 and c.constexprs["TMA"], (kernel, D, dtype, c)
+                    if atomic:
+                        assert c.constexprs["BLOCK_M"] >= 64, (kernel, D, dtype, c)
+    assert attn_mod._candidates("fwd", 100, 64, torch.bfloat16, True)[0].constexprs["PIPELINE"]
+
+
+@pytest.mark.parametrize("capability, arch", [((10, 0), 100), ((10, 3), 100), ((9, 0), 90), ((12, 0), 80),
+                                              ((8, 9), 80), ((8, 0), 80)])
+def test_arch_family(monkeypatch, capability, arch):
+    # Blackwell's data-centre parts (10.x) get the sm_100 family; consumer Blackwell (12.x,
+    # no tcgen05) the sm_80 one.
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert attn_mod._arch(torch.device("cuda", 0)) == arch
+    assert attn_mod._arch(torch.device("cpu")) is None
 
 
 def test_reference_matches_sdpa_with_end_aligned_mask():

@@ -178,15 +178,20 @@ def test_compile_configs_registered():
     labels = {c.label for c in cfgs}
     for dtype, ty in ((torch.bfloat16, "bf16"), (torch.float16, "fp16"), (torch.float32, "fp32")):
         for D in HEAD_DIMS:
-            t = _launch_config("split", D, dtype, interpret=False).constexprs
-            assert f"split D={D} {ty} causal {t['BLOCK_M']}x{t['BLOCK_N']}" in labels
+            for arch in (80, 90, 100):
+                cfg = _launch_config("split", D, dtype, interpret=False, arch=arch)
+                t = cfg.constexprs
+                assert f"split D={D} {ty} causal {t['BLOCK_M']}x{t['BLOCK_N']} s{cfg.num_stages} sm_{arch}" in labels
+            # sm_100 keeps the tile and prefetches deeper (see _launch_config).
+            deep = _launch_config("split", D, dtype, interpret=False, arch=100).num_stages
+            assert deep == (3 if (D, dtype) == (128, torch.float32) else 5)
     for c in cfgs:
         c.signature()  # every name it sets is an argument of its kernel
 
 
 def test_gpt2_decode_configs_compile_without_spills():
-    """GPT-2's decode configs (D=64, bf16) compile for sm_80 and sm_90 with no spills and run
-    their dots on tensor cores; ``python -m gpt2_kernels.sass --op decode_attention`` checks all."""
+    """GPT-2's decode configs (D=64, bf16) compile for sm_80, sm_90 and sm_100 with no spills and
+    run their dots on tensor cores; ``python -m gpt2_kernels.sass --op decode_attention`` checks all."""
     import json
     import os
     import subprocess
@@ -201,8 +206,8 @@ def test_gpt2_decode_configs_compile_without_spills():
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
     rows = json.loads(proc.stdout)["kernels"]
     assert {(r["kernel"], r["arch"]) for r in rows} == {(k, a) for k in ("_decode_split_kernel", "_decode_combine_kernel")
-                                                         for a in (80, 90)}
+                                                         for a in (80, 90, 100)}
     for r in rows:
         assert "error" not in r and r["spills"] == 0 and r["local_loads"] == 0 and r["local_stores"] == 0, r
         if r["kernel"] == "_decode_split_kernel":
-            assert r["hmma"] > 0, r  # 16-row tiles: mma.sync on both archs (wgmma needs 64 rows)
+            assert r["hmma"] > 0, r  # 16-row tiles: mma.sync on every arch (wgmma and tcgen05 need 64 rows)

@@ -1,4 +1,4 @@
-"""gpt2_kernels.sass: every shipped kernel config compiles for sm_80 and sm_90 with no GPU and
+"""gpt2_kernels.sass: every shipped kernel config compiles for sm_80, sm_90 and sm_100 with no GPU and
 no register spills, attention runs on tensor cores, and the tool itself reads SASS right and
 fails when it should.
 
@@ -19,20 +19,29 @@ import triton.language as tl
 
 from gpt2_kernels import registry
 from gpt2_kernels.sass import (ast_source_args, count_opcodes, format_table, instructions_per_element, loop_report,
-                          parse_res_usage, resident_ctas)
+                               mma_shapes, parse_res_usage, resident_ctas, sass_instructions)
+from gpt2_kernels.sass import main as sass_main
 
 ROOT = Path(__file__).resolve().parents[2]
 
 # Every op that ships kernels.
 SHIPPED_OPS = ("layer_norm", "gelu", "attention", "add_layer_norm", "linear_cross_entropy")
-# A cold compile of all ~60 attention configs for both archs takes over ten minutes on two
-# cores (its backward kernels are big), which CI cannot afford: by default the attention
-# configs of GPT-2's head size in bf16 stand for the rest (every config of the other ops is
-# compiled). KERNELS_INSPECT_ALL=1 compiles everything, as bench/gpu_check.sh does.
+# A cold compile of all the attention configs for the three archs takes over fifteen minutes
+# on two cores (its backward kernels are big), which CI cannot afford: by default the
+# attention configs of GPT-2's head size in bf16 stand for the rest on sm_80 and sm_90, and
+# on sm_100 one candidate of each of its kernels (SM100_CI), with the LayerNorm configs at
+# GPT-2's width (every config of the other ops is compiled for sm_80 and sm_90). The full
+# sm_100 check is `python -m gpt2_kernels.sass --arch 100` by hand. KERNELS_INSPECT_ALL=1
+# compiles everything, as bench/gpu_check.sh does.
 INSPECT_ALL = os.environ.get("KERNELS_INSPECT_ALL", "0") not in ("", "0")
 # Kernels whose math is matrix products, so they must run on tensor cores: HMMA (mma.sync)
-# on sm_80, HGMMA (wgmma) on sm_90. The other attention kernel (bwd preprocess) is a row sum.
+# on sm_80, HGMMA (wgmma) on sm_90, tcgen05 MMAs (UTCHMMA) on sm_100. The other attention
+# kernel (bwd preprocess) is a row sum.
 MMA_KERNELS = {"_attn_fwd_kernel", "_attn_bwd_dkdv_kernel", "_attn_bwd_dq_kernel"}
+# One sm_100 candidate of each attention kernel (D=64, bf16, causal), by label: the first
+# forward and dQ, and the dK/dV that compiles fastest (its first takes ~17 s of a core).
+SM100_CI = (("fwd", "128x128 w4s2 tma pipeline"), ("bwd_dkdv", "64x64 w4s2 tma stats_tma"),
+            ("bwd_dq", "128x64 w4s2 tma"))
 
 
 def _sass(*args, pythonpath=(), interpret=False, timeout=600):
@@ -57,16 +66,18 @@ def _json(proc):
 
 @pytest.fixture(scope="module")
 def shipped():
-    """The shipped configs (all of them, or the CI selection above), on both architectures."""
+    """The shipped configs (all of them, or the CI selection above), on every architecture."""
     if INSPECT_ALL:
         proc = _sass("--arch", "all", "--json")
         return proc, _json(proc)
-    small = _sass("--arch", "all", "--json", "--op", "layer_norm", "--op", "gelu", "--op", "add_layer_norm",
+    small = _sass("--arch", "80,90", "--json", "--op", "layer_norm", "--op", "gelu", "--op", "add_layer_norm",
                   "--op", "linear_cross_entropy")
-    attn = _sass("--arch", "all", "--json", "--op", "attention", "--match", "D=64 bf16 causal")
+    attn = _sass("--arch", "80,90", "--json", "--op", "attention", "--match", "D=64 bf16 causal")
+    sm100 = _sass("--arch", "100", "--json", "--op", "attention", "--op", "layer_norm", "--op", "add_layer_norm",
+                  "--match", "BLOCK_N=1024", *(f"--match={m} D=64 bf16 causal {t}" for m, t in SM100_CI))
     doc = _json(small)
-    doc["kernels"] += _json(attn)["kernels"]
-    return (small if small.returncode else attn), doc
+    doc["kernels"] += _json(attn)["kernels"] + _json(sm100)["kernels"]
+    return next((p for p in (small, attn, sm100) if p.returncode), small), doc
 
 
 def test_every_shipped_op_is_inspected(shipped):
@@ -79,8 +90,9 @@ def test_every_shipped_op_is_inspected(shipped):
 
 def test_every_shipped_config_compiles_without_spills(shipped):
     proc, doc = shipped
-    assert doc["arch"] == [80, 90]
     rows = doc["kernels"]
+    assert doc["arch"] == ([80, 90, 100] if INSPECT_ALL else [80, 90])
+    assert {(r["op"], r["arch"]) for r in rows} >= {(op, a) for op in ("attention", "layer_norm") for a in (80, 90, 100)}
     bad = [r for r in rows if "error" in r or r["spills"] or r["local_loads"] or r["local_stores"]]
     assert not bad, "configs that fail or spill:\n" + format_table(bad)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -93,11 +105,14 @@ def test_attention_runs_on_tensor_cores(shipped):
     _, doc = shipped
     rows = [r for r in doc["kernels"] if r["kernel"] in MMA_KERNELS]
     assert {r["kernel"] for r in rows} == MMA_KERNELS
+    assert {r["arch"] for r in rows} == {80, 90, 100}
     for r in rows:
         if r["arch"] == 80:
             assert r["hmma"] > 0, r
-        else:
+        elif r["arch"] == 90:
             assert r["hgmma"] > 0, r
+        else:
+            assert r["utcmma"] > 0 and r["hgmma"] == 0, r
 
 
 def test_attention_static_cost_on_sm90(shipped):
@@ -115,6 +130,23 @@ def test_attention_static_cost_on_sm90(shipped):
     for r in rows:
         assert r["ctas"] >= 1 and r["warps_per_sm"] == r["ctas"] * r["num_warps"], r
         assert r["mma"] and all(m.startswith("HGMMA") or m.startswith("HMMA") for m in r["mma"]), r
+
+
+def test_attention_on_sm100_runs_tcgen05_and_tma_in_its_main_loop(shipped):
+    # Issue 27: every sm_100 forward candidate's main loop issues tcgen05 MMAs (no HMMA) and
+    # TMA loads; the dK/dV and dQ kernels run on tcgen05 too; nothing asks for more tensor
+    # memory than an SM has (the tool fails those), and each candidate fits on an SM.
+    _, doc = shipped
+    rows = [r for r in doc["kernels"] if r["op"] == "attention" and r["arch"] == 100
+            and r["kernel"] in MMA_KERNELS]
+    assert {r["kernel"] for r in rows} == MMA_KERNELS
+    for r in rows:
+        assert "error" not in r, r
+        assert r["tmem"] > 0 and r["ctas"] >= 1 and r["warps_per_sm"] == r["ctas"] * r["num_warps"], r
+        assert r["loop_mma"] and all(op.startswith("UTC") for op in r["loop_mma"]), r
+        if r["kernel"] == "_attn_fwd_kernel":
+            assert r["hmma"] == 0 and r["loop_tma"], r
+            assert r["mma"] and all(m.startswith("UTCHMMA.128x") for m in r["mma"]), r
 
 
 # ---------------------------------------------------------------------------------------
@@ -185,7 +217,7 @@ def sample(tmp_path_factory):
 def test_tool_sees_tensor_cores_and_registers(sample):
     _, doc = sample
     rows = {r["arch"]: r for r in doc["kernels"] if r["op"] == "sample_dot"}
-    assert set(rows) == {80, 90}
+    assert set(rows) == {80, 90, 100}
     for arch, r in rows.items():
         assert "error" not in r, r["error"]
         assert r["spills"] == r["local_loads"] == r["local_stores"] == 0
@@ -193,8 +225,9 @@ def test_tool_sees_tensor_cores_and_registers(sample):
         assert r["shared_mem"] > 0  # the tiles of B are staged in shared memory
         assert r["num_warps"] == 4 and r["num_stages"] == 2
         assert r["constexprs"] == {"HEAD_DIM": 64, "BLOCK": 64}
-    assert rows[80]["hmma"] > 0 and rows[80]["hgmma"] == 0
+    assert rows[80]["hmma"] > 0 and rows[80]["hgmma"] == 0 and rows[80]["tmem"] == 0
     assert rows[90]["hgmma"] > 0
+    assert rows[100]["utcmma"] > 0 and rows[100]["hmma"] == rows[100]["hgmma"] == 0 and rows[100]["tmem"] > 0
 
 
 def test_tool_reports_the_loop_cost(sample):
@@ -206,6 +239,7 @@ def test_tool_reports_the_loop_cost(sample):
         assert r["ctas"] >= 1
     assert rows[80]["mma"] == ["HMMA.16816"]
     assert rows[90]["mma"] and rows[90]["mma"][0].startswith("HGMMA.64x64x16")
+    assert rows[100]["mma"] == ["UTCHMMA.64x64x16"] and rows[100]["loop_mma"] == ["UTCHMMA"]
 
 
 def test_dump_writes_sass_cubin_and_index(tmp_path_factory):
@@ -216,13 +250,13 @@ def test_dump_writes_sass_cubin_and_index(tmp_path_factory):
                  pythonpath=[pkg])
     assert proc.returncode == 0, proc.stderr[-4000:]
     index = json.loads((out / "index.json").read_text())
-    assert [e["arch"] for e in index] == [80, 90]
+    assert [e["arch"] for e in index] == [80, 90, 100]
     for e in index:
         assert list(e) == ["op", "kernel", "arch", "dtype", "num_warps", "num_stages", "constexprs", "tile", "sass"]
         assert (e["op"], e["kernel"], e["dtype"]) == ("sample_dot", "_sample_dot_kernel", "fp16")
         assert e["constexprs"] == {"HEAD_DIM": 64, "BLOCK": 64} and e["tile"] is None
         sass = (out / e["sass"]).read_text()
-        assert "HMMA" in sass or "HGMMA" in sass
+        assert "HMMA" in sass or "HGMMA" in sass or "UTCHMMA" in sass
         assert (out / e["sass"]).with_suffix(".cubin").stat().st_size > 0
 
 
@@ -230,22 +264,30 @@ def test_tool_reports_spills_and_errors_and_fails(sample):
     proc, doc = sample
     assert proc.returncode == 1, proc.stderr[-4000:]
     spill = [r for r in doc["kernels"] if r["op"] == "sample_spill"]
-    assert len(spill) == 2
+    assert len(spill) == 3
     for r in spill:
         assert r["spills"] > 0 and r["local_loads"] > 0 and r["local_stores"] > 0, r
-    (broken80, broken90) = [r for r in doc["kernels"] if r["op"] == "sample_broken"]
-    for r in (broken80, broken90):
+    broken = [r for r in doc["kernels"] if r["op"] == "sample_broken"]
+    assert len(broken) == 3
+    for r in broken:
         assert "BLOCK" in r["error"] and "missing" in r["error"], r["error"]
         assert r["registers"] is None
     assert [r["arch"] for r in doc["kernels"] if r["op"] == "sample_sm90"] == [90]
     table = format_table(doc["kernels"])
-    assert table.count("SPILLS") == 2 and table.count("FAILED") == 2 and table.count(" ok") == 3
+    assert table.count("SPILLS") == 3 and table.count("FAILED") == 3 and table.count(" ok") == 4
 
 
 def test_unknown_op_is_a_usage_error():
     proc = _sass("--op", "no_such_op", "--json", timeout=300)
     assert proc.returncode == 2
     assert "no_such_op" in proc.stderr
+
+
+@pytest.mark.parametrize("arch", ["9O", "80,", "sm_100"])
+def test_bad_arch_is_a_usage_error(arch, capsys):
+    with pytest.raises(SystemExit) as e:
+        sass_main(["--arch", arch])
+    assert e.value.code == 2 and "--arch" in capsys.readouterr().err
 
 
 def test_interpreter_on_is_a_clear_error():
@@ -388,6 +430,60 @@ def test_loop_report(keep, waits):
     assert instructions_per_element(100, 4, None, {"BLOCK_M": 4, "BLOCK_N": 32, "HEAD_DIM": 64}) == 100.0
 
 
+# sm_100's forward loop as Triton lays it out: wait for this tile's Q K^T (barrier UR38),
+# read S from tensor memory, exps, then the P V MMA (committed to UR14) and the next tile's
+# Q K^T (UR38). {first} and {second} order the exp and the wait for the P V MMA of the tile
+# before. The idesc registers hold 128x128 and 128x64 bf16 descriptors.
+TCGEN05_SASS = """
+        /*0000*/                   UMOV UR39, 0x8200490 ;
+        /*0010*/                   UMOV UR17, 0x8100490 ;
+.L_x_0:
+        /*0020*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR38], R4 ;
+        /*0030*/              @!P0 BRA `(.L_x_1) ;
+.L_x_2:
+        /*0040*/                   LDTM.16dp32bit_t0_t15.x64 R4, tmem[UR28+0x40] ;
+        /*0050*/                   {first} ;
+        /*0060*/                   {second} ;
+        /*0070*/                   STTM.16dp32bit_t0_t15.x32 tmem[UR28+0xc0], R4 ;
+        /*0080*/                   UTCHMMA tmem[UR10], gdesc[UR18], tmem[UR26], tmem[UR16], idesc[UR17], UPT ;
+        /*0090*/                   UTCBAR [UR14], URZ ;
+        /*00a0*/                   UTCHMMA gdesc[UR12], gdesc[UR16], tmem[UR29], tmem[UR34], idesc[UR39], !UPT ;
+        /*00b0*/                   UTCBAR [UR38], URZ ;
+        /*00c0*/                   UTMALDG.2D [UR16], [UR34] ;
+        /*00d0*/               @P1 BRA `(.L_x_0) ;
+        /*00e0*/                   EXIT ;
+.L_x_1:
+        /*00f0*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR38], R4 ;
+        /*0100*/                   BRA `(.L_x_2) ;
+"""
+_EXP = "MUFU.EX2 R8, R8"
+_WAIT_PV = "SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR14], R5"
+
+
+@pytest.mark.parametrize("first, second, waits", [(_EXP, _WAIT_PV, False), (_WAIT_PV, _EXP, True)])
+def test_loop_report_reads_tcgen05(first, second, waits):
+    r = loop_report(TCGEN05_SASS.format(first=first, second=second))
+    assert r["in_loop"] and r["loop_instructions"] == 12  # 0x0020..0x00d0
+    assert r["mma"] == ["UTCHMMA.128x128x16", "UTCHMMA.128x64x16"] and r["loop_mma"] == ["UTCHMMA"]
+    assert r["tma"] is True and r["loop_tma"] is True
+    # The exp runs while the previous tile's P V MMA is still in flight, or after it is done.
+    assert r["waits"] is waits
+
+
+@pytest.mark.parametrize("setter, shape", [
+    ("UMOV UR5, 0x4040910", "UTCHMMA.64x16x8"),  # tf32: K = 8
+    ("@P0 UMOV UR5, 0x4040910", "UTCHMMA"),  # set on one path only: shape unknown
+    ("ULDC.64 UR4, c[0x0][0x380]", "UTCHMMA"),  # UR5 loaded, not an immediate
+])
+def test_tcgen05_shape_from_the_instruction_descriptor(setter, shape):
+    sass = f"""
+        /*0000*/                   {setter} ;
+        /*0010*/                   UMOV UR6, 0x0 ;
+        /*0020*/                   UTCHMMA gdesc[UR8], gdesc[UR10], tmem[UR12], tmem[UR6], idesc[UR5], !UPT ;
+"""
+    assert mma_shapes(sass_instructions(sass)[0]) == [shape]
+
+
 # Barriers: one before the loop (paid once) and two inside it (paid every iteration).
 BAR_SASS = """
         /*0000*/                   BAR.SYNC.DEFER_BLOCKING 0x0 ;
@@ -411,7 +507,7 @@ def test_layer_norm_backward_loop_barriers(shipped):
     # the loop it needs at most 4.
     _, doc = shipped
     rows = [r for r in doc["kernels"] if r["kernel"] == "_layer_norm_bwd_kernel" and r["constexprs"].get("BLOCK_N") == 1024]
-    assert rows and {r["arch"] for r in rows} == {80, 90}
+    assert rows and {r["arch"] for r in rows} == {80, 90, 100}
     for r in rows:
         assert r["barriers"] is not None and r["barriers"] <= 4, r
         assert r["per_element"] is not None and r["per_element"] > 0, r
@@ -421,12 +517,15 @@ def test_resident_ctas():
     assert resident_ctas(90, 255, 0, 8) == 1  # 255 registers x 256 threads: one block of 8 warps
     assert resident_ctas(90, 128, 100000, 4) == 2  # shared memory: 2 x (100000 + 1024) <= 233472
     assert resident_ctas(80, 32, 0, 4) == 16  # 64 warps at most
+    assert resident_ctas(100, 128, 80000, 8, tmem=256) == 2  # 512 tensor-memory columns an SM
+    assert resident_ctas(100, 128, 80000, 8, tmem=512) == 1
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--arch", "0"], "--arch must be one of 80, 86, 87, 89, 90, 100, 120 or 'all'"),
-    (["--arch", "999"], "--arch must be one of"),
-    (["--arch", "sm_90"], "--arch must be one of"),
+    (["--arch", "0"], "--arch must be among 80, 86, 87, 89, 90, 100, 120 (comma-separated) or 'all'"),
+    (["--arch", "999"], "--arch must be among"),
+    (["--arch", "sm_90"], "--arch must be among"),
+    (["--arch", "90,77"], "--arch must be among"),
     (["--dump", "{file}"], "--dump {file} is a file; it takes a folder"),
 ])
 def test_bad_arch_or_dump_is_a_usage_error_before_any_compile(tmp_path, capsys, argv, message):

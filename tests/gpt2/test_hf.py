@@ -33,7 +33,6 @@ TOL = tol("model", torch.float32) if not ON_GPU else {"atol": 5e-3, "rtol": 5e-3
 
 
 def hf_model(device, **overrides):
-    torch.manual_seed(torch.seed() % 2**31)
     return GPT2LMHeadModel(GPT2Config(**{**CFG, **NO_DROPOUT, **overrides})).to(device).eval()
 
 
@@ -188,7 +187,6 @@ def test_torch_compile_traces_the_patched_model(device):
 
 
 def test_our_checkpoint_loaded_by_hf_and_patched_equals_our_model(device, tmp_path):
-    torch.manual_seed(torch.seed() % 2**31)
     ours = GPT2(OurConfig(n_layer=2, n_head=2, n_embd=32, vocab_size=97, block_size=40)).to(device).eval()
     ours.save_pretrained(tmp_path)
     x = ids(device)

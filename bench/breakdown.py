@@ -41,9 +41,9 @@ def _cases(only):
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def rows(n):
+    def rows(n):  # (inputs, dout) of a row-wise op over 64 x 1024 rows of width n
         x = torch.randn(64 * 1024, n, device=dev, dtype=bf16, requires_grad=True)
-        return x, torch.randn_like(x)
+        return (x,), torch.randn_like(x)
 
     cases = []
     if "attention" in only:
@@ -51,14 +51,14 @@ def _cases(only):
             cases.append(("attention", name, attn_inputs, fn))
     if "layer_norm" in only:
         w, b = torch.ones(768, device=dev, dtype=bf16), torch.zeros(768, device=dev, dtype=bf16)
-        cases.append(("layer_norm", "triton", lambda: ((rows(768)[0],), rows(768)[1]),
+        cases.append(("layer_norm", "triton", lambda: rows(768),
                       lambda x: gpt2_kernels.layer_norm(x, w, b)))
-        cases.append(("layer_norm", "eager", lambda: ((rows(768)[0],), rows(768)[1]),
+        cases.append(("layer_norm", "eager", lambda: rows(768),
                       lambda x: F.layer_norm(x, (768,), w, b)))
     if "gelu" in only:
         bias = torch.zeros(3072, device=dev, dtype=bf16, requires_grad=True)
-        cases.append(("gelu", "triton", lambda: ((rows(3072)[0],), rows(3072)[1]), lambda x: gpt2_kernels.gelu(x, bias)))
-        cases.append(("gelu", "eager", lambda: ((rows(3072)[0],), rows(3072)[1]),
+        cases.append(("gelu", "triton", lambda: rows(3072), lambda x: gpt2_kernels.gelu(x, bias)))
+        cases.append(("gelu", "eager", lambda: rows(3072),
                       lambda x: F.gelu(x + bias, approximate="tanh")))
     return cases
 

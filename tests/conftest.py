@@ -47,7 +47,7 @@ def examples(n):
 SEED = int(os.environ.get("GPT2_TEST_SEED") or random.SystemRandom().randrange(2**31))
 
 
-def test_seed(nodeid):
+def seed_of(nodeid):
     """The seed a test runs with: the session's seed mixed with the test's id."""
     return (SEED + zlib.crc32(nodeid.encode())) % 2**31
 
@@ -58,7 +58,7 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _seeded(request):
-    seed = test_seed(request.node.nodeid)
+    seed = seed_of(request.node.nodeid)
     random.seed(seed)
     torch.manual_seed(seed)  # the CPU and every CUDA generator
     try:
@@ -99,3 +99,12 @@ def run_without_interpreter(code):
     (this test process has it set), and return the finished process."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def value_errors_without_interpreter(setup, *calls):
+    """Without TRITON_INTERPRET (see run_without_interpreter): run ``setup``, then each call,
+    printing "ValueError: <message>" for each that raises one; returns what was printed."""
+    tries = "".join(f"try:\n    {call}\nexcept ValueError as e:\n    print('ValueError:', e)\n" for call in calls)
+    out = run_without_interpreter(f"import torch, gpt2_kernels\n{setup}\n{tries}")
+    assert out.returncode == 0, out.stderr
+    return out.stdout

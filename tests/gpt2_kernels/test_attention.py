@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from gpt2_kernels import registry
 from gpt2_kernels.attention import ARCHS, HEAD_DIMS, KERNELS, attention, attention_reference
-from tests.conftest import run_without_interpreter
+from tests.conftest import value_errors_without_interpreter
 from tests.tolerances import tol
 
 # The module itself (the package's `gpt2_kernels.attention` is the function).
@@ -418,19 +418,10 @@ def test_bad_inputs_raise_clear_errors(device):
 
 
 def test_cpu_without_interpreter_raises():
-    code = (
-        "import torch\n"
-        "from gpt2_kernels.attention import attention\n"
-        "q = torch.randn(1, 1, 4, 16)\n"
-        "try:\n"
-        "    attention(q, q, q)\n"
-        "except ValueError as e:\n"
-        "    print('ValueError:', e)\n"
-    )
-    out = run_without_interpreter(code)
-    assert out.returncode == 0, out.stderr
-    assert "ValueError: gpt2_kernels.attention: got CPU tensors" in out.stdout, out.stdout
-    assert "TRITON_INTERPRET=1" in out.stdout, out.stdout
+    out = value_errors_without_interpreter("from gpt2_kernels.attention import attention\nq = torch.randn(1, 1, 4, 16)",
+                                           "attention(q, q, q)")
+    assert "ValueError: gpt2_kernels.attention: got CPU tensors" in out, out
+    assert "TRITON_INTERPRET=1" in out, out
 
 
 # ----------------------------------------------------------------------------------------

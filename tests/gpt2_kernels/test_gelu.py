@@ -17,7 +17,7 @@ from gpt2_kernels.gelu import (
     MAX_BIAS_N, _gelu_bias_bwd_kernel, _gelu_bias_fwd_kernel, _gelu_bwd_kernel, _gelu_fwd_kernel, _launch_config, gelu,
     gelu_reference,
 )
-from tests.conftest import run_without_interpreter
+from tests.conftest import value_errors_without_interpreter
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()
@@ -213,15 +213,6 @@ def test_gpt2_widths_launch_registered_configs():
 
 
 def test_cpu_without_interpreter_raises():
-    code = (
-        "import torch, gpt2_kernels\n"
-        "gelu = gpt2_kernels.gelu\n"
-        "for args in [(torch.randn(2, 8),), (torch.randn(2, 8), torch.randn(8))]:\n"
-        "    try:\n"
-        "        gelu(*args)\n"
-        "    except ValueError as e:\n"
-        "        print('ValueError:', e)\n"
-    )
-    out = run_without_interpreter(code)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.count("ValueError: gelu: got CPU tensors") == 2 and "TRITON_INTERPRET=1" in out.stdout, out.stdout
+    out = value_errors_without_interpreter("x, b = torch.randn(2, 8), torch.randn(8)",
+                                           "gpt2_kernels.gelu(x)", "gpt2_kernels.gelu(x, b)")
+    assert out.count("ValueError: gelu: got CPU tensors") == 2 and "TRITON_INTERPRET=1" in out, out

@@ -15,7 +15,7 @@ from gpt2_kernels._common import as_rows
 from gpt2_kernels.layer_norm import (
     MAX_N, _launch_config, _layer_norm_bwd_kernel, _layer_norm_fwd_kernel, layer_norm, layer_norm_reference,
 )
-from tests.conftest import run_without_interpreter
+from tests.conftest import value_errors_without_interpreter
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()
@@ -221,14 +221,6 @@ def test_gpt2_widths_launch_registered_configs():
 
 
 def test_cpu_without_interpreter_raises():
-    code = (
-        "import torch, gpt2_kernels\n"
-        "x, w, b = torch.randn(2, 8), torch.randn(8), torch.randn(8)\n"
-        "try:\n"
-        "    gpt2_kernels.layer_norm(x, w, b)\n"
-        "except ValueError as e:\n"
-        "    print('ValueError:', e)\n"
-    )
-    out = run_without_interpreter(code)
-    assert out.returncode == 0, out.stderr
-    assert "ValueError: layer_norm: got CPU tensors" in out.stdout and "TRITON_INTERPRET=1" in out.stdout, out.stdout
+    out = value_errors_without_interpreter("x, w, b = torch.randn(2, 8), torch.randn(8), torch.randn(8)",
+                                           "gpt2_kernels.layer_norm(x, w, b)")
+    assert "ValueError: layer_norm: got CPU tensors" in out and "TRITON_INTERPRET=1" in out, out

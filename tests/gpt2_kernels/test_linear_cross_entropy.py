@@ -21,7 +21,7 @@ from gpt2_kernels import registry
 from gpt2_kernels.linear_cross_entropy import (
     _chunk_rows, _cross_entropy_kernel, _launch_config, linear_cross_entropy, linear_cross_entropy_reference,
 )
-from tests.conftest import run_without_interpreter
+from tests.conftest import value_errors_without_interpreter
 from tests.tolerances import tol
 
 ON_GPU = torch.cuda.is_available()
@@ -203,16 +203,9 @@ def test_launch_config_is_registered():
 
 
 def test_cpu_without_interpreter_raises():
-    code = (
-        "import torch, gpt2_kernels\n"
-        "try:\n"
-        "    gpt2_kernels.linear_cross_entropy(torch.randn(2, 8), torch.randn(5, 8), torch.tensor([1, 2]))\n"
-        "except ValueError as e:\n"
-        "    print('ValueError:', e)\n"
-    )
-    out = run_without_interpreter(code)
-    assert out.returncode == 0, out.stderr
-    assert "ValueError: linear_cross_entropy: got CPU tensors" in out.stdout, out.stdout
+    out = value_errors_without_interpreter(
+        "", "gpt2_kernels.linear_cross_entropy(torch.randn(2, 8), torch.randn(5, 8), torch.tensor([1, 2]))")
+    assert "ValueError: linear_cross_entropy: got CPU tensors" in out, out
 
 
 # ---- issue 22: targets as views, large logits, ignore_index, second order -----------------

@@ -45,7 +45,7 @@ declare -A LIMIT=([attention]=110 [model]=120 [tests]=80 [breakdown]=45 [rest]=0
 declare -A WHAT=(
     [attention]="python -m bench --only attention --sizes gpt2,gpt2-xl --seq-lens 1024,2048,4096"
     [model]="python -m bench --only model --sizes gpt2 --seq-lens 1024"
-    [tests]="python -m pytest -m gpu -n 8 --timeout 150"
+    [tests]="python -m pytest -m gpu -n 8 --timeout 150 -rfExX"
     [breakdown]="python -m bench.breakdown"
     [memory]="python -m bench --memory --measure-cuda --sizes gpt2 --seq-lens 1024"
     [rest]="python -m bench --only layer_norm,add_layer_norm,gelu,loss,generation,hf --sizes gpt2,gpt2-xl --seq-lens 1024"
@@ -211,7 +211,7 @@ for s in "${STEPS[@]}"; do
     { [ "$LIM" -eq 0 ] || [ "$LIM" -gt "$left" ]; } && LIM=$left
     case $s in
         tests)
-            args=(-m pytest -m gpu -q -p no:cacheprovider -rfE)
+            args=(-m pytest -m gpu -q -p no:cacheprovider -rfExX)
             [[ $PLUGINS == *xdist* ]] && args+=(-n 8)
             [[ $PLUGINS == *pytest_timeout* ]] && args+=(--timeout 150)
             run_step tests $PY "${args[@]}" tests

@@ -4,6 +4,7 @@ largest-batch search against a brute-force one, and the command line."""
 
 import json
 import math
+import os
 import random
 
 import pytest
@@ -63,11 +64,13 @@ def _ops():
         return torch.randn(*shape, generator=g).to(dtype)
 
     x, w, b = r(2, 24, 64), r(64, dtype=torch.float32), r(64, dtype=torch.float32)
-    ops = torch.ops.gpt2_kernels
-    _, mean, rstd = ops.layer_norm_fwd(x, w, b, 1e-5)
+    # The saved statistics come from eager math, not the ops: collection runs no kernel (on a
+    # GPU machine the interpreter is off and these CPU tensors could not be launched on).
+    mean, rstd = x.float().mean(-1).flatten(), (x.float().var(-1, unbiased=False) + 1e-5).rsqrt().flatten()
     qkv = r(2, 24, 3, 2, 64).permute(2, 0, 3, 1, 4)  # (3, B, H, S, D) views, as the model makes them
     q, k, v = qkv
-    o, lse = ops.attention_fwd(q, k, v, True, 0.125, True)
+    o = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, scale=0.125).to(q.dtype)
+    lse = torch.randn(q.shape[:3], generator=g)  # (B, H, S) fp32: only its shape and dtype matter here
     N, V = 48, 100
     xs, ws, t = r(N, 64), r(V, 64), torch.randint(0, V, (N,), generator=g)
     cases = [
@@ -93,6 +96,8 @@ def _ops():
     return cases
 
 
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="counts the CPU allocations of the ops run by Triton's interpreter")
 @pytest.mark.parametrize("i", range(len(_ops())))
 def test_declared_scratch_is_what_the_implementation_holds(i):
     name, args = _ops()[i]

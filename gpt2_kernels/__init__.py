@@ -3,6 +3,9 @@
     gpt2_kernels.layer_norm(x, weight, bias, eps=1e-5)         LayerNorm over the last dim
     gpt2_kernels.gelu(x, bias=None)                            GPT-2's tanh GELU of x + bias
     gpt2_kernels.attention(q, k, v, causal=True, scale=None)   FlashAttention-2 style attention
+                      (..., kv_start=, kv_len=, dropout_p=)   per-sequence key ranges (padded batches),
+                                                          dropout inside the kernel
+    gpt2_kernels.attention_dropout_mask(q, k, dropout_p)       the keep-mask a dropout call drew
     gpt2_kernels.decode_attention(q, k, v, kv_len=None, ...)   split-KV attention of <= 16 queries
                                                           (gpt2_kernels.attention sends decode there)
     gpt2_kernels.add_layer_norm(x, residual, weight, bias, eps=1e-5) -> (y, h)
@@ -27,13 +30,13 @@ imported it. Reach a module's internals with ``from gpt2_kernels.layer_norm impo
 """
 
 from .add_layer_norm import add_layer_norm
-from .attention import attention
+from .attention import attention, attention_dropout_mask
 from .decode_attention import decode_attention
 from .gelu import gelu
 from .layer_norm import layer_norm
 from .linear_cross_entropy import linear_cross_entropy
 from ._common import workspace_bytes
 
-__all__ = ["add_layer_norm", "attention", "decode_attention", "gelu", "layer_norm", "linear_cross_entropy",
+__all__ = ["add_layer_norm", "attention", "attention_dropout_mask", "decode_attention", "gelu", "layer_norm", "linear_cross_entropy",
            "workspace_bytes"]
 

@@ -67,10 +67,12 @@ LN2 = tl.constexpr(0.6931471805599453)
 
 @triton.jit
 def _decode_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-                  start, end, seq_k, diag, qk_scale,
-                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, DOT: tl.constexpr):
+                  start, end, seq_k, diag, qk_scale, lo,
+                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_START: tl.constexpr,
+                  DOT: tl.constexpr):
     # Key tiles [start, end) with the pointers at key `start`. MASKED tiles check the end of
-    # the keys and the causal diagonal (query i sees key j iff j <= i + diag).
+    # the keys, the causal diagonal (query i sees key j iff j <= i + diag) and, with
+    # HAS_START, the first key (j >= lo).
     for start_n in range(start, end, BLOCK_N):
         cols = start_n + offs_n
         if MASKED:
@@ -82,6 +84,8 @@ def _decode_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m
         qk = tl.dot(q, tl.trans(k.to(DOT)))
         if MASKED:
             keep = cols[None, :] < seq_k
+            if HAS_START:
+                keep = keep & (cols[None, :] >= lo)
             if CAUSAL:
                 keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
             qk = tl.where(keep, qk, float("-inf"))
@@ -101,13 +105,13 @@ def _decode_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m
 
 
 @triton.jit
-def _decode_split_kernel(Q, K, V, KV_LEN, O_PART, LSE_PART,
+def _decode_split_kernel(Q, K, V, KV_LEN, KV_START, O_PART, LSE_PART,
                          stride_qb, stride_qh, stride_qm,
                          stride_kb, stride_kh, stride_kn,
                          stride_vb, stride_vh, stride_vn,
                          stride_lb, n_heads, seq_q, n_keys, keys_per_split, qk_scale,
                          HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         CAUSAL: tl.constexpr, INTERPRET: tl.constexpr):
+                         CAUSAL: tl.constexpr, HAS_START: tl.constexpr, INTERPRET: tl.constexpr):
     # Grid (B*H, splits). O_PART (B*H, splits, seq_q, HEAD_DIM) and LSE_PART (B*H, splits,
     # seq_q) are contiguous fp32 scratch.
     bh = tl.program_id(0)
@@ -127,6 +131,20 @@ def _decode_split_kernel(Q, K, V, KV_LEN, O_PART, LSE_PART,
         full_end = tl.maximum(start, start + (tl.minimum(end, diag + 1) - start) // BLOCK_N * BLOCK_N)
     else:
         full_end = tl.maximum(start, start + (end - start) // BLOCK_N * BLOCK_N)
+    # With HAS_START (left padding: KV_START, one per batch row) keys before lo are skipped by
+    # whole tiles, and the tile holding lo, when lo is not on a tile boundary, is masked:
+    # runs [first, head_end) masked, [first_full, full_end) whole, [tail, end) masked.
+    lo = 0
+    first = start
+    head_end = start
+    first_full = start
+    if HAS_START:
+        lo = tl.maximum(tl.load(KV_START + b), 0)
+        first = tl.maximum(start, lo // BLOCK_N * BLOCK_N)
+        first_full = tl.maximum(start, tl.cdiv(lo, BLOCK_N) * BLOCK_N)
+        head_end = tl.minimum(first_full, end)
+        full_end = tl.maximum(full_end, first_full)
+    tail = tl.maximum(full_end, head_end)
 
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -142,12 +160,19 @@ def _decode_split_kernel(Q, K, V, KV_LEN, O_PART, LSE_PART,
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-    acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-                                  start, full_end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, False, DOT)
-    skip = (full_end - start).to(tl.int64)
+    if HAS_START:
+        skip = (first - start).to(tl.int64)
+        acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, k_ptrs + skip * stride_kn, v_ptrs + skip * stride_vn,
+                                      stride_kn, stride_vn, offs_m, offs_n, first, head_end, seq_k, diag, qk_scale,
+                                      lo, BLOCK_N, CAUSAL, True, HAS_START, DOT)
+    skip = (first_full - start).to(tl.int64)
     acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, k_ptrs + skip * stride_kn, v_ptrs + skip * stride_vn,
                                   stride_kn, stride_vn, offs_m, offs_n,
-                                  full_end, end, seq_k, diag, qk_scale, BLOCK_N, CAUSAL, True, DOT)
+                                  first_full, full_end, seq_k, diag, qk_scale, lo, BLOCK_N, CAUSAL, False, HAS_START, DOT)
+    skip = (tail - start).to(tl.int64)
+    acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, k_ptrs + skip * stride_kn, v_ptrs + skip * stride_vn,
+                                  stride_kn, stride_vn, offs_m, offs_n,
+                                  tail, end, seq_k, diag, qk_scale, lo, BLOCK_N, CAUSAL, True, HAS_START, DOT)
 
     seen = l_i > 0
     o = tl.where(seen[:, None], acc / tl.where(seen, l_i, 1.0)[:, None], 0.0)
@@ -158,7 +183,8 @@ def _decode_split_kernel(Q, K, V, KV_LEN, O_PART, LSE_PART,
 
 
 # O = sum_s w_s O_s / sum_s w_s with w_s = exp(L_s - max_s L_s): the softmax over all keys,
-# reassembled from the splits' (O_s, L_s). Every query sees key 0, so max_s L_s is finite.
+# reassembled from the splits' (O_s, L_s). A query that sees no key at all (kv_start at or past
+# its last visible key) has every L_s = -inf: its weights are then 0, and so is its output.
 @triton.jit
 def _decode_combine_kernel(O_PART, LSE_PART, O,
                            stride_ob, stride_oh, stride_om,
@@ -175,9 +201,11 @@ def _decode_combine_kernel(O_PART, LSE_PART, O,
     rows = (bh.to(tl.int64) * n_splits + offs_s) * seq_q + m
     ok = offs_s < n_splits
     lse = tl.load(LSE_PART + rows, mask=ok, other=float("-inf"))
-    w = tl.math.exp2((lse - tl.max(lse, 0)) * LOG2E)
+    top = tl.max(lse, 0)
+    w = tl.math.exp2((lse - tl.where(top == float("-inf"), 0.0, top)) * LOG2E)
     o = tl.load(O_PART + rows[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0)
-    o = tl.sum(o * w[:, None], 0) / tl.sum(w, 0)
+    total = tl.sum(w, 0)
+    o = tl.sum(o * w[:, None], 0) / tl.where(total > 0, total, 1.0)
     O += b * stride_ob + h * stride_oh + m.to(tl.int64) * stride_om
     tl.store(O + offs_d, o.to(O.dtype.element_ty))
 
@@ -237,20 +265,22 @@ def _num_splits(batch_heads, seq_k, block_n, sms):
 
 @registry.configs_of("decode_attention")
 def _compile_configs():
-    types = {"KV_LEN": "*i32", "O_PART": "*fp32", "LSE_PART": "*fp32", "qk_scale": "fp32"}
+    types = {"KV_LEN": "*i32", "KV_START": "*i32", "O_PART": "*fp32", "LSE_PART": "*fp32", "qk_scale": "fp32"}
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
         ty = TRITON_TYPE[dtype]
         for head_dim in HEAD_DIMS:
             strides = tuple(n for n in _decode_split_kernel.arg_names if n.startswith("stride_") and n != "stride_lb")
             for arch in ARCHS:
                 cfg = _launch_config("split", head_dim, dtype, interpret=False, arch=arch)
-                for causal in (True, False):
+                # kv_start (HAS_START) at GPT-2's head size, in 16 bits, causal.
+                starts = (False, True) if head_dim == 64 and dtype != torch.float32 else (False,)
+                for causal, has_start in [(c, h) for c in (True, False) for h in starts if c or not h]:
                     yield registry.CompileConfig(
                         _decode_split_kernel, op="decode_attention",
-                        label=f"split D={head_dim} {ty} {'causal' if causal else 'full'} "
+                        label=f"split D={head_dim} {ty} {'kv_start ' if has_start else ''}{'causal' if causal else 'full'} "
                               f"{cfg.constexprs['BLOCK_M']}x{cfg.constexprs['BLOCK_N']} s{cfg.num_stages} sm_{arch}",
                         dtype=ty, constexprs={"HEAD_DIM": head_dim, **cfg.constexprs, "CAUSAL": causal,
-                                              "INTERPRET": False},
+                                              "HAS_START": has_start, "INTERPRET": False},
                         num_warps=cfg.num_warps, num_stages=cfg.num_stages, types=types,
                         divisible_by_16=strides, arch=arch,
                         tile=(cfg.constexprs["BLOCK_M"], cfg.constexprs["BLOCK_N"]))
@@ -285,7 +315,7 @@ def _splits(q, k, num_splits):
     return triton.cdiv(Sk, per_split), per_split
 
 
-def _decode_attention(q, k, v, kv_len, causal, scale, num_splits):
+def _decode_attention(q, k, v, kv_len, causal, scale, num_splits, kv_start=None):
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     B, H, Sq, D = q.shape
     Sk = k.shape[2]
@@ -298,9 +328,10 @@ def _decode_attention(q, k, v, kv_len, causal, scale, num_splits):
     o = torch.empty((B, H, Sq, D), dtype=q.dtype, device=q.device)
     with device_guard(q):
         _decode_split_kernel[(B * H, splits)](
-            q, k, v, kv_len, o_part, lse_part, *_strides(q), *_strides(k), *_strides(v),
+            q, k, v, kv_len, kv_start if kv_start is not None else kv_len, o_part, lse_part,
+            *_strides(q), *_strides(k), *_strides(v),
             kv_len.stride(0) if kv_len.numel() > 1 else 0, H, Sq, Sk, per_split, scale * LOG2E.value,
-            HEAD_DIM=D, CAUSAL=causal, INTERPRET=INTERPRET, **cfg.constexprs,
+            HEAD_DIM=D, CAUSAL=causal, HAS_START=kv_start is not None, INTERPRET=INTERPRET, **cfg.constexprs,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
         comb = _launch_config("combine", D, q.dtype)
@@ -320,17 +351,18 @@ def _decode_attention(q, k, v, kv_len, causal, scale, num_splits):
 
 @torch.library.custom_op("gpt2_kernels::decode_attention", mutates_args=())
 def _decode_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kv_len: torch.Tensor | None,
-                         causal: bool, scale: float, num_splits: int | None) -> torch.Tensor:
-    return _decode_attention(q, k, v, kv_len, causal, scale, num_splits)
+                         causal: bool, scale: float, num_splits: int | None,
+                         kv_start: torch.Tensor | None = None) -> torch.Tensor:
+    return _decode_attention(q, k, v, kv_len, causal, scale, num_splits, kv_start)
 
 
 @_decode_attention_op.register_fake
-def _(q, k, v, kv_len, causal, scale, num_splits):
+def _(q, k, v, kv_len, causal, scale, num_splits, kv_start=None):
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
 @workspace_of(_decode_attention_op)
-def _(q, k, v, kv_len, causal, scale, num_splits):
+def _(q, k, v, kv_len, causal, scale, num_splits, kv_start=None):
     """Each split's fp32 partial output and log-sum-exp, a length when none is given, and a copy of
     any of q, k, v whose last dim is strided."""
     B, H, Sq, D = q.shape
@@ -344,9 +376,14 @@ def _(q, k, v, kv_len, causal, scale, num_splits):
 # ----------------------------------------------------------------------------------------
 
 
-def _check_inputs(q, k, v, kv_len, causal, scale, num_splits):
+def _check_inputs(q, k, v, kv_len, causal, scale, num_splits, kv_start=None):
     op = "gpt2_kernels.decode_attention"
     B, H, Sq, Sk, D = check_qkv(op, q, k, v)
+    if kv_start is not None:
+        if not isinstance(kv_start, torch.Tensor) or kv_start.dtype != torch.int32 or tuple(kv_start.shape) != (B,):
+            got = (kv_start.dtype, tuple(kv_start.shape)) if isinstance(kv_start, torch.Tensor) else type(kv_start).__name__
+            raise ValueError(f"{op}: kv_start must be an int32 tensor of shape (B,) = ({B},), got {got}")
+        check_runnable(op, q, kv_start)
     if not 1 <= Sq <= MAX_QUERIES:
         raise ValueError(f"{op}: Sq={Sq} queries; this kernel takes 1 to {MAX_QUERIES} "
                          "(use gpt2_kernels.attention for more)")
@@ -371,7 +408,7 @@ def _check_inputs(q, k, v, kv_len, causal, scale, num_splits):
         raise ValueError(f"{op}: num_splits must be an int in [1, {MAX_SPLITS}] or None, got {num_splits!r}")
 
 
-def decode_attention(q, k, v, kv_len=None, causal=True, scale=None, num_splits=None):
+def decode_attention(q, k, v, kv_len=None, causal=True, scale=None, num_splits=None, *, kv_start=None):
     """Attention of Sq <= 16 queries over a KV cache, split across the keys (flash-decoding).
 
     q: (B, H, Sq, D), 1 <= Sq <= 16; k, v: (B, H, Sk, D), e.g. a full-length cache or any
@@ -383,11 +420,14 @@ def decode_attention(q, k, v, kv_len=None, causal=True, scale=None, num_splits=N
        Sk is taken as Sk (clamped on the device, never a read past the cache).
     causal: query i sees keys j <= i + kv_len - Sq (the end-aligned mask of gpt2_kernels.attention).
     scale: defaults to 1/sqrt(D). num_splits: None picks it from Sk, B*H and the SM count.
+    kv_start: None, or an int32 tensor (B,) on q's device: keys j < kv_start[b] are ignored too
+       (a left-padded batch); key tiles wholly before it are skipped. A query left with no key
+       gets output 0. Read on the device, like kv_len.
     Returns o: (B, H, Sq, D) in q's dtype. Not differentiable (inference only).
     """
-    _check_inputs(q, k, v, kv_len, causal, scale, num_splits)
+    _check_inputs(q, k, v, kv_len, causal, scale, num_splits, kv_start)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    return _decode_attention_op(q, k, v, kv_len, bool(causal), scale, num_splits)
+    return _decode_attention_op(q, k, v, kv_len, bool(causal), scale, num_splits, kv_start)
 
 
 # ----------------------------------------------------------------------------------------
@@ -395,7 +435,7 @@ def decode_attention(q, k, v, kv_len=None, causal=True, scale=None, num_splits=N
 # ----------------------------------------------------------------------------------------
 
 
-def decode_attention_reference(q, k, v, kv_len=None, causal=True, scale=None):
+def decode_attention_reference(q, k, v, kv_len=None, causal=True, scale=None, kv_start=None):
     """Eager PyTorch with the scores materialised, the same contract as ``decode_attention``;
     computed in the inputs' dtype (pass float64 tensors for a reference)."""
     B, Sq, Sk, D = q.shape[0], q.shape[-2], k.shape[-2], q.shape[-1]
@@ -405,5 +445,8 @@ def decode_attention_reference(q, k, v, kv_len=None, causal=True, scale=None):
     j = torch.arange(Sk)
     last = length[:, None] - Sq + torch.arange(Sq)[None, :] if causal else (length - 1)[:, None].expand(B, Sq)
     visible = (j[None, None, :] <= last[:, :, None]) & (j[None, None, :] < length[:, None, None])  # (B, Sq, Sk)
-    scores = scores.masked_fill(~visible[:, None].to(q.device), float("-inf"))
-    return torch.softmax(scores, dim=-1) @ v
+    if kv_start is not None:
+        visible = visible & (j[None, None, :] >= kv_start.cpu().reshape(B, 1, 1))
+    visible = visible[:, None].to(q.device)
+    p = torch.softmax(scores.masked_fill(~visible, float("-inf")), dim=-1)
+    return torch.where(visible.any(-1, keepdim=True), p, 0.0) @ v  # a query that sees no key: 0

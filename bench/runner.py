@@ -1,4 +1,5 @@
-"""Runs a planned sweep: one task at a time, each turned into a result row whatever happens.
+"""Runs a planned sweep: one task at a time, each turned into a result row whatever happens,
+and the progress line.
 
 - An out-of-memory point is recorded as "oom", an implementation that cannot run here as
   "unavailable", any other exception as "error" (its message in ``note``); the run goes on.

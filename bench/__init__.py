@@ -2,20 +2,23 @@
 
     bench/points.py      sizes, sequence lengths, a Point, the batch that fills the GPU
     bench/counts.py      FLOP and byte counts of a point
-    bench/timing.py      how a point is timed (Timer, time_kernel), measured limits, peak memory
-    bench/impls.py       looking up an implementation; Unavailable
-    bench/results.py     the row schema, speedups, results.json/.csv
-    bench/run_meta.py    what a run records about itself; the progress line
+    bench/timing.py      how a point is timed (Timer, time_kernel, time_step), peak memory
+    bench/impls.py       looking up an implementation (pinned SDPA too); Unavailable
+    bench/families.py    every family as one table (FAMILIES): the kernel ops as OpFamily rows
+                         (attention, layer_norm, add_layer_norm, gelu, loss), and the whole models:
+    bench/model.py       GPT-2 end to end (forward, training step, generation)
+    bench/hf.py          Hugging Face's GPT2LMHeadModel, as shipped and patched (gpt2.hf)
+    bench/generation.py  tokens/s of generation and the decode attention (opt-in)
+    bench/results.py     the row schema, speedups, results.json/.csv, merging runs' folders
+    bench/report.py      what a run records about itself, the device's measured limits, summary.md
     bench/compare.py     --compare OLD NEW: the ratio of two result folders, point by point
     bench/sweep.py       what to measure and in which order (--budget keeps the important first)
-    bench/runner.py      runs the tasks; OOM/errors/unavailable become rows, the run goes on
-    bench/layer_norm.py, bench/gelu.py, bench/attention.py, bench/model.py   one family each,
-    bench/hf.py          and Hugging Face's GPT2LMHeadModel, as shipped and patched (gpt2.hf)
+    bench/runner.py      runs the tasks; OOM/errors/unavailable become rows, the run goes on; progress
     bench/targets.py     the performance targets, checked against results
     bench/memory.py      --memory: peak bytes counted on fake tensors (no GPU), with CUDA's autocast
                          rules (bench/cuda_autocast.py); the run, the largest batch that fits and the
                          savings in bench/memory_sweep.py, its files in bench/memory_report.py
-    bench/plots/         PNG plots (style, ops, end_to_end, compare, memory); bench/summary.py: summary.md
+    bench/plots/         PNG plots (style, ops, end_to_end, compare, memory)
     bench/gpu_check.sh   tests + kernel inspection + benchmark on a GPU machine, packed in <= 8 files
 
 Nothing here imports ``kernels`` at import time: ``--smoke`` must set TRITON_INTERPRET first.

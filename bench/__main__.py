@@ -24,7 +24,6 @@ in which every point errored measured nothing, says "failed" and exits 1.
 """
 
 import argparse
-import glob
 import math
 import os
 import signal
@@ -42,10 +41,19 @@ NO_GPU = ("No CUDA GPU is present: `python -m bench` measures GPU kernels and ne
           "  python -m bench --plot DIR          redraws the plots of a results folder")
 
 
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):
+        if action.dest != "only":
+            return action.help
+        from .sweep import families_help  # the families table imports torch: only for --help
+
+        return f"{action.help}: {families_help()}"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--only", help="benchmarks to run, comma-separated: attention, layer_norm, gelu, model, hf")
+                                formatter_class=_HelpFormatter, epilog=__doc__)
+    p.add_argument("--only", help="benchmarks to run, comma-separated")
     p.add_argument("--sizes", help="GPT-2 sizes, comma-separated: gpt2, gpt2-medium, gpt2-large, gpt2-xl")
     p.add_argument("--seq-lens", help="sequence lengths, comma-separated (default 128,256,...,8192)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"),
@@ -75,7 +83,7 @@ def parse_args(argv=None):
 def replot(results_dir, out_dir=None, quiet=False):
     from .results import load_results, results_paths
     from .plots import render_all
-    from .summary import write_summary
+    from .report import write_summary
 
     meta, rows = load_results(results_dir)
     if not any(r["status"] == "ok" for r in rows):
@@ -93,25 +101,11 @@ def replot(results_dir, out_dir=None, quiet=False):
     return paths
 
 
-def shipped_results():
-    """results.json files under bench/results/ from real GPU runs (smoke runs are never shipped)."""
-    import json
-
-    found = []
-    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*", "results.json"))):
-        try:
-            with open(path) as f:
-                if json.load(f).get("meta", {}).get("smoke"):
-                    continue
-        except (OSError, ValueError):
-            continue
-        found.append(path)
-    return found
-
-
 def no_gpu(out=None):
     print(NO_GPU)
-    found = shipped_results()
+    from .results import shipped_results
+
+    found = shipped_results(RESULTS_DIR)
     if not found:
         print("No GPU results are shipped in bench/results/ yet, so there are no plots to redraw.")
         return 0
@@ -193,10 +187,9 @@ def main(argv=None):
 def run(args, sweep, info, budget, t_start):
     from . import plots
     from .results import fill_speedups, write_results
-    from .run_meta import Progress, attention_configs, base_meta, device_slug, peer_version
-    from .timing import Context, Timer, measure_limits
-    from .runner import execute
-    from .summary import write_summary
+    from .report import attention_configs, base_meta, device_slug, measure_limits, peer_version, write_summary
+    from .timing import Context, Timer
+    from .runner import Progress, execute
     from .sweep import plan
 
     device = "cpu" if sweep.smoke else "cuda"

@@ -75,27 +75,38 @@ def geomeans(rows):
     return {k: (math.exp(sum(v) / len(v)), len(v)) for k, v in acc.items()}
 
 
-def _fmt(v, spec):
-    return "—" if v is None else format(v, spec)
+def _fmt(v, spec, suffix=""):
+    return "—" if v is None else format(v, spec) + suffix
+
+
+def aligned(header, rows, right=()):
+    """The lines of a table whose every column is as wide as its widest cell, two spaces apart;
+    the columns numbered in ``right`` (numbers) aligned right."""
+    widths = [max(map(len, column)) for column in zip(header, *rows)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    return [line(cells).rstrip() for cells in (header, *rows)]
 
 
 def table(rows, old_meta, new_meta):
     lines = [f"old: {old_meta.get('device')}, {old_meta.get('date')}, commit {old_meta.get('git_commit')}",
              f"new: {new_meta.get('device')}, {new_meta.get('date')}, commit {new_meta.get('git_commit')}",
-             f"{len(rows)} points in common; speedup = old ms / new ms (above 1x: faster now)", "",
-             f"{'family':<11}{'pass':<9}{'impl':<17}{'points':>7}{'geomean':>10}"]
-    for (fam, p, impl), (g, n) in sorted(geomeans(rows).items()):
-        lines.append(f"{fam:<11}{p:<9}{impl:<17}{n:>7}{g:>9.3f}x")
-    lines += ["", f"{'family':<11}{'pass':<9}{'impl':<17}{'size':<12}{'width':>6}{'S':>6}{'B':>5}"
-                  f"{'old ms':>11}{'new ms':>11}{'speedup':>9}  p20-p80        verdict"]
+             f"{len(rows)} points in common; speedup = old ms / new ms (above 1x: faster now)", ""]
+    means = [[fam, p, impl, str(n), f"{g:.3f}x"] for (fam, p, impl), (g, n) in sorted(geomeans(rows).items())]
+    lines += aligned(["family", "pass", "impl", "points", "geomean"], means, right={3, 4})
+    points = []
     for r in rows:
         if not r["impl"].startswith("triton"):
             continue
         spread = (f"{r['speedup_p20']:.3f}-{r['speedup_p80']:.3f}" if r["speedup"] else
                   f"old {r['old_status']}, new {r['new_status']}")
-        lines.append(f"{r['family']:<11}{r['pass']:<9}{r['impl']:<17}{r['size']:<12}{r['width']:>6}"
-                     f"{r['seq_len']:>6}{r['batch']:>5}{_fmt(r['old_ms'], '11.4g')}{_fmt(r['new_ms'], '11.4g')}"
-                     f"{_fmt(r['speedup'], '8.3f')}{'x' if r['speedup'] else ' '}  {spread:<15}{r['verdict']}")
+        points.append([r["family"], r["pass"], r["impl"], r["size"], str(r["width"]), str(r["seq_len"]),
+                       str(r["batch"]), _fmt(r["old_ms"], ".4g"), _fmt(r["new_ms"], ".4g"),
+                       _fmt(r["speedup"], ".3f", "x"), spread, r["verdict"]])
+    header = ["family", "pass", "impl", "size", "width", "S", "B", "old ms", "new ms", "speedup", "p20-p80", "verdict"]
+    lines += ["", *aligned(header, points, right=set(range(4, 10)))]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,6 @@
-"""FLOP and byte counts of a point: the same for every implementation of it.
+"""FLOP and byte counts of a point: the same for every implementation of it. The op families
+(bench/families.py) count with the functions below; ``model_counts`` counts the whole models'.
 
-FLOP and byte counts (the same for every implementation of a point)
--------------------------------------------------------------------
 Bytes are what a one-pass implementation must move at least (inputs read once, outputs
 written once); GB/s from them is an *effective* bandwidth, comparable across implementations.
 
@@ -49,6 +48,10 @@ def gelu_bytes(rows, width, elem, pass_):
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[pass_]
 
 
+def linear_cross_entropy_flops(rows, width, vocab, pass_):
+    return {"fwd": 1, "fwd+bwd": 3}[pass_] * 2 * rows * vocab * width
+
+
 def attention_flops(batch, heads, seq_q, seq_k, head_dim, pass_, causal=True):
     fwd = 4 * batch * heads * seq_q * seq_k * head_dim
     if causal:
@@ -86,21 +89,10 @@ def generation_bytes(cfg, batch, prompt, new, elem):
     return total
 
 
-def counts(point):
-    """(flops, bytes) of a point; None where the count does not apply."""
+def model_counts(point):
+    """(flops, bytes) of a point of the whole-model families (model, hf, generation); None where
+    the count does not apply."""
     elem = dtype_bytes(point.dtype)
-    if point.family == "layer_norm":
-        return None, layer_norm_bytes(point.rows, point.width, elem, point.pass_)
-    if point.family == "gelu":
-        return None, gelu_bytes(point.rows, point.width, elem, point.pass_)
-    if point.family == "add_layer_norm":
-        return None, add_layer_norm_bytes(point.rows, point.width, elem, point.pass_)
-    if point.family == "loss":
-        V = model_config(point.size).vocab_size
-        return {"fwd": 1, "fwd+bwd": 3}[point.pass_] * 2 * point.rows * V * point.width, None
-    if point.family == "attention":
-        args = (point.batch, point.heads, point.seq_len, point.seq_len, point.width)
-        return attention_flops(*args, point.pass_), attention_bytes(*args, elem, point.pass_)
     if point.family in ("model", "hf"):
         cfg = model_config(point.size, block_size=max(1024, point.seq_len))
         if point.pass_ == "generate":
@@ -115,5 +107,4 @@ def counts(point):
         # decode attention, Sq = 1: K and V read once, q read and o written
         B, H, Sk, D = point.batch, point.heads, point.seq_len, point.width
         return 4 * B * H * Sk * D, (2 * Sk + 2) * B * H * D * elem
-    raise ValueError(f"unknown family {point.family!r}")
-
+    raise ValueError(f"{point.family!r} is not a whole-model family")

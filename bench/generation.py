@@ -29,12 +29,11 @@ decode attention:
     sdpa-flash, sdpa-efficient, sdpa-cudnn, sdpa-math   SDPA pinned to each backend
 """
 
-import time
-
-from .impls import Unavailable
-from .points import SMOKE_TARGETS, Point, model_config, torch_dtype
-from .run_meta import package_version
-from .timing import free_memory, make_inputs, peak_memory, synchronize, time_kernel
+from .impls import SDPA_BACKENDS, Unavailable, sdpa, sdpa_may_refuse
+from .model import _cached, hf_generator, hf_model, time_generate
+from .points import Point, model_config
+from .report import package_version
+from .timing import free_memory, make_inputs, time_kernel
 
 FAMILY = "generation"
 GEN_OP, DECODE_OP = "gpt2_generate", "decode_attention"
@@ -43,8 +42,6 @@ DECODE_SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192)
 SMOKE = dict(batches=(1, 2), prompts=(4,), new=4, seq_lens=(16, 48))
 GEN_IMPLS = (("triton+cudagraphs", "ours"), ("triton", "variant"), ("eager", "baseline"),
              ("sdpa+compile", "baseline"), ("hf", "peer"), ("hf-static-compile", "peer"))
-SDPA_BACKENDS = {"sdpa-flash": "FLASH_ATTENTION", "sdpa-efficient": "EFFICIENT_ATTENTION",
-                 "sdpa-cudnn": "CUDNN_ATTENTION", "sdpa-math": "MATH"}
 DECODE_IMPLS = (("triton", "ours"), ("triton-train", "variant"), *((n, "baseline") for n in SDPA_BACKENDS))
 CONFIGS = {  # impl -> (set_kernels arguments, compile)
     "triton": (dict(attention="triton", layernorm="triton", gelu="triton"), False),
@@ -85,8 +82,6 @@ def run(point, impl, ctx):
 
 
 def _decode_function(impl):
-    import torch.nn.functional as F
-
     import gpt2_kernels
     from gpt2_kernels.attention import _attention_fwd_op
 
@@ -95,17 +90,7 @@ def _decode_function(impl):
     if impl == "triton-train":
         scale = 1 / 8.0  # D = 64
         return lambda q, k, v: _attention_fwd_op(q, k, v, True, scale, True)[0]  # causal, deterministic
-    from torch.nn import attention as nn_attention
-
-    backend = getattr(nn_attention.SDPBackend, SDPA_BACKENDS[impl], None)
-    if backend is None:
-        raise Unavailable(f"this PyTorch has no SDPA backend {SDPA_BACKENDS[impl]}")
-
-    def f(q, k, v):  # one query sees every key: no mask needed
-        with nn_attention.sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(q, k, v)
-
-    return f
+    return sdpa(impl, causal=False)  # one query sees every key: no mask needed
 
 
 def _run_decode(point, impl, ctx):
@@ -115,14 +100,9 @@ def _run_decode(point, impl, ctx):
     B, H, D, Sk = point.batch, point.heads, point.width, point.seq_len
     (q,), _ = make_inputs(point, ctx, (B, H, 1, D))
     (k, v), _ = make_inputs(point, ctx, (B, H, Sk, D), n=2)
-    try:
+    with sdpa_may_refuse(impl):
         out = time_kernel(point, impl, ctx, f, (q, k, v), None,
                           reference=lambda q, k, v: F.scaled_dot_product_attention(q.float(), k.float(), v.float()))
-    except RuntimeError as e:
-        msg = str(e).lower()
-        if impl in SDPA_BACKENDS and ("no available kernel" in msg or "no viable backend" in msg):
-            raise Unavailable(f"{impl}: no kernel for this shape/dtype/device") from e
-        raise
     if impl == "triton":
         from gpt2_kernels._common import num_sms
         from gpt2_kernels.decode_attention import _launch_config, _num_splits
@@ -143,28 +123,12 @@ def _block_size(point):
 def _our_model(point, ctx):
     from gpt2.model import GPT2
 
-    from .model import _cached
-
     return _cached(ctx, ("gen", point.size, _block_size(point)),
                    lambda: GPT2(model_config(point.size, block_size=_block_size(point))))
 
 
 def _hf_model(point, ctx):
-    try:
-        import transformers
-    except ImportError as e:
-        raise Unavailable(f"transformers not installed ({e})") from e
-    from .model import _cached
-
-    def build():
-        cfg = model_config(point.size)
-        hf_cfg = transformers.GPT2Config(
-            vocab_size=cfg.vocab_size, n_positions=_block_size(point), n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-            n_head=cfg.n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-            bos_token_id=cfg.vocab_size - 1, eos_token_id=cfg.vocab_size - 1)
-        return transformers.GPT2LMHeadModel(hf_cfg).eval()
-
-    return _cached(ctx, ("hf-gen", point.size, _block_size(point)), build)
+    return _cached(ctx, ("hf-gen", point.size, _block_size(point)), lambda: hf_model(point.size, _block_size(point)).eval())
 
 
 def _generator(point, impl, ctx):
@@ -176,8 +140,6 @@ def _generator(point, impl, ctx):
     if impl.startswith("hf"):
         model = _hf_model(point, ctx)
         idx = torch.randint(0, model.config.vocab_size, (point.batch, prompt), device=ctx.device, generator=g)
-        mask = torch.ones_like(idx)
-        kwargs = {}
         if impl == "hf-static-compile":
             try:
                 model.generation_config.cache_implementation = "static"
@@ -186,13 +148,7 @@ def _generator(point, impl, ctx):
                                               fullgraph=True)
             except Exception as e:  # noqa: BLE001 - an older transformers: no static cache
                 raise Unavailable(f"transformers {package_version('transformers')}: no static cache ({e})") from e
-
-        def gen(n):
-            with torch.no_grad():
-                return model.generate(input_ids=idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                      do_sample=False, pad_token_id=0, **kwargs)
-
-        return gen, f"transformers {package_version('transformers')}, attn={model.config._attn_implementation}"
+        return hf_generator(model, idx), f"transformers {package_version('transformers')}, attn={model.config._attn_implementation}"
     kernels, compile = CONFIGS[impl]
     model = _our_model(point, ctx)
     try:
@@ -208,29 +164,15 @@ def _generator(point, impl, ctx):
 def _run_generate(point, impl, ctx):
     import torch
 
-    prompt, new = point.get("prompt"), point.get("new")
     gen, note = _generator(point, impl, ctx)
     try:
-        t0 = time.perf_counter()
-        first = gen(new)  # warm-up: compiles (and captures) everything the decode steps meet
-        synchronize(ctx.device)
-        warm = time.perf_counter() - t0
-        if first.shape[1] != prompt + new:
-            raise RuntimeError(f"{impl} generated {first.shape[1] - prompt} tokens, expected {new}")
-        total = ctx.timer(lambda: gen(new), slow=True, warmup=0, reps=1 if ctx.smoke else 3)
-        peak = peak_memory(lambda: gen(new), ctx.device)
+        out, warm = time_generate(point, impl, gen, ctx, note)  # the warm-up compiles (and captures)
     finally:
         if impl.startswith("hf"):
             ctx.cache.clear()  # hf-static-compile patched the model's forward
         if "compile" in impl or "cudagraphs" in impl:
             torch._dynamo.reset()
         free_memory(ctx.device)
-    out = {
-        **total.scaled(1 / new).fields(),
-        "tokens_per_s": point.batch * new / (total.ms * 1e-3),
-        "peak_mem_bytes": peak,
-        "note": (note + "; " if note else "") + f"prompt {prompt}, {new} new tokens, greedy, ms per new token",
-    }
     if "compile" in impl or "cudagraphs" in impl:
         out["compile_s"] = warm
     return out

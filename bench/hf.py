@@ -16,15 +16,20 @@ calls fell back to HF's path while it was measured (0 is what is expected).
 """
 
 from .impls import Unavailable
-from .model import get_hf_model, measure_step
+from .model import get_hf_model
 from .points import SMOKE_SIZE, family_points
-from .run_meta import package_version
+from .report import package_version
+from .timing import time_step
 
 FAMILY = "hf"
 OPS = {"fwd": "hf_gpt2_forward", "train": "hf_gpt2_train_step"}
 SIZES = ("gpt2", "gpt2-xl", SMOKE_SIZE)
 SEQ_LEN = 1024
 IMPLS = (("triton", "ours"), ("eager", "baseline"), ("sdpa", "baseline"))
+
+
+def impls_for(point):
+    return IMPLS
 
 
 def points(sizes, seq_lens, dtype, info, smoke=False, quick=False):
@@ -71,7 +76,7 @@ def run(point, impl, ctx):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-        _, out = measure_step(step, point, ctx)
+        _, _, out = time_step(step, ctx, point.batch * point.seq_len)
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()

@@ -172,7 +172,7 @@ def run(args, prog):
 
     if args.measure_cuda and not torch.cuda.is_available():
         return fail("--measure-cuda needs a CUDA GPU (without one, --memory counts alone)")
-    from .run_meta import git_commit, package_version
+    from .report import git_commit, package_version
 
     measured = torch.cuda.get_device_name() if args.measure_cuda else None
     meta = {

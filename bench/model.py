@@ -25,12 +25,10 @@ random, which does not change the time of any operation. One model lives on the 
 so a peak-memory reading holds that model, its gradients, optimizer state and activations.
 """
 
-import time
-
 from .impls import Unavailable
 from .points import GEN_BATCH, GEN_NEW, GEN_PROMPT, SMOKE_TARGETS, Point, family_points, model_config, torch_dtype
-from .run_meta import package_version
-from .timing import free_memory, peak_memory, synchronize
+from .report import package_version
+from .timing import free_memory, time_step
 
 FAMILY = "model"
 PASSES = ("fwd", "train")
@@ -143,7 +141,6 @@ def run(point, impl, ctx):
     if impl == "compile":
         torch._dynamo.reset()
         net = torch.compile(model, backend=ctx.compile_backend, dynamic=False)
-    out = {}
     try:
         if point.pass_ == "fwd":
             model.eval()
@@ -162,10 +159,9 @@ def run(point, impl, ctx):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
 
-        first_s, measured = measure_step(step, point, ctx)
+        _, first_s, out = time_step(step, ctx, point.batch * point.seq_len)
         if impl == "compile":
             out["compile_s"] = first_s
-        out.update(measured)
     finally:
         model.zero_grad(set_to_none=True)
         model.eval()
@@ -176,37 +172,15 @@ def run(point, impl, ctx):
     return out
 
 
-def measure_step(step, point, ctx):
-    """Time a forward or training step of (point.batch, point.seq_len) tokens: its first call
-    (warm-up; the seconds it took are returned, a compiled model's compile time), then the
-    timer, the peak memory of one step and tokens/s. Returns (first call's seconds, fields)."""
-    t0 = time.perf_counter()
-    step()
-    synchronize(ctx.device)
-    first_s = time.perf_counter() - t0
-    # The interpreter takes seconds per step: one timed step is enough to exercise the path.
-    out = ctx.timer(step, slow=True, reps=1 if ctx.smoke else None).fields()
-    out["peak_mem_bytes"] = peak_memory(step, ctx.device)
-    out["tokens_per_s"] = point.batch * point.seq_len / (out["ms"] * 1e-3)
-    return first_s, out
-
-
 def _run_generate(point, impl, ctx):
     import torch
 
-    prompt, new = point.get("prompt"), point.get("new")
+    prompt = point.get("prompt")
     g = torch.Generator(device=ctx.device).manual_seed(2)
     if impl == "hf":
         model = get_hf_model(point.size, ctx)
-        V = model.config.vocab_size
-        idx = torch.randint(0, V, (point.batch, prompt), device=ctx.device, generator=g)
-        mask = torch.ones_like(idx)
-
-        def gen(n):
-            with torch.no_grad():
-                return model.generate(input_ids=idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                      do_sample=False, pad_token_id=0)
-
+        idx = torch.randint(0, model.config.vocab_size, (point.batch, prompt), device=ctx.device, generator=g)
+        gen = hf_generator(model, idx)
         note = (f"transformers {package_version('transformers')}, "
                 f"attn_implementation={model.config._attn_implementation}")
     else:
@@ -218,16 +192,33 @@ def _run_generate(point, impl, ctx):
             return model.generate(idx, n, temperature=0, use_cache=True)
 
         note = ""
-    first = gen(new)  # warm-up: compiles every kernel variant the decode steps meet
+    try:
+        return time_generate(point, impl, gen, ctx, note)[0]
+    finally:
+        free_memory(ctx.device)
+
+
+def hf_generator(model, idx):
+    """gen(n): Hugging Face's ``generate`` of n new tokens, greedy, after the prompts ``idx``."""
+    import torch
+
+    mask = torch.ones_like(idx)
+
+    def gen(n):
+        with torch.no_grad():
+            return model.generate(input_ids=idx, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
+                                  do_sample=False, pad_token_id=0)
+
+    return gen
+
+
+def time_generate(point, impl, gen, ctx, note=""):
+    """Time gen(new) of a generation point, its first call the warm-up (it compiles every kernel
+    variant the decode steps meet): ms per new token, tokens/s of the whole call (prefill
+    included). Returns (the row's fields, the first call's seconds)."""
+    prompt, new = point.get("prompt"), point.get("new")
+    first, first_s, out = time_step(lambda: gen(new), ctx, point.batch * new, per=new, warmup=0, reps=3)
     if first.shape[1] != prompt + new:
         raise RuntimeError(f"{impl} generated {first.shape[1] - prompt} tokens, expected {new}")
-    total = ctx.timer(lambda: gen(new), slow=True, warmup=0, reps=1 if ctx.smoke else 3)
-    peak = peak_memory(lambda: gen(new), ctx.device)
-    free_memory(ctx.device)
-    return {
-        **total.scaled(1 / new).fields(),
-        "tokens_per_s": point.batch * new / (total.ms * 1e-3),
-        "peak_mem_bytes": peak,
-        "note": (note + "; " if note else "") + f"prompt {prompt}, {new} new tokens, greedy, ms per new token",
-    }
-
+    out["note"] = (note + "; " if note else "") + f"prompt {prompt}, {new} new tokens, greedy, ms per new token"
+    return out, first_s

@@ -29,8 +29,6 @@ from gpt2.config import SIZES as _GPT2_SIZES
 SIZES = tuple(_GPT2_SIZES)  # "gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": gpt2.config's table
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096, 8192)
 DTYPES = ("bf16", "fp16", "fp32")
-FAMILIES = ("attention", "layer_norm", "gelu", "model", "hf", "add_layer_norm", "loss")
-OPT_IN_FAMILIES = ("generation",)  # run only when --only names them
 ROW_WISE = ("layer_norm", "gelu", "add_layer_norm")  # ops that see only rows x width
 
 # Batch-size rules (see the module docstring).
@@ -75,13 +73,11 @@ def model_config(size, **overrides):
 
 
 
-
-
 @dataclass(frozen=True)
 class Point:
     """One shape of one benchmark; every implementation is measured on it."""
 
-    family: str  # one of FAMILIES
+    family: str  # a name in bench.families.FAMILIES
     op: str  # "layer_norm", "gelu_bias", "attention_causal", "gpt2_forward", ...
     pass_: str  # "fwd" | "bwd" | "fwd+bwd" | "train" | "generate"
     size: str  # a GPT-2 size name
@@ -128,14 +124,6 @@ def without_compile_in_smoke(impls, point):
     return tuple(i for i in impls if i[0] != "compile") if point.size == SMOKE_SIZE else impls
 
 
-def op_points(family, op, passes, sizes, seq_lens, dtype, info, smoke=False):
-    """A point per size, S and pass of one op; the interpreter's smoke run only checks the
-    pipeline, so there one shape and one pass (fwd+bwd)."""
-    if smoke:
-        return family_points(family, {"fwd+bwd": op}, sizes, seq_lens[:1], dtype, info, smoke)
-    return family_points(family, dict.fromkeys(passes, op), sizes, seq_lens, dtype, info, smoke)
-
-
 def family_points(family, ops, sizes, seq_lens, dtype, info, smoke=False, width=lambda cfg: cfg.n_embd):
     """A point per size, S and pass; ops maps each pass to its op name, width(cfg) is the row
     width the op sees."""
@@ -172,7 +160,6 @@ def batch_for(family, seq_len, *, width, heads, dtype, device, smoke=False):
     while b > 1 and working(b) > MEM_FRACTION * device.total_mem:
         b //= 2
     return b
-
 
 
 def device_info(smoke=False):

@@ -6,6 +6,7 @@ row has every field of ``FIELDS``, None where it does not apply. ``ms`` is the m
 """
 
 import csv
+import glob
 import json
 import math
 import os
@@ -176,6 +177,21 @@ def load_csv(path):
                     row[k] = float(v)
             rows.append(row)
     return rows
+
+
+def shipped_results(results_dir):
+    """results.json files in the folders of results_dir (bench/results/) from real GPU runs
+    (smoke runs are never shipped)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(results_dir, "*", "results.json"))):
+        try:
+            with open(path) as f:
+                if json.load(f).get("meta", {}).get("smoke"):
+                    continue
+        except (OSError, ValueError):
+            continue
+        found.append(path)
+    return found
 
 
 def merge_results(dirs, out_dir):

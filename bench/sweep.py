@@ -17,43 +17,39 @@ run cut short by ``--budget`` (or killed) has already measured what the targets 
     tier 3  the model at the other S; generation for the middle sizes
     torch.compile tasks go one tier later (each costs seconds to a minute), except those a
     target compares against: LayerNorm/GELU fwd and fwd+bwd, and the gpt2 training step.
-Within a tier: family (attention, layer_norm, gelu, model, hf), pass, size (gpt2, gpt2-xl,
+Within a tier: family (in the order of ``FAMILIES``), pass, size (gpt2, gpt2-xl,
 gpt2-medium, gpt2-large), S by distance from 1024 (1024, 2048, 512, 4096, 256, 8192, 128),
 then implementation (ours first).
 """
 
 import math
 from dataclasses import dataclass, field
-from importlib import import_module
 
-from .points import (
-    DTYPES, FAMILIES, OPT_IN_FAMILIES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, Point,
-)
+from .families import FAMILIES
+from .points import DTYPES, SEQ_LENS, SIZES, SMOKE_MODEL_SEQ_LENS, SMOKE_SEQ_LENS, SMOKE_SIZE, Point
 
-ALL_FAMILIES = FAMILIES + OPT_IN_FAMILIES
-FAMILY_MODULES = {f: f"bench.{f}" for f in ALL_FAMILIES}
-FAMILY_ALIASES = {
-    "attention": "attention", "attn": "attention",
-    "layer_norm": "layer_norm", "layernorm": "layer_norm", "ln": "layer_norm",
-    "gelu": "gelu",
-    "add_layer_norm": "add_layer_norm", "add_ln": "add_layer_norm",
-    "loss": "loss", "linear_cross_entropy": "loss", "lce": "loss",
-    "model": "model", "e2e": "model", "end-to-end": "model", "gpt2": "model",
-    "hf": "hf", "transformers": "hf",
-    "generation": "generation", "generate": "generation", "decode": "generation",
-}
+
+ALL_FAMILIES = tuple(FAMILIES)
+DEFAULT_FAMILIES = tuple(name for name, f in FAMILIES.items() if not f.opt_in)
+FAMILY_ALIASES = {alias: f.name for f in FAMILIES.values() for alias in (f.name, *f.aliases)}
 PASS_ORDER = {"fwd": 0, "fwd+bwd": 1, "bwd": 2, "train": 0, "generate": 2}
 SIZE_RANK = {"gpt2": 0, "gpt2-xl": 1, "gpt2-medium": 2, "gpt2-large": 3, SMOKE_SIZE: 0}
 QUICK_SIZES, QUICK_SEQ_LENS, QUICK_BUDGET_S = ("gpt2",), (1024,), 55
 
 
-def family_module(family):
-    return import_module(FAMILY_MODULES[family])
+def counts(point):
+    """(flops, bytes) of a point, by its family's count; None where a count does not apply."""
+    return FAMILIES[point.family].counts(point)
+
+
+def families_help():
+    """--only's list: every family, the opt-in ones marked."""
+    return ", ".join(name + (" (opt-in)" if f.opt_in else "") for name, f in FAMILIES.items())
 
 
 @dataclass
 class Sweep:
-    families: tuple = FAMILIES
+    families: tuple = DEFAULT_FAMILIES
     sizes: tuple = SIZES
     seq_lens: tuple = SEQ_LENS
     model_seq_lens: tuple = SEQ_LENS
@@ -79,7 +75,7 @@ def make_sweep(only=None, sizes=None, seq_lens=None, dtype="bf16", quick=False, 
             raise ValueError(f"--only: unknown benchmark {name!r}; choose from {', '.join(ALL_FAMILIES)}")
         if fam not in families:
             families.append(fam)
-    families = tuple(sorted(families, key=ALL_FAMILIES.index)) or FAMILIES
+    families = tuple(sorted(families, key=ALL_FAMILIES.index)) or DEFAULT_FAMILIES
     if dtype not in DTYPES:
         raise ValueError(f"--dtype: unknown dtype {dtype!r}; choose from {', '.join(DTYPES)}")
     size_list = _split(sizes)
@@ -186,15 +182,13 @@ def importance(point, impl, impl_rank=0):
 def plan(sweep, info):
     """Every task of a sweep, most important first."""
     tasks = []
-    for fam in sweep.families:
-        mod = family_module(fam)
-        if fam in ("model", "hf"):  # whole models: the model sequence lengths
-            pts = mod.points(sweep.sizes, sweep.model_seq_lens, sweep.dtype, info, smoke=sweep.smoke, quick=sweep.quick)
+    for fam in (FAMILIES[name] for name in sweep.families):
+        if fam.whole_model:  # whole models: the model sequence lengths
+            pts = fam.points(sweep.sizes, sweep.model_seq_lens, sweep.dtype, info, smoke=sweep.smoke, quick=sweep.quick)
         else:
-            pts = mod.points(sweep.sizes, sweep.seq_lens, sweep.dtype, info, smoke=sweep.smoke)
+            pts = fam.points(sweep.sizes, sweep.seq_lens, sweep.dtype, info, smoke=sweep.smoke)
         for pt in pts:
-            impls = mod.impls_for(pt) if hasattr(mod, "impls_for") else mod.IMPLS
-            for rank, (impl, role) in enumerate(impls):
+            for rank, (impl, role) in enumerate(fam.impls_for(pt)):
                 if impl == "compile" and not sweep.compile:
                     continue
                 tasks.append(Task(pt, impl, role, importance(pt, impl, rank)))

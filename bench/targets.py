@@ -8,7 +8,7 @@ read it from here.
 
 from dataclasses import dataclass
 
-from .attention import SDPA_BACKENDS
+from .impls import SDPA_BACKENDS
 from .points import model_config
 from .results import by_point, row_key
 

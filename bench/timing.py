@@ -1,9 +1,9 @@
-"""How a point is timed: ``time_kernel`` (a kernel's pass) and ``Timer`` (any callable).
+"""How a point is timed: ``time_kernel`` (a kernel's pass), ``time_step`` (a whole step: the
+model's forward or training step, Hugging Face's, a generate call) and ``Timer`` (any callable).
 
 Each timing keeps its spread: the median (``ms``) and the 20th and 80th percentiles
-(``ms_p20``, ``ms_p80``) of the timed runs, which the plots draw as a band. Also here: the
-device's measured limits (copy bandwidth, matmul rate), peak memory, and the Context a task
-runs in.
+(``ms_p20``, ``ms_p80``) of the timed runs, which the plots draw as a band. Also here: peak
+memory, and the Context a task runs in.
 """
 
 import statistics
@@ -160,48 +160,6 @@ def peak_memory(fn, device):
 
 
 # ----------------------------------------------------------------------------------------
-# The device's measured limits
-# ----------------------------------------------------------------------------------------
-
-
-def measure_limits(device, dtype, timer):
-    """The device's copy bandwidth (GB/s) and matmul rate (TFLOP/s), measured now.
-
-    Copy: ``dst.copy_(src)`` of 1 GiB (16 MiB on the CPU), counting bytes read plus written.
-    Matmul: ``a @ b`` with 8192 x 8192 random matrices (256 on the CPU) in the run's dtype
-    (bf16 by default), 2*n^3 FLOPs.
-    """
-    nbytes = 2**30 if device == "cuda" else 2**24
-    n = 8192 if device == "cuda" else 256
-    copy_ms = _time_copy(nbytes, device, timer).ms
-    mm_ms = _time_matmul(n, torch_dtype(dtype), device, timer).ms
-    free_memory(device)
-    return {
-        "copy_gbps": 2 * nbytes / (copy_ms * 1e-3) / 1e9,
-        "matmul_tflops": 2 * n**3 / (mm_ms * 1e-3) / 1e12,
-        "matmul_dtype": dtype,
-        "method": f"copy: dst.copy_(src) of {nbytes} bytes, (read+write)/time; "
-                  f"matmul: {n}x{n}x{n} {dtype} torch.matmul on random data, 2*n^3/time",
-    }
-
-
-def _time_copy(nbytes, device, timer):
-    import torch
-
-    src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).normal_()
-    dst = torch.empty_like(src)
-    return timer(lambda: dst.copy_(src))
-
-
-def _time_matmul(n, dt, device, timer):
-    import torch
-
-    a = torch.randn(n, n, device=device, dtype=dt)
-    b = torch.randn(n, n, device=device, dtype=dt)
-    return timer(lambda: a @ b)
-
-
-# ----------------------------------------------------------------------------------------
 # A kernel's pass
 # ----------------------------------------------------------------------------------------
 
@@ -252,10 +210,7 @@ def time_kernel(point, impl, ctx, f, inputs, dout, *, reference=None):
     if pass_ == "fwd":
         with torch.no_grad():
             run = lambda: f(*inputs)  # noqa: E731
-            t0 = time.perf_counter()
-            y = run()
-            synchronize(ctx.device)
-            first = time.perf_counter() - t0
+            y, first = first_call(run, ctx.device)
             if reference is not None and ctx.check:
                 ref = reference(*inputs)
                 out["max_abs_err"] = float((y.float() - ref.float()).abs().max())
@@ -263,30 +218,58 @@ def time_kernel(point, impl, ctx, f, inputs, dout, *, reference=None):
             del y
             out.update(ctx.timer(run).fields())
             out["peak_mem_bytes"] = peak_memory(run, ctx.device)
-    elif pass_ == "fwd+bwd":
+        return _with_compile_s(out, impl, first)
+    if pass_ == "fwd+bwd":
         def run():
             f(*inputs).backward(dout)
 
-        t0 = time.perf_counter()
-        run()
-        synchronize(ctx.device)
-        first = time.perf_counter() - t0
-        out.update(ctx.timer(run, grad_to_none=grads).fields())
-        _clear_grads(grads)
-        out["peak_mem_bytes"] = peak_memory(run, ctx.device)
+        _, first = first_call(run, ctx.device)
     elif pass_ == "bwd":
-        t0 = time.perf_counter()
-        y = f(*inputs)
-        y.backward(dout, retain_graph=True)
-        synchronize(ctx.device)
-        first = time.perf_counter() - t0
+        def forward_backward():
+            y = f(*inputs)
+            y.backward(dout, retain_graph=True)
+            return y
+
+        y, first = first_call(forward_backward, ctx.device)
         run = lambda: y.backward(dout, retain_graph=True)  # noqa: E731
-        out.update(ctx.timer(run, grad_to_none=grads).fields())
-        _clear_grads(grads)
-        out["peak_mem_bytes"] = peak_memory(run, ctx.device)
     else:
         raise ValueError(f"unknown pass {pass_!r}")
+    out.update(ctx.timer(run, grad_to_none=grads).fields())
+    _clear_grads(grads)
+    out["peak_mem_bytes"] = peak_memory(run, ctx.device)
+    return _with_compile_s(out, impl, first)
+
+
+def _with_compile_s(out, impl, first):
     if impl == "compile":
-        out["compile_s"] = first
+        out["compile_s"] = first  # the first call compiled
     return out
 
+
+# ----------------------------------------------------------------------------------------
+# A whole step: a model's forward or training step, a generate call
+# ----------------------------------------------------------------------------------------
+
+
+def first_call(fn, device):
+    """(fn()'s result, the seconds it took, waited for): the warm-up call, which compiles."""
+    t0 = time.perf_counter()
+    out = fn()
+    synchronize(device)
+    return out, time.perf_counter() - t0
+
+
+def time_step(step, ctx, tokens, *, per=1, warmup=None, reps=None):
+    """Time a step that runs for milliseconds or more (``Timer(slow=True)``: CUDA events over a
+    fixed number of runs): its first call (the warm-up), then the timer, then the peak memory of
+    one more call. The interpreter takes seconds per step: there one timed run is enough.
+
+    tokens: the tokens one call processes (for tokens/s); per: the row's ms is per this many
+    (a generate call's new tokens). Returns (the first call's result, its seconds, the row's
+    fields: ms, ms_p20, ms_p80, tokens_per_s, peak_mem_bytes).
+    """
+    first, first_s = first_call(step, ctx.device)
+    t = ctx.timer(step, slow=True, warmup=warmup, reps=1 if ctx.smoke else reps)
+    fields = {**t.scaled(1 / per).fields(), "tokens_per_s": tokens / (t.ms * 1e-3),
+              "peak_mem_bytes": peak_memory(step, ctx.device)}
+    return first, first_s, fields

@@ -10,10 +10,9 @@ never to bench/results/.
 import math
 import random
 
-from bench.counts import counts
 from bench.points import DEFAULT_DEVICE, DeviceInfo, model_config
 from bench.results import fill_rates, fill_speedups, make_row
-from bench.sweep import make_sweep, plan
+from bench.sweep import counts, make_sweep, plan
 
 FAKE_DEVICE = "FAKE GPU (test data, not a measurement)"
 LIMITS = {"copy_gbps": 4300.0, "matmul_tflops": 790.0, "matmul_dtype": "bf16", "method": "fake"}

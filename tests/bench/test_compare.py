@@ -5,7 +5,7 @@ import csv
 import pytest
 
 import bench.__main__ as cli
-from bench.compare import MATCH_KEYS, pairs
+from bench.compare import MATCH_KEYS, pairs, table
 from bench.results import load_results, write_results
 
 from .fake_results import fake_meta, fake_rows
@@ -81,3 +81,27 @@ def test_pairs_say_when_a_change_is_beyond_the_noise():
     assert pairs([ok], [slow])[0]["verdict"] == "slower"
     assert pairs([slow], [ok])[0]["verdict"] == "faster"
     assert pairs([ok], [same])[0]["verdict"] == "same"
+
+
+def test_the_table_keeps_its_columns_apart_whatever_the_names():
+    # Names longer than a fixed column ("add_layer_norm", "triton+cudagraphs") and a time that one
+    # run lacks ("—") once ran into their neighbours: "add_layer_normfwd", "1—     0.8113—".
+    ok = next(r for r in fake_rows(seed=4, smoke=True) if r["status"] == "ok" and r["impl"] == "triton")
+    long = dict(ok, family="add_layer_norm", impl="triton+cudagraphs", width=12345, batch=123456)
+    failed = dict(long, status="error", ms=None, ms_p20=None, ms_p80=None)
+    text = table(pairs([long], [long]) + pairs([failed], [long]), fake_meta(), fake_meta())
+    means, points = text.split("\n\n")[1:3]
+    head, *rest = points.splitlines()
+    cells = [line.split() for line in rest]
+    assert [c[:7] for c in cells] == [["add_layer_norm", ok["pass"], "triton+cudagraphs", ok["size"], "12345",
+                                       str(ok["seq_len"]), "123456"]] * 2
+    lo, hi = ok["ms_p20"], ok["ms_p80"]
+    assert cells[0][9:] == ["1.000x", f"{lo / hi:.3f}-{hi / lo:.3f}", "same"]
+    assert cells[1][7] == "—" and float(cells[1][8]) > 0 and cells[1][9:] == ["—", "old", "error,", "new", "ok"]
+    for name in ("pass", "impl", "size", "p20-p80"):  # left-aligned: each cell starts under its header
+        start = head.index(name)
+        assert all(line[start - 2:start] == "  " and line[start] != " " for line in rest), name
+    for name in ("width", "S", "B", "old ms", "new ms", "speedup"):  # right-aligned: ends under it
+        end = head.index(name) + len(name)
+        assert all(line[end - 1] != " " and line[end:end + 2] == "  " for line in rest), name
+    assert means.splitlines()[1].split() == ["add_layer_norm", ok["pass"], "triton+cudagraphs", "1", "1.000x"]

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from bench.counts import (
-    attention_bytes, attention_flops, counts, gelu_bytes, layer_norm_bytes, model_flops, model_matmul_params,
-)
+from bench.counts import attention_bytes, attention_flops, gelu_bytes, layer_norm_bytes, model_flops, model_matmul_params
+from bench.sweep import counts
 from bench.points import Point, model_config
 from bench.results import fill_rates, make_row
 
@@ -87,6 +86,9 @@ def test_counts_per_point():
     assert nbytes == attention_bytes(16, 12, 1024, 1024, 64, 2, "fwd+bwd")
     p = Point("layer_norm", "layer_norm", "fwd", "gpt2-xl", 1600, 25, 512, 128, "fp32")
     assert counts(p) == (None, layer_norm_bytes(512 * 128, 1600, 4, "fwd"))
+    # the loss: three (8192 x 768) @ (768 x 50257) matmuls for fwd+bwd (logits, dx, dweight)
+    p = Point("loss", "linear_cross_entropy", "fwd+bwd", "gpt2", 768, 12, 1024, 8, "bf16")
+    assert counts(p) == (3 * 2 * 8192 * 768 * 50257, None)
     p = Point("model", "gpt2_train_step", "train", "gpt2", 768, 12, 1024, 8, "bf16")
     flops, nbytes = counts(p)
     assert nbytes is None

@@ -4,10 +4,9 @@ the interpreter (the pipeline, not performance: the numbers need a GPU)."""
 
 import pytest
 
-from bench.counts import counts
 from bench.generation import DECODE_IMPLS, DECODE_SEQ_LENS, GEN_BATCHES, GEN_IMPLS, GEN_PROMPTS
 from bench.points import DEFAULT_DEVICE, SIZES, DeviceInfo, Point, model_config
-from bench.sweep import make_sweep, plan
+from bench.sweep import counts, make_sweep, plan
 
 H100 = DeviceInfo(**DEFAULT_DEVICE)
 

@@ -1,5 +1,6 @@
 """The results schema, speedups and rates, the targets, and how the runner records what happens."""
 
+import collections
 import json
 import types
 
@@ -7,12 +8,12 @@ import pytest
 import torch
 
 import bench.runner as runner
+from bench.runner import Progress
 from bench.impls import Unavailable
 from bench.points import DeviceInfo, Point
 from bench.results import (
     FIELDS, STATUSES, fill_rates, fill_speedups, load_csv, load_results, make_row, results_paths, write_results,
 )
-from bench.run_meta import Progress
 from bench.timing import Context, Timer
 from bench.sweep import Task
 from bench.targets import TARGETS, evaluate
@@ -162,7 +163,7 @@ class _FakeFamily(types.SimpleNamespace):
 @pytest.fixture
 def fake_family(monkeypatch):
     fam = _FakeFamily(calls=[])
-    monkeypatch.setattr(runner, "family_module", lambda family: fam)
+    monkeypatch.setattr(runner, "FAMILIES", collections.defaultdict(lambda: fam))
     return fam
 
 

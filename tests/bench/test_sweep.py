@@ -156,3 +156,29 @@ def test_model_batch_is_a_fixed_token_count():
     for S in SEQ_LENS:
         B = batch_for("model", S, width=768, heads=12, dtype="bf16", device=H100)
         assert B * S >= MODEL_TOKENS_TARGET and (B - 1) * S < MODEL_TOKENS_TARGET
+
+
+def test_help_lists_every_family_of_the_table(capsys):
+    from bench.__main__ import main
+    from bench.families import FAMILIES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help
+    listed = text.split("comma-separated: ", 1)[1].split(" --sizes", 1)[0]
+    assert listed == ("attention, layer_norm, gelu, model, hf, add_layer_norm, loss, generation (opt-in)")
+    assert [name.split()[0] for name in listed.split(", ")] == list(FAMILIES)
+
+
+def test_every_family_counts_its_points_and_names_its_lines():
+    """Each row of the table plans points its counts understand, ours first among its lines."""
+    from bench.families import FAMILIES
+    from bench.sweep import counts
+
+    for name, fam in FAMILIES.items():
+        tasks = plan(make_sweep(only=name, sizes="gpt2", seq_lens="1024"), H100)
+        assert tasks and {t.point.family for t in tasks} == {name}
+        for t in tasks:
+            flops, nbytes = counts(t.point)
+            assert (flops or 0) > 0 or (nbytes or 0) > 0, t.label()
+            assert fam.impls_for(t.point)[0][1] == "ours", t.label()

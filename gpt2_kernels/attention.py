@@ -101,13 +101,25 @@ def _visible(rows, cols, lo, hi, diag, CAUSAL: tl.constexpr, RANGES: tl.constexp
 
 
 @triton.jit
-def _keep(seed, rows, cols, seq_k, dropout_p):
-    """Dropout's keep-mask of the (rows, cols) tile of one head: uniform(seed, i * seq_k + j)
-    >= dropout_p, Triton's Philox counter-based generator, so any program (the forward, either
-    backward kernel, dropout_mask) regenerates the same bit for the same (head, i, j) without
-    storing it. ``seed`` is the call's seed plus the head's index, so heads draw apart.
-    rows and cols broadcast to the tile, as in _visible."""
-    return tl.rand(seed, rows * seq_k + cols) >= dropout_p
+def _keep(seed, rows, start_n, seq_k, dropout_p, BLOCK_N: tl.constexpr):
+    """Dropout's keep-mask for query rows ``rows`` (R,) and keys [start_n, start_n + BLOCK_N)
+    of one head: (R, BLOCK_N) bool, in (query, key) order (transpose it for a (key, query)
+    tile). start_n is a multiple of 8.
+
+    Triton's Philox generator, counter-based: the counter of (i, j) is i * ceil(seq_k / 8) +
+    j // 8, so every program (the forward, both backward kernels, attention_dropout_mask)
+    regenerates the same bit for the same (head, i, j) and nothing is stored; ``seed`` is the
+    call's seed plus the head's index, so heads draw apart. One Philox call gives four 32-bit
+    words, each two 16-bit uniforms: 8 keys a call, which is what keeps dropout's cost per
+    score down (one call per score costs ~55 instructions per score on sm_90). A key is kept
+    when its uniform is >= floor(dropout_p * 65536): the rate is dropout_p to within 2^-16."""
+    R: tl.constexpr = rows.shape[0]
+    groups = start_n // 8 + tl.arange(0, BLOCK_N // 8)
+    r0, r1, r2, r3 = tl.randint4x(seed, rows[:, None] * tl.cdiv(seq_k, 8) + groups[None, :])
+    a = tl.join(tl.join(r0 & 0xFFFF, r0 >> 16), tl.join(r1 & 0xFFFF, r1 >> 16))
+    b = tl.join(tl.join(r2 & 0xFFFF, r2 >> 16), tl.join(r3 & 0xFFFF, r3 >> 16))
+    u16 = tl.reshape(tl.join(a, b), [R, BLOCK_N])
+    return u16 >= (tl.full([], 65536.0, tl.float32) * dropout_p).to(tl.uint32)
 
 
 @triton.jit
@@ -196,7 +208,7 @@ def _attn_fwd_inner(acc, l_i, m_i, qk, q, K, V, stride_kn, stride_vn, offs_m, st
         else:
             v = tl.load(V)
         if DROPOUT:
-            p = tl.where(_keep(seed, offs_m[:, None], cols[None, :], seq_k, dropout_p), p, 0.0)
+            p = tl.where(_keep(seed, offs_m, start_n, seq_k, dropout_p, BLOCK_N), p, 0.0)
         # P is rounded to V's dtype for the tensor cores (fp32 accumulation), as FA2 does.
         acc = tl.dot(p.to(v.dtype).to(DOT), v.to(DOT), acc * alpha[:, None])
         m_i = m_new
@@ -335,8 +347,8 @@ def _attn_bwd_preprocess_kernel(O, DO, LSE, LSE_PAD, DELTA,
 
 @triton.jit
 def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
-                         start, end, seq_q, diag, qk_scale, scale, key_ok, seed, dropout_p, seq_k,
-                         BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
+                         start, end, seq_q, diag, qk_scale, scale, key_ok, seed, dropout_p, seq_k, key_start,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, CAUSAL: tl.constexpr,
                          MASKED: tl.constexpr, TMA: tl.constexpr, STATS_TMA: tl.constexpr, ATOMIC_DQ: tl.constexpr,
                          RANGES: tl.constexpr, DROPOUT: tl.constexpr, DOT: tl.constexpr):
     # The transposed view: this program owns BLOCK_N keys (rows of k, v, dk, dv) and query
@@ -387,7 +399,7 @@ def _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, str
         if DROPOUT:
             # O used P * Z / (1 - p): dV = (P * Z)^T dO / (1 - p) and dP = Z * (dO V^T) / (1 - p).
             # The mask's tile is transposed here: (keys, queries).
-            keep_t = _keep(seed, rows[None, :], offs_n[:, None], seq_k, dropout_p)
+            keep_t = tl.trans(_keep(seed, rows, key_start, seq_k, dropout_p, BLOCK_N))
             pd_t = tl.where(keep_t, p_t, 0.0) * (1.0 / (1.0 - dropout_p))
             dv = tl.dot(pd_t.to(do.dtype).to(DOT), do.to(DOT), dv)
             dp_t = tl.where(keep_t, dp_t, 0.0) * (1.0 / (1.0 - dropout_p))
@@ -497,14 +509,14 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, KV_START, KV_
             q_end = 0
     seed = seed + bh
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
-                                  start, mid, seq_q, diag, qk_scale, scale, key_ok, seed, dropout_p, seq_k,
-                                  BLOCK_M, HEAD_DIM, CAUSAL, True, TMA, STATS_TMA, ATOMIC_DQ, RANGES, DROPOUT, DOT)
+                                  start, mid, seq_q, diag, qk_scale, scale, key_ok, seed, dropout_p, seq_k, start_n,
+                                  BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, True, TMA, STATS_TMA, ATOMIC_DQ, RANGES, DROPOUT, DOT)
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
-                                  mid, full_end, seq_q, diag, qk_scale, scale, key_ok, seed, dropout_p, seq_k,
-                                  BLOCK_M, HEAD_DIM, CAUSAL, False, TMA, STATS_TMA, ATOMIC_DQ, RANGES, DROPOUT, DOT)
+                                  mid, full_end, seq_q, diag, qk_scale, scale, key_ok, seed, dropout_p, seq_k, start_n,
+                                  BLOCK_M, BLOCK_N, HEAD_DIM, CAUSAL, False, TMA, STATS_TMA, ATOMIC_DQ, RANGES, DROPOUT, DOT)
     dk, dv = _attn_bwd_dkdv_inner(dk, dv, k, v, Q, DO, LSE, DELTA, DQ_ACC, stride_qm, stride_dom, offs_n,
-                                  full_end, q_end, seq_q, diag, qk_scale, scale, key_ok, seed, dropout_p, seq_k,
-                                  BLOCK_M, HEAD_DIM, False, True, TMA, STATS_TMA, ATOMIC_DQ, RANGES, DROPOUT, DOT)
+                                  full_end, q_end, seq_q, diag, qk_scale, scale, key_ok, seed, dropout_p, seq_k, start_n,
+                                  BLOCK_M, BLOCK_N, HEAD_DIM, False, True, TMA, STATS_TMA, ATOMIC_DQ, RANGES, DROPOUT, DOT)
 
     tl.store(DK + cols[:, None] * stride_dkn + offs_d[None, :], (dk * scale).to(DK.dtype.element_ty), mask=col_ok)
     tl.store(DV + cols[:, None] * stride_dvn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=col_ok)
@@ -539,7 +551,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_
             p = tl.where(_visible(offs_m[:, None], cols[None, :], lo, hi, diag, CAUSAL, RANGES), p, 0.0)
         dp = tl.dot(do, tl.trans(v.to(DOT)))
         if DROPOUT:
-            dp = tl.where(_keep(seed, offs_m[:, None], cols[None, :], seq_k, dropout_p), dp, 0.0) * (1.0 / (1.0 - dropout_p))
+            dp = tl.where(_keep(seed, offs_m, start_n, seq_k, dropout_p, BLOCK_N), dp, 0.0) * (1.0 / (1.0 - dropout_p))
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(k.dtype).to(DOT), k.to(DOT), dq)
         if not TMA:
@@ -618,7 +630,17 @@ KERNELS = ("fwd", "bwd_preprocess", "bwd_dkdv", "bwd_dq")
 ARCHS = (80, 90, 100)
 
 
-def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
+def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False, dropout=False):
+    """The launches of ``_launches`` a call may take. With dropout, the forward's pipelined
+    candidates are left out: the Philox draws' registers on top of the prefetched Q K^T tile
+    spill on sm_90 (14 words at D=64, Triton 3.9)."""
+    launches = _launches(kernel, arch, head_dim, dtype, causal, atomic_dq)
+    if dropout and kernel == "fwd" and arch is not None:
+        launches = [c for c in launches if not c.constexprs.get("PIPELINE")] or launches
+    return launches
+
+
+def _launches(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
     """The ordered candidate launches (best guess first) for one of KERNELS on sm_<arch>,
     each a Launch whose constexprs hold BLOCK_M, BLOCK_N and the kernel's code-path switches.
     BLOCK_M tiles the queries and BLOCK_N the keys: a bwd_dkdv program owns BLOCK_N keys and
@@ -822,8 +844,8 @@ def _compile_configs():
     for head_dim, variants in ((64, (("ranges",), ("dropout",), ("ranges", "dropout"))), (128, (("ranges", "dropout"),))):
         for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
             for arch in ARCHS:
-                for cfg in _candidates(kernel, arch, head_dim, torch.bfloat16, True):
-                    for variant in variants:
+                for variant in variants:
+                    for cfg in _candidates(kernel, arch, head_dim, torch.bfloat16, True, dropout="dropout" in variant):
                         yield _compile_config(kernel, arch, head_dim, torch.bfloat16, True, cfg, variant=variant)
 
 
@@ -866,7 +888,7 @@ def _pick(kernel, device, head_dim, dtype, causal, seq, run, family=None, varian
     ``arch`` is the family whose candidates run (``_family``), so a forced family has its own key;
     ``variant`` names the code paths switched on ("ranges", "dropout"), timed apart too."""
     arch = _family(device, family)
-    candidates = _candidates(kernel, arch, head_dim, dtype, causal)
+    candidates = _candidates(kernel, arch, head_dim, dtype, causal, dropout="dropout" in variant)
     key = (kernel, arch, head_dim, str(dtype).replace("torch.", ""), causal, triton.next_power_of_2(seq)) + tuple(variant)
     return _TUNER.pick(key, candidates, run, compile=lambda cfg: run(cfg, warmup=True), device=device)
 
@@ -1214,7 +1236,7 @@ def _dropout_mask_kernel(MASK, seq_q, seq_k, seed, dropout_p, BLOCK_M: tl.conste
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     bh = tl.program_id(2)
-    keep = _keep(seed + bh, rows[:, None], cols[None, :], seq_k, dropout_p)
+    keep = _keep(seed + bh, rows, tl.program_id(1) * BLOCK_N, seq_k, dropout_p, BLOCK_N)
     ok = (rows[:, None] < seq_q) & (cols[None, :] < seq_k)
     tl.store(MASK + bh.to(tl.int64) * seq_q * seq_k + rows[:, None] * seq_k + cols[None, :], keep.to(tl.int8), mask=ok)
 

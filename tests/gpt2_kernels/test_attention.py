@@ -321,7 +321,7 @@ def test_every_gpu_candidate_is_registered():
                     for cfg, atomic in launches:
                         cx = {"HEAD_DIM": D, **cfg.constexprs}
                         if kernel != "bwd_preprocess":
-                            cx.update(CAUSAL=causal, INTERPRET=False)
+                            cx.update(CAUSAL=causal, INTERPRET=False, RANGES=False, DROPOUT=False)
                         if kernel == "bwd_dkdv":
                             cx["ATOMIC_DQ"] = atomic
                         # The preprocess launch is registered for every arch at once (None) when
@@ -330,6 +330,15 @@ def test_every_gpu_candidate_is_registered():
                                 for a in ((arch, None) if kernel == "bwd_preprocess" else (arch,))]
                         assert any(key in registered for key in keys), \
                             f"{kernel} sm_{arch} D={D} {dtype} causal={causal}: {cfg} {atomic}"
+                        # The optional paths (key ranges, dropout) at GPT-2's shape, every candidate.
+                        if kernel == "bwd_preprocess" or atomic or (D, dtype, causal) != (64, torch.bfloat16, True):
+                            continue
+                        for ranges, dropout in ((True, False), (False, True), (True, True)):
+                            if cfg not in attn_mod._candidates(kernel, arch, D, dtype, causal, dropout=dropout):
+                                continue
+                            cx.update(RANGES=ranges, DROPOUT=dropout)
+                            key = (attn_mod._JIT[kernel], arch, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
+                            assert key in registered, f"{kernel} sm_{arch} ranges={ranges} dropout={dropout}: {cfg}"
 
 
 def test_sm90_candidates_use_tma_and_the_pipelined_forward_comes_first():

@@ -42,7 +42,25 @@ Limits and numerics:
   as long as the last dim is contiguous, every other stride is a multiple of 16 elements and
   the data is 16-byte aligned; anything else is first copied to a contiguous tensor. That
   guarantee is what lets the compiled kernels use 16-byte vector loads.
-- No dropout, no arbitrary masks; ``scale`` must be a positive finite number.
+- No arbitrary masks: the causal one, and per-sequence key ranges [kv_start, kv_len) (padded
+  batches; a row left with no key gives 0 and zero gradients, and its saved lse2 is +inf, so
+  the backward's P is 0). ``scale`` must be a positive finite number.
+- Dropout on P (``dropout_p``): O = (P * Z / (1 - p)) V with Z a keep-mask drawn in the
+  kernel (``_keep``: Philox, counter = the score's (query, key) position, seed = the call's
+  seed plus the head), so the backward regenerates Z instead of storing it:
+      dV = (P * Z)^T dO / (1 - p),   dP = Z * (dO V^T) / (1 - p),   dS = P * (dP - delta)
+  with delta = rowsum(dO * O) as before (O already holds the dropout).
+
+Code-path switches (constexprs; each combination is its own compiled kernel):
+
+    CAUSAL     the end-aligned causal mask; tiles above the diagonal skipped
+    TMA        tensor-descriptor loads (sm_90, sm_100) instead of pointer loads
+    PIPELINE   forward only: the next tile's Q K^T issued before this tile's softmax
+    STATS_TMA  dK/dV only: lse and delta by TMA too
+    ATOMIC_DQ  dK/dV only (deterministic=False): dQ by fp32 atomic adds, no dQ kernel
+    RANGES     per-sequence key ranges (kv_start, kv_len); off: not in the code at all
+    DROPOUT    dropout on P; off: not in the code at all
+    INTERPRET  Triton's interpreter (operands widened to fp32 for tl.dot)
 - Under torch.autocast, q, k and v are cast to autocast's dtype first, as for torch's SDPA.
 
 Launch configurations: each kernel has a list of candidate launches per GPU family (ARCHS:
@@ -113,12 +131,11 @@ def _keep(seed, rows, start_n, seq_k, dropout_p, BLOCK_N: tl.constexpr):
     words, each two 16-bit uniforms: 8 keys a call, which is what keeps dropout's cost per
     score down (one call per score costs ~55 instructions per score on sm_90). A key is kept
     when its uniform is >= floor(dropout_p * 65536): the rate is dropout_p to within 2^-16."""
-    R: tl.constexpr = rows.shape[0]
     groups = start_n // 8 + tl.arange(0, BLOCK_N // 8)
     r0, r1, r2, r3 = tl.randint4x(seed, rows[:, None] * tl.cdiv(seq_k, 8) + groups[None, :])
     a = tl.join(tl.join(r0 & 0xFFFF, r0 >> 16), tl.join(r1 & 0xFFFF, r1 >> 16))
     b = tl.join(tl.join(r2 & 0xFFFF, r2 >> 16), tl.join(r3 & 0xFFFF, r3 >> 16))
-    u16 = tl.reshape(tl.join(a, b), [R, BLOCK_N])
+    u16 = tl.reshape(tl.join(a, b), [rows.shape[0], BLOCK_N])
     return u16 >= (tl.full([], 65536.0, tl.float32) * dropout_p).to(tl.uint32)
 
 

@@ -100,8 +100,9 @@ def test_training_steps_match_eager(model_and_data):
 
 class KeepMaskFunctional:
     """torch.nn.functional for gpt2.attention (or HF's eager attention), but with the dropout of
-    the attention weights the Triton kernel draws: gpt2_kernels.attention_dropout_mask takes its seed from torch's default
-    generator as the kernel does, so the same generator state gives the eager path the same mask."""
+    the attention weights the Triton kernel draws: gpt2_kernels.attention_dropout_mask takes its
+    seed from torch's default generator as the kernel does, so the same generator state gives the
+    eager path the same mask."""
 
     def __getattr__(self, name):
         return getattr(F, name)
@@ -113,7 +114,8 @@ class KeepMaskFunctional:
         if not training or p == 0:  # the kernel draws no seed either
             return weights
         Bw, H, Sq, Sk = weights.shape  # only q's and k's shapes and device are read
-        keep = gpt2_kernels.attention_dropout_mask(weights.new_empty(Bw, H, Sq, 16), weights.new_empty(Bw, H, Sk, 16), p)
+        q, k = weights.new_empty(Bw, H, Sq, 16), weights.new_empty(Bw, H, Sk, 16)
+        keep = gpt2_kernels.attention_dropout_mask(q, k, p)
         return weights * keep / (1 - p)
 
 

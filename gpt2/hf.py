@@ -25,17 +25,23 @@ or, for the attention alone, at load time (``import gpt2.hf`` registers the name
 Forwards are swapped on the instances, so the modules, their parameters, ``state_dict()`` and
 ``save_pretrained`` are Hugging Face's, untouched; "torch" deletes the swapped forwards.
 
-What the Triton attention does not cover is handed back to Hugging Face, per call:
+Padding and attention dropout run on the kernel; what it does not cover is handed back to
+Hugging Face, per call:
 
 =============================================  ==============================================
 call                                           runs
 =============================================  ==============================================
 no mask (HF drops the mask when it is purely   our kernel: causal for self-attention,
 causal: prefill, one-token decode, training)   non-causal for cross-attention
-a padding mask (left-padded batch, a padded    HF's ``sdpa`` (reason "attention_mask")
-encoder), a StaticCache's mask
-attention dropout (``model.train()`` with      HF's ``sdpa`` with the dropout ("dropout")
-``attn_pdrop > 0``)
+a padding mask: a padded training batch, a     our kernel, the mask read as per-sequence key
+left-padded ``generate``, a padded encoder, a  ranges (``kv_start``, ``kv_len``): see
+StaticCache's decode steps                     ``_key_ranges``; one host sync per forward
+attention dropout (``model.train()`` with      our kernel, dropping inside it (its seed from
+``attn_pdrop > 0``)                            torch's default generator)
+any other mask: a StaticCache's padded         HF's ``sdpa`` (reason "attention_mask")
+prefill (causal from its first slot), a 4D
+mask of another pattern, a float mask, any
+mask under ``torch.compile``
 ``output_attentions=True``                     HF's ``eager``, which forms the weights
                                                ("output_attentions"; on 4.53 - 4.57 seen only
                                                on a model patched by ``apply_kernels``)
@@ -43,6 +49,10 @@ a head mask (transformers 4)                   HF's ``eager`` ("head_mask")
 head size outside {16, 32, 64, 128}, or a      HF's ``sdpa`` ("head_size", "dtype"); only
 dtype the kernel lacks (load-time use)         reachable by ``attn_implementation=``
 =============================================  ==============================================
+
+A query that sees no key (a left pad's own row) gets 0 from the kernel, as from HF's sdpa. On
+transformers < 4.48 (``_legacy``) a padding mask still falls back ("attention_mask"): those
+versions hand the attention an additive float mask.
 
 Each fallback adds one to ``FALLBACKS[reason]`` (a ``collections.Counter``; one count per
 attention layer per call) and logs at DEBUG on the ``gpt2.hf`` logger, so a run that silently
@@ -124,12 +134,8 @@ def _noting_weights(self, *args, **kwargs):
         _WEIGHTS_ASKED.reset(token)
 
 
-def _why_not_kernel(query, attention_mask, dropout, kwargs):
-    """The reason this attention call cannot run on our kernel, or None when it can."""
-    if attention_mask is not None:
-        return "attention_mask"
-    if dropout > 0:
-        return "dropout"
+def _why_not_kernel(query, kwargs):
+    """The reason this attention call cannot run on our kernel whatever its mask, or None."""
     if kwargs.get("head_mask") is not None:
         return "head_mask"
     if query.size(-1) not in _triton().ATTENTION_HEAD_SIZES:
@@ -139,6 +145,40 @@ def _why_not_kernel(query, attention_mask, dropout, kwargs):
     if not torch.compiler.is_compiling() and (kwargs.get("output_attentions") or _weights_requested()):
         return "output_attentions"
     return None
+
+
+def _key_ranges(mask, query, key, causal):
+    """The mask as the kernel's per-sequence key ranges: {"kv_start": lo, "kv_len": hi}, int32
+    (B,) tensors on the device, when ``mask`` is exactly "key lo[b] <= j < hi[b]" (and, when
+    causal, the causal mask aligned to the end of the keys); None when it is anything else.
+
+    That is the form of every padding mask ``sdpa_mask`` builds over a DynamicCache or none (a
+    padded training batch, a left-padded ``generate``, one-token decode over a StaticCache, a
+    padded encoder). lo and hi are the first and last key any query sees; the mask they imply is
+    compared with HF's, which costs one host sync. The answer is kept on the mask tensor, which
+    HF passes to every layer of one forward, so a forward syncs once, not once per layer.
+    Under torch.compile nothing is read back: the mask falls back (None)."""
+    B, Sq, Sk = query.size(0), query.size(2), key.size(2)
+    if (mask.dtype != torch.bool or mask.dim() != 4 or mask.size(0) not in (1, B) or mask.size(1) != 1
+            or tuple(mask.shape[2:]) != (Sq, Sk) or torch.compiler.is_compiling()):
+        return None
+    asked = (causal, B, Sq, Sk, mask._version)  # _version: an in-place edit of the mask asks again
+    known = getattr(mask, "_gpt2_key_ranges", None)
+    if known is not None and known[0] == asked:
+        return known[1]
+    j = torch.arange(Sk, device=mask.device)
+    seen = mask[:, 0].any(dim=1)  # (B or 1, Sk): the keys some query sees
+    lo = torch.where(seen, j, Sk).amin(dim=1)
+    hi = torch.where(seen, j + 1, 0).amax(dim=1)
+    lo = torch.minimum(lo, hi)  # a sequence that sees no key: lo = hi = 0
+    implied = (j >= lo[:, None, None, None]) & (j < hi[:, None, None, None])  # (B or 1, 1, 1, Sk)
+    if causal:
+        implied = implied & torch.ones(Sq, Sk, dtype=torch.bool, device=mask.device).tril(diagonal=Sk - Sq)
+    ranges = None
+    if torch.equal(implied.expand(mask.shape), mask):
+        ranges = {name: t.to(torch.int32).expand(B).contiguous() for name, t in (("kv_start", lo), ("kv_len", hi))}
+    mask._gpt2_key_ranges = (asked, ranges)
+    return ranges
 
 
 def _causal(module, query, is_causal):
@@ -171,7 +211,12 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
     from ``sdpa_mask``. Returns (output (B, Sq, nh, hs), None): the kernel never forms the
     weights. What it cannot take falls back per call (module docstring), counted in FALLBACKS.
     """
-    reason = _why_not_kernel(query, attention_mask, dropout, kwargs)
+    reason = _why_not_kernel(query, kwargs)
+    causal = _causal(module, query, is_causal)
+    ranges = {}
+    if reason is None and attention_mask is not None:
+        ranges = _key_ranges(attention_mask, query, key, causal)
+        reason = "attention_mask" if ranges is None else None
     if reason in ("output_attentions", "head_mask"):  # only HF's eager forms (and masks) the weights
         _fallback(reason)
         return _eager_with_weights(module, query, key, value, attention_mask, dropout, scaling, is_causal, **kwargs)
@@ -179,13 +224,14 @@ def attention_forward(module, query, key, value, attention_mask, dropout=0.0, sc
         _fallback(reason)
         sdpa = ALL_ATTENTION_FUNCTIONS["sdpa"]
         return sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs)
-    causal = _causal(module, query, is_causal)
     Sq = query.size(2)
-    if causal and key.size(2) > Sq:
+    if causal and attention_mask is None and key.size(2) > Sq:
         # No mask with more keys than queries is HF's upper-left causal (a StaticCache's prefill:
         # the keys past Sq are empty slots), as its sdpa path does; our kernel aligns to the end.
+        # (A mask states its own alignment: _key_ranges took it only if it is the kernel's.)
         key, value = key[:, :, :Sq], value[:, :, :Sq]
-    out = _triton().gpt2_kernels.attention(query, key, value, causal=causal, scale=scaling)  # (B, nh, Sq, hs)
+    out = _triton().gpt2_kernels.attention(query, key, value, causal=causal, scale=scaling, dropout_p=dropout,
+                                           **ranges)  # (B, nh, Sq, hs)
     return out.transpose(1, 2), None
 
 
@@ -222,10 +268,11 @@ def _set_attn_implementation(model, name):
 
 
 def _legacy_attn(self, query, key, value, attention_mask=None, head_mask=None):
-    """``GPT2Attention._attn`` of transformers < 4.48, on our kernel where it can run (HF's own
-    ``_attn`` for a mask, a head mask or dropout)."""
+    """``GPT2Attention._attn`` of transformers < 4.48, on our kernel where it can run, dropout
+    included (HF's own ``_attn`` for a padding mask or a head mask)."""
     dropout = self.attn_dropout.p if self.training else 0.0
-    reason = _why_not_kernel(query, attention_mask, dropout, {"head_mask": head_mask})
+    # These versions hand _attn an additive float padding mask: not read, it falls back.
+    reason = "attention_mask" if attention_mask is not None else _why_not_kernel(query, {"head_mask": head_mask})
     if reason is not None:
         _fallback(reason)
         return modeling_gpt2.GPT2Attention._attn(self, query, key, value, attention_mask, head_mask)
@@ -233,7 +280,8 @@ def _legacy_attn(self, query, key, value, attention_mask=None, head_mask=None):
     if self.scale_attn_by_inverse_layer_idx:
         scale /= float(self.layer_idx + 1)
     # Old caches append the new keys to the old ones, so the causal mask is aligned to the end.
-    out = _triton().gpt2_kernels.attention(query, key, value, causal=not self.is_cross_attention, scale=scale)
+    out = _triton().gpt2_kernels.attention(query, key, value, causal=not self.is_cross_attention, scale=scale,
+                                           dropout_p=dropout)
     return out, None
 
 

@@ -13,11 +13,13 @@ add_layer_norm = gpt2_kernels.add_layer_norm  # already f(x, residual, weight, b
 
 
 def attention(q, k, v, *, causal, dropout_p=0.0, kv_len=None):
-    if dropout_p > 0:
-        raise ValueError("the Triton attention kernel has no dropout; use dropout=0 or attention='sdpa'/'torch'")
     if kv_len is not None:  # a decode step over a static cache: the length lives on the device
+        if dropout_p > 0:
+            raise ValueError("the Triton decode kernel (a static KV cache) has no dropout; generate in model.eval()")
         return gpt2_kernels.decode_attention(q, k, v, kv_len=kv_len, causal=causal)
-    return gpt2_kernels.attention(q, k, v, causal=causal)
+    # Dropout runs inside the kernel, its seed drawn from torch's default generator
+    # (gpt2_kernels.attention_dropout_mask gives a call's keep-mask).
+    return gpt2_kernels.attention(q, k, v, causal=causal, dropout_p=dropout_p)
 
 
 def linear_gelu(x, weight, bias):

@@ -112,10 +112,10 @@ def test_restore_state_dict_and_save_pretrained_untouched(device, tmp_path):
     assert torch.equal(model(x).logits, before)
 
 
-@pytest.mark.parametrize("case", ["batch1", "left-padded", "static-cache"])
+@pytest.mark.parametrize("case", ["batch1", "left-padded", "static-cache", "left-padded-static"])
 def test_greedy_generate_token_for_token(device, case):
     model = hf_model(device)
-    padded = case == "left-padded"
+    padded = case.startswith("left-padded")
     if padded:  # three prompts of 4, 7 and 9 tokens, padded on the left to 9
         x = ids(device, 3, 9)
         mask = torch.ones_like(x)
@@ -124,15 +124,16 @@ def test_greedy_generate_token_for_token(device, case):
     else:
         x, mask = ids(device, 1, 6), None
     kw = dict(attention_mask=mask, max_new_tokens=5, do_sample=False)
-    if case == "static-cache":  # prefill sees all the cache's slots (the kernel takes the first Sq)
+    if "static" in case:  # prefill sees all the cache's slots (the kernel takes the first Sq)
         kw["cache_implementation"] = "static"
     ref = model.generate(x, **kw)
     got = hf.apply_kernels(model, "triton").generate(x, **kw)
     assert torch.equal(got, ref)
-    # Padding masks fall back to HF's sdpa in every layer at every step; without padding, none;
-    # a static cache's decode steps come with a mask (its empty slots), its prefill without.
-    want = {"batch1": {}, "left-padded": {"attention_mask": CFG["n_layer"] * 5},
-            "static-cache": {"attention_mask": CFG["n_layer"] * 4}}[case]
+    # A padding mask becomes the kernel's per-sequence key ranges, and a static cache's decode
+    # steps come with a mask (its empty slots, and any padding) of that form too. Only a padded
+    # prefill into a static cache falls back: its mask is causal from the first slot (HF's
+    # upper-left), not from the last as the kernel's, once per layer.
+    want = {"left-padded-static": {"attention_mask": CFG["n_layer"]}}.get(case, {})
     assert dict(hf.FALLBACKS) == want
 
 
@@ -150,21 +151,7 @@ def test_output_attentions_falls_back_to_eager_weights(device):
     assert hf.FALLBACKS == {"output_attentions": CFG["n_layer"]}
 
 
-def test_training_with_dropout_falls_back_to_hf_sdpa(device):
-    # Trainer-style: model.train() with attn_pdrop > 0. The attention hands back to HF's sdpa
-    # (same dropout, same random stream), so with HF's LayerNorm and GELU it is HF bit for bit.
-    model = hf_model(device, attn_pdrop=0.1, resid_pdrop=0.1).train()
-    x = ids(device)
-    torch.manual_seed(1)
-    ref = run(model, x)
-    hf.apply_kernels(model, attention="triton")
-    torch.manual_seed(1)
-    got = run(model, x)
-    assert torch.equal(got[1], ref[1])
-    assert hf.FALLBACKS == {"dropout": CFG["n_layer"]}
-
-
-def test_cross_attention_runs_the_non_causal_kernel_and_falls_back_on_padding(device):
+def test_cross_attention_runs_the_non_causal_kernel_with_and_without_padding(device):
     model = hf_model(device, add_cross_attention=True)
     x, enc = ids(device), torch.randn(B, 7, CFG["n_embd"], device=device)
     enc_mask = torch.ones(B, 7, dtype=torch.long, device=device)
@@ -175,8 +162,11 @@ def test_cross_attention_runs_the_non_causal_kernel_and_falls_back_on_padding(de
         got = model(x, encoder_hidden_states=enc).logits
     assert "gpt2_kernels::attention_fwd" in rec.ops and not hf.FALLBACKS
     torch.testing.assert_close(got, ref[0], **TOL)
-    torch.testing.assert_close(model(x, encoder_hidden_states=enc, encoder_attention_mask=enc_mask).logits, ref[1], **TOL)
-    assert hf.FALLBACKS == {"attention_mask": CFG["n_layer"]}  # the padded encoder, per layer
+    with OpRecorder() as rec:  # the padded encoder: key ranges (kv_len 5 for the first sequence)
+        got = model(x, encoder_hidden_states=enc, encoder_attention_mask=enc_mask).logits
+    assert "gpt2_kernels::attention_fwd" in rec.ops
+    torch.testing.assert_close(got, ref[1], **TOL)
+    assert not hf.FALLBACKS
 
 
 def test_torch_compile_traces_the_patched_model(device):

@@ -5,7 +5,9 @@ the fused loss (gpt2_kernels.linear_cross_entropy), which returns no logits."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
+import gpt2.attention
 from gpt2 import GPT2, GPT2Config
 from tests.conftest import ON_GPU
 from tests.gpt2.test_generate import assert_same_greedy
@@ -94,6 +96,48 @@ def test_training_steps_match_eager(model_and_data):
     torch.testing.assert_close(torch.tensor(losses["triton"]), torch.tensor(losses["torch"]), **t)
     for name, w in weights["torch"].items():
         torch.testing.assert_close(weights["triton"][name], w, **t, msg=lambda m: f"{name} after 3 steps: {m}")
+
+
+class KeepMaskFunctional:
+    """torch.nn.functional for gpt2.attention (or HF's eager attention), but with the dropout of
+    the attention weights the Triton kernel draws: gpt2_kernels.attention_dropout_mask takes its
+    seed from torch's default generator as the kernel does, so the same generator state gives the
+    eager path the same mask."""
+
+    def __getattr__(self, name):
+        return getattr(F, name)
+
+    @staticmethod
+    def dropout(weights, p=0.5, training=True, inplace=False):
+        import gpt2_kernels
+
+        if not training or p == 0:  # the kernel draws no seed either
+            return weights
+        Bw, H, Sq, Sk = weights.shape  # only q's and k's shapes and device are read
+        q, k = weights.new_empty(Bw, H, Sq, 16), weights.new_empty(Bw, H, Sk, 16)
+        keep = gpt2_kernels.attention_dropout_mask(q, k, p)
+        return weights * keep / (1 - p)
+
+
+def test_training_with_dropout_on_triton_attention_matches_eager_given_the_same_keep_masks(device, monkeypatch):
+    # dropout=0.1 everywhere: the embedding and residual dropouts draw the same bits in both runs
+    # (nn.Dropout), and each attention draws one seed, in the kernel or in KeepMaskFunctional.
+    model = GPT2(GPT2Config(**CFG, dropout=0.1)).to(device).train()
+    idx = torch.randint(0, CFG["vocab_size"], (B, T), device=device)
+    targets = torch.randint(0, CFG["vocab_size"], (B, T), device=device)
+    state = torch.get_rng_state()
+    with monkeypatch.context() as m:
+        m.setattr(gpt2.attention, "F", KeepMaskFunctional())
+        ref = run(model.set_kernels("torch"), idx, targets)
+    torch.set_rng_state(state)
+    got = run(model.set_kernels(attention="triton"), idx, targets)
+    t = tol("model", torch.float32) if not ON_GPU else {"atol": 5e-3, "rtol": 5e-3}  # tf32 on GPU
+    torch.testing.assert_close(got[0], ref[0], **t)
+    torch.testing.assert_close(got[1], ref[1], **t)
+    for name, g in ref[2].items():
+        torch.testing.assert_close(got[2][name], g, **t, msg=lambda m: f"grad of {name}: {m}")
+    torch.set_rng_state(state)
+    assert not torch.equal(run(model, idx, targets)[0], run(model.eval(), idx, targets)[0])  # it did drop
 
 
 def test_generate_with_cache_on_triton_attention_matches_eager(model_and_data):

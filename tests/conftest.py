@@ -108,3 +108,25 @@ def value_errors_without_interpreter(setup, *calls):
     out = run_without_interpreter(f"import torch, gpt2_kernels\n{setup}\n{tries}")
     assert out.returncode == 0, out.stderr
     return out.stdout
+
+
+def atomic_calls(*modules):
+    """(module, "atomic_add") for each ``tl.atomic_*`` call in the source of the named modules (e.g.
+    "gpt2_kernels.gelu"): a reduction without them has a fixed order on a GPU as well. Read from the source,
+    because the interpreter runs programs one at a time, so no run can show an atomic's order."""
+    import ast
+    import importlib
+    import inspect
+
+    trees = {name: ast.parse(inspect.getsource(importlib.import_module(name))) for name in modules}
+    return [(name, n.attr) for name, tree in trees.items() for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and n.attr.startswith("atomic_")]
+
+
+def repeat_on_gpu(test):
+    """Mark a test that runs a kernel twice and asks for the same bits as part of the GPU subset,
+    skipped without CUDA: Triton's interpreter runs a grid's programs one at a time, so the order
+    of their adds never varies and such a test cannot fail there."""
+    reason = ("Triton's interpreter runs a grid's programs one at a time, so the order of their adds never "
+              "varies and a repeat cannot differ; on a GPU it can")
+    return pytest.mark.gpu(pytest.mark.skipif(not ON_GPU, reason=reason)(test))

@@ -168,7 +168,11 @@ def test_cache_prefill_and_decode_match_full_forward(impl):
 def test_switch_table_and_its_checks():
     """The table's choices are what set_kernels and resolve_kernels accept; resolve_kernels is the
     one check (others, e.g. a Hugging Face patcher, call it too)."""
-    assert list(KERNELS) == ["attention", "layernorm", "gelu", "loss"]
+    for op, choices in KERNELS.items():  # every choice in the table, and nothing else, is taken
+        for choice in choices:
+            assert resolve_kernels(None, **{op: choice})[op] == tiny().set_kernels(**{op: choice}).kernels[op] == choice
+        with pytest.raises(ValueError, match=f"unknown {op} kernel 'cuda'"):
+            tiny().set_kernels(**{op: "cuda"})
     assert resolve_kernels(None) == {"attention": "torch", "layernorm": "torch", "gelu": "torch", "loss": "torch"}
     assert resolve_kernels({"attention": "sdpa"}, gelu="triton") == {"attention": "sdpa", "layernorm": "torch",
                                                                      "gelu": "triton", "loss": "torch"}

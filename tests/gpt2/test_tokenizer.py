@@ -9,7 +9,7 @@ import pytest
 
 from gpt2 import Tokenizer
 from gpt2.bpe import BPETokenizer, bytes_to_unicode
-from gpt2.tokenizer import ENCODER_JSON_SHA256, VOCAB_BPE_SHA256, data_files, encoding
+from gpt2.tokenizer import data_files, encoding
 
 VARIED = [
     "Hello world",
@@ -100,11 +100,33 @@ def test_vocabulary(tok, bpe):
 
 
 def test_data_files_are_openais():
-    vocab_bpe, encoder_json = data_files()
-    with open(vocab_bpe, "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() == VOCAB_BPE_SHA256
-    with open(encoder_json, "rb") as f:
-        assert hashlib.sha256(f.read()).hexdigest() == ENCODER_JSON_SHA256
+    """The files hash to what tiktoken's own "gpt2" encoding (which downloads them from OpenAI)
+    expects: the hashes are read from tiktoken's source, not from ours."""
+    import inspect
+    import re
+
+    openai_public = pytest.importorskip("tiktoken_ext.openai_public")
+    source = inspect.getsource(openai_public.gpt2)
+    for path, name in zip(data_files(), ("vocab_bpe", "encoder_json")):
+        (want,) = re.findall(rf'{name}_hash="([0-9a-f]{{64}})"', source)
+        with open(path, "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == want, path
+
+
+def test_a_file_that_is_not_openais_is_refused(tmp_path, monkeypatch):
+    import importlib.util
+    import shutil
+    from types import SimpleNamespace
+
+    (tmp_path / "data").mkdir()
+    for path in data_files():
+        shutil.copy(path, tmp_path / "data")
+    damaged = tmp_path / "data" / "encoder.json"
+    body = damaged.read_bytes()
+    damaged.write_bytes(body[:-2] + bytes([body[-2] ^ 1]) + body[-1:])
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: SimpleNamespace(submodule_search_locations=[tmp_path]))
+    with pytest.raises(ValueError, match="is not OpenAI's GPT-2 encoder.json: sha256"):
+        data_files()
 
 
 def test_encoding_is_built_once():

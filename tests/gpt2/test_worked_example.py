@@ -143,10 +143,6 @@ def test_bpe_example_is_the_tokenizer_s_answer():
     assert f"as {len(ids)} tokens" in text
 
 
-def test_tiny_config_is_the_documented_one():
-    assert we.CONFIG == GPT2Config(n_layer=1, n_head=2, n_embd=4, vocab_size=10, block_size=8)
-
-
 def test_decode_step_equals_the_full_forward():
     """Prefill + one cached decode step give the full pass's logits; the cache's size formula is
     what a KVCache really allocates."""

@@ -18,7 +18,8 @@ folded into the scale, so exp becomes the cheaper exp2). For causal attention, k
 entirely above the diagonal are never loaded, tiles entirely below it run without masks,
 and only the few tiles that straddle the diagonal (or the end of the keys) pay for one.
 
-Backward (FlashAttention-2's order, no atomics, so results are bitwise reproducible):
+Backward (FlashAttention-2's order; with deterministic=True no atomics, so results are bitwise
+reproducible):
 
     delta_i = sum_d dO_id O_id            (= sum_j P_ij dP_ij)       preprocess kernel
     dV = P^T dO        dK = scale * dS^T Q                           one program per key tile

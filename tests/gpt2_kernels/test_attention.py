@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from gpt2_kernels import registry
 from gpt2_kernels.attention import ARCHS, HEAD_DIMS, KERNELS, attention, attention_reference
-from tests.conftest import value_errors_without_interpreter
+from tests.conftest import repeat_on_gpu, value_errors_without_interpreter
 from tests.tolerances import tol
 
 # The module itself (the package's `gpt2_kernels.attention` is the function).
@@ -253,10 +253,11 @@ def test_other_layouts(layout, device):
 # ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_backward_is_bitwise_deterministic(dtype, device):
-    shape = (4, 12, 1024, 1024, 64) if ON_GPU else (1, 2, 70, 70, 32)
-    q, k, v, do = _inputs(*shape, dtype, device)
+@repeat_on_gpu
+def test_backward_is_bitwise_deterministic(device):
+    # deterministic=True's promise, at GPT-2 small's shape. On the CPU the forced-family test
+    # checks the launches it rests on: deterministic=True runs the bwd_dq kernel, no atomic dK/dV.
+    q, k, v, do = _inputs(4, 12, 1024, 1024, 64, torch.bfloat16, device)
     first = _kernel(q, k, v, True, 0.125, do)
     second = _kernel(q, k, v, True, 0.125, do)
     for a, b in zip(first, second):

@@ -73,6 +73,7 @@ from torch import nn
 from transformers import __version__ as transformers_version
 from transformers.models.gpt2 import modeling_gpt2
 
+from .attention import causal_mask
 from .checkpoint import TANH_GELU
 from .switch import kernel, resolve_kernels
 
@@ -173,7 +174,7 @@ def _key_ranges(mask, query, key, causal):
     lo = torch.minimum(lo, hi)  # a sequence that sees no key: lo = hi = 0
     implied = (j >= lo[:, None, None, None]) & (j < hi[:, None, None, None])  # (B or 1, 1, 1, Sk)
     if causal:
-        implied = implied & torch.ones(Sq, Sk, dtype=torch.bool, device=mask.device).tril(diagonal=Sk - Sq)
+        implied = implied & causal_mask(Sq, Sk, mask.device)
     ranges = None
     if torch.equal(implied.expand(mask.shape), mask):
         ranges = {name: t.to(torch.int32).expand(B).contiguous() for name, t in (("kv_start", lo), ("kv_len", hi))}

@@ -86,7 +86,7 @@ import triton.language as tl
 
 from gpt2_kernels import registry
 from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, arch_family, autocast_dtype, cast_floats,
-                                  check_qkv, check_runnable, device_guard, nbytes, workspace_of)
+                                  check_qkv, check_runnable, device_guard, nbytes, visible_keys, workspace_of)
 from gpt2_kernels.decode_attention import MAX_QUERIES as DECODE_MAX_QUERIES, MIN_KEYS as DECODE_MIN_KEYS, decode_attention
 from gpt2_kernels.tuner import Tuner
 
@@ -107,16 +107,15 @@ LN2 = tl.constexpr(0.6931471805599453)  # ln(2) = 1 / log2(e)
 
 
 @triton.jit
-def _visible(rows, cols, lo, hi, diag, CAUSAL: tl.constexpr, RANGES: tl.constexpr):
-    """The tile's bool mask, query i may see key j: j < hi, j >= lo with RANGES, j <= i + diag
-    when CAUSAL. rows and cols broadcast to the tile: (M, 1) and (1, N), or (1, M) and (N, 1)
-    for a transposed one."""
-    keep = cols < hi
+def _key_range(KV_START, KV_LEN, b, seq_k, RANGES: tl.constexpr):
+    """Batch row b's keys [lo, hi): its kv_start and kv_len clamped to [0, seq_k] with RANGES,
+    else all of them."""
+    lo = 0
+    hi = seq_k
     if RANGES:
-        keep = keep & (cols >= lo)
-    if CAUSAL:
-        keep = keep & (cols <= rows + diag)
-    return keep
+        lo = tl.maximum(tl.load(KV_START + b), 0)
+        hi = tl.minimum(tl.load(KV_LEN + b), seq_k)
+    return lo, hi
 
 
 @triton.jit
@@ -206,7 +205,7 @@ def _attn_fwd_inner(acc, l_i, m_i, qk, q, K, V, stride_kn, stride_vn, offs_m, st
                 k = tl.load(K)
             s = tl.dot(q, tl.trans(k.to(DOT)))
         if MASKED:
-            s = tl.where(_visible(offs_m[:, None], cols[None, :], lo, hi, diag, CAUSAL, RANGES), s, float("-inf"))
+            s = tl.where(visible_keys(offs_m[:, None], cols[None, :], lo, hi, diag, CAUSAL, RANGES), s, float("-inf"))
         # Base-2 scores s * qk_scale. The max is taken before scaling (scale > 0) so that
         # s * qk_scale - m is a single fused multiply-add per score.
         m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
@@ -279,12 +278,7 @@ def _attn_fwd_kernel(Q, K, V, O, LSE, KV_START, KV_LEN,
         K += tl.arange(0, BLOCK_N)[:, None] * stride_kn + offs_d[None, :]
         V += tl.arange(0, BLOCK_N)[:, None] * stride_vn + offs_d[None, :]
     q = q.to(DOT)
-    # This sequence's keys [lo, hi) (RANGES: per-batch kv_start, kv_len, clamped to the cache).
-    lo = 0
-    hi = seq_k
-    if RANGES:
-        lo = tl.maximum(tl.load(KV_START + b), 0)
-        hi = tl.minimum(tl.load(KV_LEN + b), seq_k)
+    lo, hi = _key_range(KV_START, KV_LEN, b, seq_k, RANGES)  # this sequence's keys
     first, head_end, first_full, full_end, tail, end = _key_tiles(start_m, seq_q, seq_k, lo, hi, BLOCK_M, BLOCK_N,
                                                                   CAUSAL, RANGES)
     qk = 0.0
@@ -517,8 +511,7 @@ def _attn_bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC, KV_START, KV_
     if RANGES:
         # This sequence's keys [lo, hi): a key tile wholly outside them sweeps no query (its dK
         # and dV are 0), one across its edges masks P by key.
-        lo = tl.maximum(tl.load(KV_START + b), 0)
-        hi = tl.minimum(tl.load(KV_LEN + b), seq_k)
+        lo, hi = _key_range(KV_START, KV_LEN, b, seq_k, RANGES)
         key_ok = (offs_n[:, None] >= lo) & (offs_n[:, None] < hi)
         if (start_n >= hi) | (start_n + BLOCK_N <= lo):
             start = 0
@@ -566,7 +559,7 @@ def _attn_bwd_dq_inner(dq, q, do, lse2, delta, K, V, stride_kn, stride_vn, offs_
         p = tl.math.exp2(qk * qk_scale - lse2[:, None])
         if MASKED:
             # Keys past the end load as 0 and would get P = exp2(-lse2) > 0: mask them too.
-            p = tl.where(_visible(offs_m[:, None], cols[None, :], lo, hi, diag, CAUSAL, RANGES), p, 0.0)
+            p = tl.where(visible_keys(offs_m[:, None], cols[None, :], lo, hi, diag, CAUSAL, RANGES), p, 0.0)
         dp = tl.dot(do, tl.trans(v.to(DOT)))
         if DROPOUT:
             dp = tl.where(_keep(seed, offs_m, start_n, seq_k, dropout_p, BLOCK_N), dp, 0.0) * (1.0 / (1.0 - dropout_p))
@@ -619,11 +612,7 @@ def _attn_bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_START, KV_LEN,
         V += tl.arange(0, BLOCK_N)[:, None] * stride_vn + offs_d[None, :]
 
     # The forward's runs of key tiles (_key_tiles).
-    lo = 0
-    hi = seq_k
-    if RANGES:
-        lo = tl.maximum(tl.load(KV_START + b), 0)
-        hi = tl.minimum(tl.load(KV_LEN + b), seq_k)
+    lo, hi = _key_range(KV_START, KV_LEN, b, seq_k, RANGES)
     first, head_end, first_full, full_end, tail, end = _key_tiles(start_m, seq_q, seq_k, lo, hi, BLOCK_M, BLOCK_N,
                                                                   CAUSAL, RANGES)
     diag = seq_k - seq_q

@@ -51,7 +51,7 @@ import triton.language as tl
 
 from gpt2_kernels import registry
 from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, arch_family, check_qkv, check_runnable,
-                                  device_guard, nbytes, num_sms, workspace_of)
+                                  device_guard, nbytes, num_sms, visible_keys, workspace_of)
 
 MAX_QUERIES = 16  # the query tile: every query of a call fits one tl.dot tile
 MIN_KEYS = 64  # gpt2_kernels.attention sends Sq <= MAX_QUERIES here from this many keys on
@@ -83,12 +83,8 @@ def _decode_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m
             v = tl.load(v_ptrs)
         qk = tl.dot(q, tl.trans(k.to(DOT)))
         if MASKED:
-            keep = cols[None, :] < seq_k
-            if HAS_START:
-                keep = keep & (cols[None, :] >= lo)
-            if CAUSAL:
-                keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-            qk = tl.where(keep, qk, float("-inf"))
+            qk = tl.where(visible_keys(offs_m[:, None], cols[None, :], lo, seq_k, diag, CAUSAL, HAS_START), qk,
+                          float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         # A row may see no key of this split yet (m = -inf): shift by 0 then, so that
         # exp2(-inf - -inf) never makes a NaN; its p and alpha are 0 either way.

@@ -16,6 +16,41 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+
+def _interpreter_rounds_bf16_to_nearest():
+    """Make Triton's interpreter round fp32 -> bf16 to nearest-even, as a GPU does.
+
+    The interpreter (3.6 to 3.9) converts fp32 to bf16 by dropping the low 16 bits: truncation,
+    every error toward zero. A kernel storing bf16 then errs by up to one ulp, always the same
+    way, and sums of such results drift where a GPU's rounding errors cancel. Seen in CI: dK at
+    a key range of one key (exactly 0 in float64, P = 1 so dP - rowsum(dO * O) cancels) summed
+    41 truncated O's into 0.042 against a bf16 tolerance of 0.04; on a GPU the same cancellation
+    leaves rounding noise. fp16 is unaffected (numpy's astype rounds to nearest). The test
+    tests/gpt2_kernels/test_interpreter.py fails if this stops taking effect.
+    """
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    builder = interpreter.InterpreterBuilder
+    truncating = builder.cast_impl
+
+    def cast_impl(self, src, dst_type):
+        if src.dtype.scalar == tl.float32 and dst_type.scalar == tl.bfloat16:
+            # In numpy, not torch: the memory tests count the bytes torch allocates during a kernel.
+            x = np.asarray(src.data, dtype=np.float32)
+            bits = x.view(np.uint32).astype(np.uint64)
+            nearest = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16  # ties to even; carries into the exponent
+            bf16 = np.where(np.isnan(x), 0x7FC0 | (bits >> 16) & 0x8000, nearest).astype(np.uint16)
+            return interpreter.TensorHandle(bf16, dst_type.scalar)
+        return truncating(self, src, dst_type)
+
+    builder.cast_impl = cast_impl
+
+
+if not torch.cuda.is_available():
+    _interpreter_rounds_bf16_to_nearest()
+
 import pytest  # noqa: E402
 
 ON_GPU = torch.cuda.is_available()

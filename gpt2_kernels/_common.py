@@ -7,8 +7,6 @@ import os
 from typing import NamedTuple
 
 import torch
-import triton
-import triton.language as tl
 from torch._subclasses.fake_tensor import FakeTensor
 
 # Triton reads TRITON_INTERPRET when @triton.jit decorates a function, i.e. when an op
@@ -197,19 +195,3 @@ def rows_copy_bytes(t, N):
     dims = [(n, s) for n, s in zip(t.shape[:-1], t.stride()[:-1]) if n != 1]
     foldable = all(outer == inner * n for (_, outer), (n, inner) in zip(dims, dims[1:]))
     return 0 if foldable else nbytes(t)
-
-
-# ----------------------------------------------------------------------------- attention masks
-
-
-@triton.jit
-def visible_keys(rows, cols, lo, hi, diag, CAUSAL: tl.constexpr, RANGES: tl.constexpr):
-    """An attention tile's bool mask, query i may see key j: j < hi, j >= lo with RANGES, j <= i
-    + diag when CAUSAL. rows and cols broadcast to the tile: (M, 1) and (1, N), or (1, M) and
-    (N, 1) for a transposed one. Shared by gpt2_kernels.attention and decode_attention."""
-    keep = cols < hi
-    if RANGES:
-        keep = keep & (cols >= lo)
-    if CAUSAL:
-        keep = keep & (cols <= rows + diag)
-    return keep

@@ -50,8 +50,9 @@ import triton
 import triton.language as tl
 
 from gpt2_kernels import registry
+from gpt2_kernels._attention_loop import _attn_fwd_inner
 from gpt2_kernels._common import (HEAD_DIMS, INTERPRET, TRITON_TYPE, Launch, arch_family, check_qkv, check_runnable,
-                                  device_guard, nbytes, num_sms, visible_keys, workspace_of)
+                                  device_guard, nbytes, num_sms, workspace_of)
 
 MAX_QUERIES = 16  # the query tile: every query of a call fits one tl.dot tile
 MIN_KEYS = 64  # gpt2_kernels.attention sends Sq <= MAX_QUERIES here from this many keys on
@@ -63,41 +64,6 @@ LN2 = tl.constexpr(0.6931471805599453)
 # ----------------------------------------------------------------------------------------
 # Kernels
 # ----------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _decode_inner(acc, l_i, m_i, q, k_ptrs, v_ptrs, stride_kn, stride_vn, offs_m, offs_n,
-                  start, end, seq_k, diag, qk_scale, lo,
-                  BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASKED: tl.constexpr, HAS_START: tl.constexpr,
-                  DOT: tl.constexpr):
-    # Key tiles [start, end) with the pointers at key `start`. MASKED tiles check the end of
-    # the keys, the causal diagonal (query i sees key j iff j <= i + diag) and, with
-    # HAS_START, the first key (j >= lo).
-    for start_n in range(start, end, BLOCK_N):
-        cols = start_n + offs_n
-        if MASKED:
-            k = tl.load(k_ptrs, mask=cols[:, None] < seq_k, other=0.0)
-            v = tl.load(v_ptrs, mask=cols[:, None] < seq_k, other=0.0)
-        else:
-            k = tl.load(k_ptrs)
-            v = tl.load(v_ptrs)
-        qk = tl.dot(q, tl.trans(k.to(DOT)))
-        if MASKED:
-            qk = tl.where(visible_keys(offs_m[:, None], cols[None, :], lo, seq_k, diag, CAUSAL, HAS_START), qk,
-                          float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-        # A row may see no key of this split yet (m = -inf): shift by 0 then, so that
-        # exp2(-inf - -inf) never makes a NaN; its p and alpha are 0 either way.
-        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk * qk_scale - m_use[:, None])
-        alpha = tl.math.exp2(m_i - m_use)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        p = p.to(v_ptrs.dtype.element_ty).to(DOT)
-        acc = tl.dot(p, v.to(DOT), acc * alpha[:, None])
-        m_i = m_new
-        k_ptrs += BLOCK_N * stride_kn
-        v_ptrs += BLOCK_N * stride_vn
-    return acc, l_i, m_i
 
 
 @triton.jit
@@ -143,32 +109,31 @@ def _decode_split_kernel(Q, K, V, KV_LEN, KV_START, O_PART, LSE_PART,
     tail = tl.maximum(full_end, head_end)
 
     offs_m = tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     Q += b * stride_qb + h * stride_qh
-    K += b * stride_kb + h * stride_kh + start.to(tl.int64) * stride_kn
-    V += b * stride_vb + h * stride_vh + start.to(tl.int64) * stride_vn
+    K += b * stride_kb + h * stride_kh
+    V += b * stride_vb + h * stride_vh
     row_ok = offs_m < seq_q
     q = tl.load(Q + offs_m[:, None] * stride_qm + offs_d[None, :], mask=row_ok[:, None], other=0.0).to(DOT)
-    k_ptrs = K + offs_n[:, None] * stride_kn + offs_d[None, :]
-    v_ptrs = V + offs_n[:, None] * stride_vn + offs_d[None, :]
+    K += tl.arange(0, BLOCK_N)[:, None] * stride_kn + offs_d[None, :]  # the tile at key row 0
+    V += tl.arange(0, BLOCK_N)[:, None] * stride_vn + offs_d[None, :]
 
+    # The training forward's loop (gpt2_kernels/_attention_loop.py) with pointer loads, no
+    # pipelining and no dropout. EMPTY_ROWS: a split's masked tiles may be the first keys a
+    # query meets and lie past its last visible one, so its max may still be -inf there.
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     if HAS_START:
-        skip = (first - start).to(tl.int64)
-        acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, k_ptrs + skip * stride_kn, v_ptrs + skip * stride_vn,
-                                      stride_kn, stride_vn, offs_m, offs_n, first, head_end, seq_k, diag, qk_scale,
-                                      lo, BLOCK_N, CAUSAL, True, HAS_START, DOT)
-    skip = (first_full - start).to(tl.int64)
-    acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, k_ptrs + skip * stride_kn, v_ptrs + skip * stride_vn,
-                                  stride_kn, stride_vn, offs_m, offs_n,
-                                  first_full, full_end, seq_k, diag, qk_scale, lo, BLOCK_N, CAUSAL, False, HAS_START, DOT)
-    skip = (tail - start).to(tl.int64)
-    acc, l_i, m_i = _decode_inner(acc, l_i, m_i, q, k_ptrs + skip * stride_kn, v_ptrs + skip * stride_vn,
-                                  stride_kn, stride_vn, offs_m, offs_n,
-                                  tail, end, seq_k, diag, qk_scale, lo, BLOCK_N, CAUSAL, True, HAS_START, DOT)
+        acc, l_i, m_i, _ = _attn_fwd_inner(acc, l_i, m_i, 0.0, q, K, V, stride_kn, stride_vn, offs_m, first, head_end,
+                                           lo, seq_k, diag, qk_scale, 0, 0.0, seq_k,
+                                           BLOCK_N, CAUSAL, True, False, False, HAS_START, False, DOT, True)
+    acc, l_i, m_i, _ = _attn_fwd_inner(acc, l_i, m_i, 0.0, q, K, V, stride_kn, stride_vn, offs_m, first_full, full_end,
+                                       lo, seq_k, diag, qk_scale, 0, 0.0, seq_k,
+                                       BLOCK_N, CAUSAL, False, False, False, HAS_START, False, DOT, True)
+    acc, l_i, m_i, _ = _attn_fwd_inner(acc, l_i, m_i, 0.0, q, K, V, stride_kn, stride_vn, offs_m, tail, end,
+                                       lo, seq_k, diag, qk_scale, 0, 0.0, seq_k,
+                                       BLOCK_N, CAUSAL, True, False, False, HAS_START, False, DOT, True)
 
     seen = l_i > 0
     o = tl.where(seen[:, None], acc / tl.where(seen, l_i, 1.0)[:, None], 0.0)
@@ -240,7 +205,12 @@ def _launch_config(kernel, head_dim, dtype, interpret=INTERPRET, arch=80):
         return Launch({"BLOCK_M": MAX_QUERIES, "BLOCK_N": 16}, 4, 1)
     block_n = 32 if head_dim == 128 or dtype == torch.float32 else 64
     deep = arch == 100 and not (head_dim == 128 and dtype == torch.float32)
-    return Launch({"BLOCK_M": MAX_QUERIES, "BLOCK_N": block_n}, 4, 5 if deep else 3)
+    # D <= 32: 2 warps. With 4, the 16 x BLOCK_N x D products are too small to share out and
+    # the main loop issues ~2x the instructions per score (sm_90 bf16 at D = 16: 29.4 against
+    # 14.9), and Triton 3.9's ptxas spills 2 words on sm_90 (16-bit, fp32 causal). fp32 on
+    # sm_100 keeps 4: with 2 it spills 2 words at D = 16.
+    warps = 2 if head_dim <= 32 and not (arch == 100 and dtype == torch.float32) else 4
+    return Launch({"BLOCK_M": MAX_QUERIES, "BLOCK_N": block_n}, warps, 5 if deep else 3)
 
 
 def _num_splits(batch_heads, seq_k, block_n, sms):

@@ -536,13 +536,90 @@ ARCHS = (80, 90, 100)
 
 
 def _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=False, dropout=False):
-    """The launches of ``_launches`` a call may take. With dropout, the forward's pipelined
-    candidates are left out: the Philox draws' registers on top of the prefetched Q K^T tile
-    spill on sm_90 (14 words at D=64, Triton 3.9)."""
-    launches = _launches(kernel, arch, head_dim, dtype, causal, atomic_dq)
-    if dropout and kernel == "fwd" and arch is not None:
-        launches = [c for c in launches if not c.constexprs.get("PIPELINE")] or launches
-    return launches
+    """The launches a call may take: ``_launches``, or with dropout ``_dropout_launches`` where
+    it has a list of its own."""
+    if dropout and arch is not None and kernel != "bwd_preprocess":
+        own = _dropout_launches(kernel, arch, head_dim, dtype, atomic_dq)
+        if own:
+            return own
+    return _launches(kernel, arch, head_dim, dtype, causal, atomic_dq)
+
+
+def _tile(kernel, block_m, block_n, num_warps, num_stages, tma=False, pipeline=False, stats_tma=False):
+    """A Launch of one of KERNELS with its tile and code-path switches as constexprs."""
+    cx = {"BLOCK_M": block_m}
+    if kernel != "bwd_preprocess":
+        cx["BLOCK_N"] = block_n
+        cx["TMA"] = tma
+    if kernel == "fwd":
+        cx["PIPELINE"] = pipeline
+    if kernel == "bwd_dkdv":
+        cx["STATS_TMA"] = stats_tma
+    return Launch(cx, num_warps, num_stages)
+
+
+def _dropout_launches(kernel, arch, head_dim, dtype, atomic_dq=False):
+    """Dropout's own candidates where the plain ones spill with it, else None. The keep-mask's
+    Philox draws (four 32-bit words per 8 keys of a row, live until the tile's P is masked) take
+    the registers that the plain tiles spend on size, so these tiles are smaller, have a stage
+    less, or are the plain list without the launches that spill. Every one compiles with no
+    spill under Triton 3.6 and 3.9 (registered at D = 64 and 128 in bf16 and D = 64 in fp32,
+    with and without key ranges: ``python -m gpt2_kernels.sass --arch all --match dropout``).
+    Main-loop instructions per score with dropout are ~3x the plain kernel's (the sm_90 bf16
+    causal forward's 128x128 tile at D = 64: 23.2 against 7.1, Triton 3.9): the Philox rounds,
+    10 multiply-high pairs per 8 keys of a row."""
+    big = head_dim == 128
+
+    def launch(*args, **kwargs):
+        return _tile(kernel, *args, **kwargs)
+
+    if dtype == torch.float32:
+        if arch == 100:
+            if kernel == "bwd_dkdv" and not atomic_dq and not big:
+                return [launch(32, 64, 4, 2, True)]  # 64x64 spills 10 words (3.9)
+            if kernel == "bwd_dq" and not big:
+                return [launch(64, 64, 4, 2, True)]  # 128x32 spills 2 words (3.6)
+            return None
+        if arch == 80 and kernel == "bwd_dkdv":
+            return [launch(16, 32, 4, 1)]  # 16x64 spills 4 words, 18 with the atomic dQ (3.6)
+        if arch == 80 and kernel == "bwd_dq":
+            return [launch(64, 16, 4, 2)]  # 64x32 spills 4 words (3.9)
+        return None
+    if arch == 80:
+        # sm_80: half the plain key tile for the forward and dQ, 16 query rows for dK/dV (32 keys
+        # and one stage at D = 128: 16x64 spills 2 words, 40 with the atomic dQ; at D = 64 the
+        # atomic dQ's extra product takes 64 keys: 16x128 spills 2 words under 3.6). At D = 128
+        # dK/dV costs ~100 instructions per score against 27 without dropout: the price of
+        # fitting in registers.
+        dkdv = launch(16, 32, 4, 1) if big else launch(16, 64, 4, 2) if atomic_dq else launch(16, 128, 8, 2)
+        return {"fwd": [launch(128, 32, 8, 2)], "bwd_dkdv": [dkdv],
+                "bwd_dq": [launch(128, 16, 8, 2) if big else launch(128, 32, 8, 3)]}[kernel]
+    pointer = _dropout_launches(kernel, 80, head_dim, dtype, atomic_dq)
+    if arch == 90:
+        # sm_90: no pipelined forward (its prefetched Q K^T tile spills 14 words at D = 64) and
+        # no 64-query dK/dV; at D = 128 dK/dV takes 16 query rows by TMA only (the pointer tile
+        # spills 6 words under 3.6), and with the atomic dQ 64 keys on 8 warps (the plain
+        # 16x128 spills 16). dQ keeps its plain launches.
+        if kernel == "fwd":
+            return [launch(128, 64 if big else 128, 8, 2, True)] + pointer
+        if kernel == "bwd_dkdv" and atomic_dq:
+            return [launch(16, 64, 8, 2, True)] if big else None
+        if kernel == "bwd_dkdv":
+            return [launch(16, 128, 8, 2, True)] if big else [launch(32, 128, 8, 3, True)] + pointer
+        return None
+    # sm_100: the plain lists less the launches that spill (the 4-warp pipelined 128x128
+    # forward, the 128x128 and 4-warp 64x128 dK/dV, the 8-warp 128x128 dQ and at D = 128 the
+    # 8-warp 128x128 forward, the 4-warp 32x128 dK/dV and the 4-warp dQ).
+    if atomic_dq:
+        return None
+    if big:
+        return {"fwd": [launch(128, 64, 4, 2, True, True)],
+                "bwd_dkdv": [launch(64, 128, 8, 2, True, stats_tma=True), launch(64, 128, 8, 2, True)],
+                "bwd_dq": [launch(128, 64, 8, 2, True)]}[kernel]
+    return {"fwd": [launch(128, 128, 8, 2, True), launch(128, 64, 4, 2, True, True)],
+            "bwd_dkdv": [launch(64, 128, 8, 2, True, stats_tma=True), launch(64, 64, 4, 2, True),
+                         launch(64, 64, 4, 2, True, stats_tma=True)],
+            "bwd_dq": [launch(128, 64, 4, 2, True)]}[kernel]
 
 
 def _launches(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
@@ -603,16 +680,8 @@ def _launches(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
         raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
     big = head_dim == 128
 
-    def launch(block_m, block_n, num_warps, num_stages, tma=False, pipeline=False, stats_tma=False):
-        cx = {"BLOCK_M": block_m}
-        if kernel != "bwd_preprocess":
-            cx["BLOCK_N"] = block_n
-            cx["TMA"] = tma
-        if kernel == "fwd":
-            cx["PIPELINE"] = pipeline
-        if kernel == "bwd_dkdv":
-            cx["STATS_TMA"] = stats_tma
-        return Launch(cx, num_warps, num_stages)
+    def launch(*args, **kwargs):
+        return _tile(kernel, *args, **kwargs)
 
     if kernel == "bwd_preprocess":
         # Streams O and dO once: 128 rows (64 rows at D=128) of fp32 products per program. On
@@ -744,14 +813,21 @@ def _compile_configs():
                     if kernel == "bwd_dkdv":  # deterministic=False
                         (cfg,) = _candidates(kernel, arch, head_dim, dtype, causal, atomic_dq=True)
                         yield _compile_config(kernel, arch, head_dim, dtype, causal, cfg, atomic_dq=True)
-    # The optional code paths (per-sequence key ranges, dropout) at GPT-2's head size in bf16,
-    # causal, every candidate: each switch alone and both; both at D = 128.
-    for head_dim, variants in ((64, (("ranges",), ("dropout",), ("ranges", "dropout"))), (128, (("ranges", "dropout"),))):
+    # The optional code paths (per-sequence key ranges, dropout), causal, every candidate and
+    # the deterministic=False dK/dV: at GPT-2's head size in bf16 each switch alone and both;
+    # both at D = 128 in bf16 and at D = 64 in fp32 (dropout has launches of its own there).
+    optional = (("ranges",), ("dropout",), ("ranges", "dropout"))
+    for head_dim, dtype, variants in ((64, torch.bfloat16, optional), (128, torch.bfloat16, optional[2:]),
+                                      (64, torch.float32, optional[2:])):
         for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
             for arch in ARCHS:
                 for variant in variants:
-                    for cfg in _candidates(kernel, arch, head_dim, torch.bfloat16, True, dropout="dropout" in variant):
-                        yield _compile_config(kernel, arch, head_dim, torch.bfloat16, True, cfg, variant=variant)
+                    dropout = "dropout" in variant
+                    for cfg in _candidates(kernel, arch, head_dim, dtype, True, dropout=dropout):
+                        yield _compile_config(kernel, arch, head_dim, dtype, True, cfg, variant=variant)
+                    if kernel == "bwd_dkdv":
+                        (cfg,) = _candidates(kernel, arch, head_dim, dtype, True, atomic_dq=True, dropout=dropout)
+                        yield _compile_config(kernel, arch, head_dim, dtype, True, cfg, atomic_dq=True, variant=variant)
 
 
 # ----------------------------------------------------------------------------------------
@@ -950,7 +1026,8 @@ def _attention_bwd(do, q, k, v, o, lse, causal, scale, deterministic, family=Non
             run_dq(_pick("bwd_dq", q.device, D, q.dtype, causal, max(Sq, Sk), run_dq, family, variant))
         else:
             # One launch, untimed: each timing run would add into dq_acc again.
-            (cfg,) = _candidates("bwd_dkdv", _family(q.device, family), D, q.dtype, causal, atomic_dq=True)
+            (cfg,) = _candidates("bwd_dkdv", _family(q.device, family), D, q.dtype, causal, atomic_dq=True,
+                                 dropout="dropout" in variant)
             run_dkdv(cfg)
             dq = dq_acc.to(q.dtype)
     return dq, dk, dv

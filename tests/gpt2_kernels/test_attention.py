@@ -331,15 +331,26 @@ def test_every_gpu_candidate_is_registered():
                                 for a in ((arch, None) if kernel == "bwd_preprocess" else (arch,))]
                         assert any(key in registered for key in keys), \
                             f"{kernel} sm_{arch} D={D} {dtype} causal={causal}: {cfg} {atomic}"
-                        # The optional paths (key ranges, dropout) at GPT-2's shape, every candidate.
-                        if kernel == "bwd_preprocess" or atomic or (D, dtype, causal) != (64, torch.bfloat16, True):
-                            continue
-                        for ranges, dropout in ((True, False), (False, True), (True, True)):
-                            if cfg not in attn_mod._candidates(kernel, arch, D, dtype, causal, dropout=dropout):
-                                continue
-                            cx.update(RANGES=ranges, DROPOUT=dropout)
-                            key = (attn_mod._JIT[kernel], arch, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
-                            assert key in registered, f"{kernel} sm_{arch} ranges={ranges} dropout={dropout}: {cfg}"
+    # The optional paths (key ranges, dropout), causal: every candidate with them, dropout's own
+    # lists included, and the deterministic=False dK/dV.
+    optional = ((True, False), (False, True), (True, True))
+    for D, dtype, variants in ((64, torch.bfloat16, optional), (128, torch.bfloat16, optional[2:]),
+                               (64, torch.float32, optional[2:])):
+        for kernel in ("fwd", "bwd_dkdv", "bwd_dq"):
+            for arch in ARCHS:
+                for ranges, dropout in variants:
+                    launches = [(cfg, False) for cfg in attn_mod._candidates(kernel, arch, D, dtype, True, dropout=dropout)]
+                    if kernel == "bwd_dkdv":
+                        launches += [(cfg, True) for cfg in
+                                     attn_mod._candidates(kernel, arch, D, dtype, True, True, dropout=dropout)]
+                    for cfg, atomic in launches:
+                        cx = {"HEAD_DIM": D, **cfg.constexprs, "CAUSAL": True, "INTERPRET": False, "RANGES": ranges,
+                              "DROPOUT": dropout}
+                        if kernel == "bwd_dkdv":
+                            cx["ATOMIC_DQ"] = atomic
+                        key = (attn_mod._JIT[kernel], arch, tuple(sorted(cx.items())), cfg.num_warps, cfg.num_stages)
+                        assert key in registered, f"{kernel} sm_{arch} D={D} {dtype} ranges={ranges} " \
+                                                  f"dropout={dropout}: {cfg} {atomic}"
 
 
 def test_sm90_candidates_use_tma_and_the_pipelined_forward_comes_first():

@@ -77,6 +77,7 @@ whatever is forced; the split-KV decode path (few queries, no gradient) has its 
 and ignores it.
 """
 
+import functools
 import math
 from typing import Optional
 
@@ -569,10 +570,7 @@ def _dropout_launches(kernel, arch, head_dim, dtype, atomic_dq=False):
     causal forward's 128x128 tile at D = 64: 23.2 against 7.1, Triton 3.9): the Philox rounds,
     10 multiply-high pairs per 8 keys of a row."""
     big = head_dim == 128
-
-    def launch(*args, **kwargs):
-        return _tile(kernel, *args, **kwargs)
-
+    launch = functools.partial(_tile, kernel)
     if dtype == torch.float32:
         if arch == 100:
             if kernel == "bwd_dkdv" and not atomic_dq and not big:
@@ -594,12 +592,12 @@ def _dropout_launches(kernel, arch, head_dim, dtype, atomic_dq=False):
         dkdv = launch(16, 32, 4, 1) if big else launch(16, 64, 4, 2) if atomic_dq else launch(16, 128, 8, 2)
         return {"fwd": [launch(128, 32, 8, 2)], "bwd_dkdv": [dkdv],
                 "bwd_dq": [launch(128, 16, 8, 2) if big else launch(128, 32, 8, 3)]}[kernel]
-    pointer = _dropout_launches(kernel, 80, head_dim, dtype, atomic_dq)
     if arch == 90:
         # sm_90: no pipelined forward (its prefetched Q K^T tile spills 14 words at D = 64) and
         # no 64-query dK/dV; at D = 128 dK/dV takes 16 query rows by TMA only (the pointer tile
         # spills 6 words under 3.6), and with the atomic dQ 64 keys on 8 warps (the plain
         # 16x128 spills 16). dQ keeps its plain launches.
+        pointer = _dropout_launches(kernel, 80, head_dim, dtype, atomic_dq)
         if kernel == "fwd":
             return [launch(128, 64 if big else 128, 8, 2, True)] + pointer
         if kernel == "bwd_dkdv" and atomic_dq:
@@ -679,9 +677,7 @@ def _launches(kernel, arch, head_dim, dtype, causal, atomic_dq=False):
     if kernel not in KERNELS:
         raise ValueError(f"unknown attention kernel {kernel!r}; expected one of {KERNELS}")
     big = head_dim == 128
-
-    def launch(*args, **kwargs):
-        return _tile(kernel, *args, **kwargs)
+    launch = functools.partial(_tile, kernel)
 
     if kernel == "bwd_preprocess":
         # Streams O and dO once: 128 rows (64 rows at D=128) of fp32 products per program. On

@@ -3,17 +3,17 @@
 The kernel ops are rows of ``OpFamily`` (the op's math, shapes and lines in its ``doc``), each
 timed alone at every GPT-2 size's shapes against PyTorch's eager op, its ``torch.compile`` and
 the peers (Liger-Kernel, flash-attn), checked against an fp32 reference. The whole-model families
-are a module each (``ModelFamily``): bench/model.py, bench/hf.py and bench/generation.py.
+are ``ModelFamily`` rows: bench/model.py (ours and Hugging Face's) and bench/generation.py.
 """
 
 from dataclasses import dataclass
 from typing import Callable
 
-from . import generation, hf, model
-from .counts import add_layer_norm_bytes, attention_bytes, attention_flops, gelu_bytes, layer_norm_bytes
-from .counts import linear_cross_entropy_flops, model_counts
+from . import generation, model
 from .impls import SDPA_BACKENDS, Unavailable, op_function, sdpa, sdpa_may_refuse
-from .points import dtype_bytes, family_points, model_config, torch_dtype, without_compile_in_smoke
+from .points import add_layer_norm_bytes, attention_bytes, attention_flops, dtype_bytes, family_points, gelu_bytes
+from .points import layer_norm_bytes, linear_cross_entropy_flops, model_config, model_counts, torch_dtype
+from .points import without_compile_in_smoke
 from .timing import make_inputs, time_kernel
 
 EPS = 1e-5  # GPT-2's LayerNorm epsilon
@@ -267,33 +267,33 @@ measured once. peak_mem_bytes is the figure to read beside the time: eager build
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """A module's points(...), impls_for(point) and run(...), looked up when called."""
+    """A module's ``{prefix}points``, ``{prefix}impls_for`` and ``{prefix}run``, looked up when called."""
 
     name: str
     module: object
+    prefix: str = ""  # "hf_": bench/model.py's Hugging Face functions
     aliases: tuple = ()
     opt_in: bool = False  # run only when --only names it
     whole_model: bool = True  # takes the model's sequence lengths (and --quick)
 
     def points(self, *args, **kwargs):
-        return self.module.points(*args, **kwargs)
+        return getattr(self.module, self.prefix + "points")(*args, **kwargs)
 
     def impls_for(self, point):
-        return self.module.impls_for(point)
+        return getattr(self.module, self.prefix + "impls_for")(point)
 
     def run(self, point, impl, ctx):
-        return self.module.run(point, impl, ctx)
+        return getattr(self.module, self.prefix + "run")(point, impl, ctx)
 
     def counts(self, point):
         return model_counts(point)
 
 
-# Every family, in the order the tasks of a tier run: the op rows above and the
-# whole-model modules. --only, its help and the default sweep come from this table.
+# Every family, in the order a tier's tasks run; --only, its help and the default sweep come from this table.
 FAMILIES = {f.name: f for f in (
     ATTENTION, LAYER_NORM, GELU,
     ModelFamily("model", model, aliases=("e2e", "end-to-end", "gpt2")),
-    ModelFamily("hf", hf, aliases=("transformers",)),
+    ModelFamily("hf", model, prefix="hf_", aliases=("transformers",)),
     ADD_LAYER_NORM, LOSS,
     ModelFamily("generation", generation, aliases=("generate", "decode"), opt_in=True, whole_model=False),
 )}

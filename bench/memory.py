@@ -1,8 +1,6 @@
 """``python -m bench --memory``: the peak bytes of GPT-2's forward pass and training step in every
-configuration, counted without a GPU, and the largest batch at S = 1024 that fits an H100 / H200.
-
-    python -m bench --memory [--sizes gpt2,...] [--seq-lens 1024,...] [--batch B] [--out DIR]
-    python -m bench --memory --measure-cuda ...    on a GPU: torch.cuda.max_memory_allocated beside
+configuration, counted without a GPU (the run, its files and the largest batch that fits an H100
+or H200 at S = 1024: bench/memory_sweep.py).
 
 How it counts. The model runs on tensors without data (PyTorch's FakeTensorMode: shape, dtype,
 device, no memory), so gpt2-xl at S = 8192 costs nothing, while ``LiveBytes``, a
@@ -15,24 +13,25 @@ workspaces, the backward accumulator of SDPA's FlashAttention); --measure-cuda s
 What runs is gpt2/train.py's step: fp32 weights, gradients and fused AdamW state (the state made
 by a step before, as after the first), the forward under bf16 autocast, backward, gradient
 clipping, the optimizer step, the forward's outputs (the logits) held until the step ends. The
-fake tensors are CPU tensors, so the CPU's autocast runs; bench/cuda_autocast.py gives the ops
-that CUDA's autocast runs in fp32 and the CPU's does not (softmax, pow, ...) CUDA's rule, so the
-counts are a CUDA run's. The forward pass: eval, no_grad, bf16 autocast, the logits returned.
+fake tensors are CPU tensors, so the CPU's autocast runs; ``cuda_autocast_rules`` gives the ops
+that CUDA's autocast runs in fp32 and the CPU's leaves in bf16 (softmax, pow, layer_norm, ...)
+CUDA's rule, so that the tensors and dtypes are a CUDA run's (the ops both run in bf16, matmuls
+and SDPA, need nothing). The forward pass: eval, no_grad, bf16 autocast, the logits returned.
 
 Configurations: bench/model.py's (torch.compile aside) and Hugging Face's GPT2LMHeadModel as
-shipped (hf-eager, hf-sdpa) and patched by gpt2.hf.apply_kernels (hf-triton). The run, its files
-and the largest batch: bench/memory_sweep.py, bench/memory_report.py.
+shipped (hf-eager, hf-sdpa) and patched by gpt2.hf.apply_kernels (hf-triton).
 """
 
 import gc
 import weakref
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
+from torch.utils._pytree import tree_leaves, tree_map_only
 
-from .cuda_autocast import cuda_autocast_rules
+from .model import CONFIGS, configure_hf, hf_model
+from .points import model_config
 
 SEQ_LENS = (1024, 2048, 4096, 8192)
 PASSES = ("fwd", "train")
@@ -44,9 +43,67 @@ TABLE_SEQ_LEN = 1024
 
 
 def configs():
-    from .model import CONFIGS
-
     return [c for c in CONFIGS if c != "compile"] + list(HF_CONFIGS)
+
+
+# ---- CUDA's autocast rules on the CPU --------------------------------------------------------
+
+# CUDA autocast's fp32 rules (aten/src/ATen/autocast_mode.cpp; the AMP docs' "CUDA ops that can autocast to
+# float32") for ops these models run that CPU autocast leaves in bf16. "cast": the floating inputs are cast to
+# fp32; "out": the result is made fp32 unless a dtype is given. Only overloads that CUDA's autocast has a kernel
+# for and the CPU's has none for get one.
+CUDA_FP32 = {
+    "cast": ("pow", "exp", "log", "log1p", "rsqrt", "reciprocal", "softplus", "layer_norm", "native_layer_norm",
+             "group_norm", "logsumexp", "norm"),
+    "out": ("softmax", "log_softmax", "sum", "cumsum", "cumprod"),
+}
+_EXCLUDE_AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
+
+
+def _fp32_kernel(op, rule):
+    names = [a.name for a in op._schema.arguments]
+    at = names.index("dtype") if "dtype" in names else None
+
+    def kernel(_keyset, *args, **kwargs):
+        if rule == "cast":
+            args, kwargs = tree_map_only(torch.Tensor, _to_fp32, (args, kwargs))
+        elif args[0].dtype in (torch.float16, torch.bfloat16, torch.float32):  # CUDA: a floating first input
+            if at is not None and at < len(args) and not op._schema.arguments[at].kwarg_only:
+                args = (*args[:at], args[at] or torch.float32, *args[at + 1:])
+            elif kwargs.get("dtype") is None:
+                kwargs = {**kwargs, "dtype": torch.float32}
+        with torch._C._ExcludeDispatchKeyGuard(_EXCLUDE_AUTOCAST_CPU):
+            return op(*args, **kwargs)
+
+    return kernel
+
+
+def _to_fp32(t):
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _rule_ops():
+    """(overload, rule) for every overload of CUDA_FP32 that gets CUDA's rule on the CPU."""
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    registered = set(torch._C._dispatch_get_all_op_names())  # not TorchScript's overloads (pow.int)
+    for rule, names in CUDA_FP32.items():
+        for name in names:
+            packet = getattr(torch.ops.aten, name)
+            for op in (getattr(packet, overload) for overload in packet.overloads()):
+                if op.name() in registered and has(op.name(), "AutocastCUDA") and not has(op.name(), "AutocastCPU"):
+                    yield op, rule
+
+
+@contextmanager
+def cuda_autocast_rules():
+    """CPU autocast with CUDA's fp32 rules added (CUDA_FP32), for as long as the block runs."""
+    lib = torch.library.Library("aten", "IMPL")
+    try:
+        for op, rule in _rule_ops():
+            lib.impl(op.name().split("::")[1], _fp32_kernel(op, rule), "AutocastCPU", with_keyset=True)
+        yield
+    finally:
+        lib._destroy()
 
 
 class LiveBytes(TorchDispatchMode):
@@ -133,9 +190,6 @@ class LiveBytes(TorchDispatchMode):
 def _build(size, hf, S, device):
     """GPT-2 of a size (ours, or Hugging Face's with ``hf``), its position table at least S long,
     on ``device`` ("meta": no memory and no init, made fake by ``_materialize``)."""
-    from .model import hf_model
-    from .points import model_config
-
     block = _block_size(size, S)
     with torch.device(device):
         if hf:
@@ -147,15 +201,10 @@ def _build(size, hf, S, device):
 
 
 def _block_size(size, S):
-    from .points import model_config
-
     return max(model_config(size).block_size, S)
 
 
 def _configure(model, config):
-    from .hf import _configure as configure_hf
-    from .model import CONFIGS
-
     return configure_hf(model, HF_CONFIGS[config]) if config in HF_CONFIGS else model.set_kernels(**CONFIGS[config])
 
 

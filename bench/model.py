@@ -1,6 +1,6 @@
-"""GPT-2 end to end: the forward pass, a training step, and generation with the KV cache.
+"""GPT-2 end to end, ours and Hugging Face's: the forward pass, a training step, and generation.
 
-Points, for each size and sequence length S (batch B with B*S ~ 8192 tokens):
+Family "model", for each size and sequence length S (batch B with B*S ~ 8192 tokens):
     gpt2_forward     fwd       logits of (B, S) random token ids, no autograd
     gpt2_train_step  train     forward + cross-entropy + backward + AdamW step (fused AdamW on
                                CUDA), weights, gradients and optimizer state in the run's dtype
@@ -23,10 +23,20 @@ Configurations (``model.set_kernels``):
 GPT-2's position table is enlarged to the longest S of the sweep (block_size); the weights are
 random, which does not change the time of any operation. One model lives on the GPU at a time,
 so a peak-memory reading holds that model, its gradients, optimizer state and activations.
+
+Family "hf" (the ``hf_`` functions): one ``transformers.GPT2LMHeadModel`` with the same random
+weights and no dropout (so no call falls back), for gpt2 and gpt2-xl at S = 1024, the points
+``hf_gpt2_forward`` and ``hf_gpt2_train_step`` (HF's own shifted cross-entropy, labels = ids):
+    triton   ``gpt2.hf.apply_kernels(model, "triton")``: our attention, LayerNorm and GELU (ours)
+    eager    ``attn_implementation="eager"``, HF's textbook attention
+    sdpa     ``attn_implementation="sdpa"``, HF's default (PyTorch's fused attention)
+A row's note names the transformers version and, for ``triton``, how many attention calls fell
+back to HF's path while it was measured (0 is what is expected).
 """
 
 from .impls import Unavailable
-from .points import GEN_BATCH, GEN_NEW, GEN_PROMPT, SMOKE_TARGETS, Point, family_points, model_config, torch_dtype
+from .points import (GEN_BATCH, GEN_NEW, GEN_PROMPT, SMOKE_SIZE, SMOKE_TARGETS, Point, family_points, model_config,
+                     torch_dtype)
 from .report import package_version
 from .timing import free_memory, time_step
 
@@ -128,37 +138,49 @@ def _configure(model, impl):
 # ---- the measurements --------------------------------------------------------------------
 
 
+def _step(model, pass_, forward, loss, ctx):
+    """The step a point times, ours or Hugging Face's: ``forward()`` without autograd (fwd), or
+    ``loss()``'s backward and a fused AdamW step (train), with the model in the matching mode."""
+    import torch
+
+    if pass_ == "fwd":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                forward()
+    else:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=ctx.device == "cuda")
+
+        def step():
+            loss().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _ids(model, point, ctx, seed=1):
+    import torch
+
+    g = torch.Generator(device=ctx.device).manual_seed(seed)
+    return torch.randint(0, model.config.vocab_size, (point.batch, point.seq_len), device=ctx.device, generator=g)
+
+
 def run(point, impl, ctx):
     import torch
 
     if point.pass_ == "generate":
         return _run_generate(point, impl, ctx)
     model = _configure(get_model(point.size, ctx), impl)
-    g = torch.Generator(device=ctx.device).manual_seed(1)
-    V = model.config.vocab_size
-    idx = torch.randint(0, V, (point.batch, point.seq_len), device=ctx.device, generator=g)
+    idx, targets = _ids(model, point, ctx), _ids(model, point, ctx, seed=2)
     net = model
     if impl == "compile":
         torch._dynamo.reset()
         net = torch.compile(model, backend=ctx.compile_backend, dynamic=False)
     try:
-        if point.pass_ == "fwd":
-            model.eval()
-
-            def step():
-                with torch.no_grad():
-                    net(idx)
-        else:
-            model.train()
-            targets = torch.randint(0, V, (point.batch, point.seq_len), device=ctx.device, generator=g)
-            opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=ctx.device == "cuda")
-
-            def step():
-                _, loss = net(idx, targets)
-                loss.backward()
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-
+        step = _step(model, point.pass_, lambda: net(idx), lambda: net(idx, targets)[1], ctx)
         _, first_s, out = time_step(step, ctx, point.batch * point.seq_len)
         if impl == "compile":
             out["compile_s"] = first_s
@@ -222,3 +244,55 @@ def time_generate(point, impl, gen, ctx, note=""):
         raise RuntimeError(f"{impl} generated {first.shape[1] - prompt} tokens, expected {new}")
     out["note"] = (note + "; " if note else "") + f"prompt {prompt}, {new} new tokens, greedy, ms per new token"
     return out, first_s
+
+
+# ---- Hugging Face's GPT2LMHeadModel: the "hf" family ---------------------------------------
+
+HF_OPS = {"fwd": "hf_gpt2_forward", "train": "hf_gpt2_train_step"}
+HF_SIZES = ("gpt2", "gpt2-xl", SMOKE_SIZE)
+HF_SEQ_LEN = 1024
+HF_IMPLS = (("triton", "ours"), ("eager", "baseline"), ("sdpa", "baseline"))
+
+
+def hf_impls_for(point):
+    return HF_IMPLS
+
+
+def hf_points(sizes, seq_lens, dtype, info, smoke=False, quick=False):
+    lens = seq_lens if smoke else [S for S in seq_lens if S == HF_SEQ_LEN]  # the model's lengths
+    return family_points("hf", HF_OPS, [s for s in sizes if s in HF_SIZES], lens, dtype, info, smoke)
+
+
+def configure_hf(model, impl):
+    """Hugging Face's model as shipped (impl "eager" or "sdpa") or with our kernels ("triton")."""
+    try:
+        from gpt2.hf import apply_kernels
+    except ImportError as e:  # transformers missing, or Hugging Face's `kernels` shadowing ours
+        raise Unavailable(f"gpt2.hf is not importable here ({e})") from e
+    try:
+        apply_kernels(model, "triton" if impl == "triton" else "torch")
+    except RuntimeError as e:  # a Triton kernel that cannot run here
+        raise Unavailable(str(e)) from e
+    if impl != "triton":
+        model.set_attn_implementation(impl)
+    return model
+
+
+def hf_run(point, impl, ctx):
+    from gpt2.hf import FALLBACKS
+
+    model = configure_hf(get_hf_model(point.size, ctx), impl)
+    idx = _ids(model, point, ctx)
+    fell_back = sum(FALLBACKS.values())
+    try:
+        step = _step(model, point.pass_, lambda: model(idx), lambda: model(idx, labels=idx).loss, ctx)
+        _, _, out = time_step(step, ctx, point.batch * point.seq_len)
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+        attn = model.config._attn_implementation
+        configure_hf(model, "sdpa")  # the cached model is shared with the "hf" generation line
+    note = f"transformers {package_version('transformers')}, attn_implementation={attn}"
+    if impl == "triton":
+        note += f", {sum(FALLBACKS.values()) - fell_back} attention calls fell back to HF"
+    return {**out, "note": note}

@@ -90,7 +90,7 @@ def base_meta(device, info, settings, smoke):
             "mem_fraction": MEM_FRACTION,
         },
         "conventions": {
-            "bytes": "minimum bytes a one-pass implementation moves (see bench/counts.py)",
+            "bytes": "minimum bytes a one-pass implementation moves (see bench/points.py)",
             "attention_flops": "fwd 4*B*H*S*S*D/2 (causal); bwd 2.5x fwd (FlashAttention convention)",
             "model_flops": "2*(12*L*d^2 + d*V) per token + causal attention 2*L*S*d per token; "
                            "train = 3x forward (no recomputation counted)",

@@ -16,13 +16,13 @@ The counts (bf16, s = 2 bytes; a GPT-2 small training step's forward at B*T = 8,
 - a linear layer, M rows, K in, N out: 2*M*N*K FLOPs over s*(M*K + K*N + M*N) bytes;
 - fused causal attention (FlashAttention), per (batch, head) of head size D: 2*S*S*D FLOPs
   (4*S*S*D halved by the mask) over the minimum traffic s*4*S*D (read Q, K, V, write O) plus
-  the fp32 log-sum-exp, as in ``bench.counts``;
+  the fp32 log-sum-exp, as in ``bench.points``;
 - eager attention: the same FLOPs, plus about 8 passes over the S x S scores in memory;
 - one-token decode against S cached keys: 4*S*D FLOPs over s*2*S*D bytes of cache;
 - LayerNorm: 8 FLOPs an element (mean 1, variance 3, normalise 2, scale and shift 2) over
-  ``bench.counts.layer_norm_bytes``; GELU with bias: 11 FLOPs an element (bias 1, u^3 and the
+  ``bench.points.layer_norm_bytes``; GELU with bias: 11 FLOPs an element (bias 1, u^3 and the
   polynomial 4, the sigmoid's exp, add and divide 4 with |.| and the sign, the product 1) over
-  ``bench.counts.gelu_bytes``; the loss: 4 FLOPs a logit (max, subtract, exp, sum) over one read
+  ``bench.points.gelu_bytes``; the loss: 4 FLOPs a logit (max, subtract, exp, sum) over one read
   of the (B*T, V) logits.
 """
 
@@ -32,8 +32,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .counts import attention_bytes, attention_flops, gelu_bytes, layer_norm_bytes
-from .points import model_config
+from .points import attention_bytes, attention_flops, gelu_bytes, layer_norm_bytes, model_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO / "docs" / "figures" / "roofline.png"

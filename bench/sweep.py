@@ -11,7 +11,7 @@ run cut short by ``--budget`` (or killed) has already measured what the targets 
             gpt2-xl one (triton, eager+sdpa: MFU and memory); gpt2 generation (triton,
             eager+sdpa, Hugging Face). Cheap tasks first, then the torch.compile ones.
     tier 1  attention at every S for gpt2; the rest of the model at S=1024 for gpt2/gpt2-xl,
-            generation for gpt2-xl; Hugging Face's GPT-2, patched and not (bench/hf.py)
+            generation for gpt2-xl; Hugging Face's GPT-2, patched and not (bench/model.py)
     tier 2  attention for the other sizes; LayerNorm/GELU at the middle widths; the model at
             S=1024 for gpt2-medium/large
     tier 3  the model at the other S; generation for the middle sizes

@@ -23,7 +23,7 @@ DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))  # this checkout's gpt2, whatever is installed
 
-from bench import memory_report, roofline  # noqa: E402
+from bench import memory_sweep, roofline  # noqa: E402
 from gpt2 import worked_example as we  # noqa: E402
 
 # name -> the function that writes that part; `python -m gpt2.worked_example --name` prints it,
@@ -53,7 +53,7 @@ def _gelu_kernel():
 GENERATORS["gelu_kernel"] = _gelu_kernel
 COMMANDS["gelu_kernel"] = "python docs/generate.py --show gelu_kernel"
 # The README's memory table, from the shipped run's bench/results/memory/memory.json.
-GENERATORS["memory"] = memory_report.readme_markdown
+GENERATORS["memory"] = memory_sweep.readme_markdown
 COMMANDS["memory"] = "python docs/generate.py --show memory"
 
 

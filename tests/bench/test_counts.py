@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bench.counts import attention_bytes, attention_flops, gelu_bytes, layer_norm_bytes, model_flops, model_matmul_params
+from bench.points import attention_bytes, attention_flops, gelu_bytes, layer_norm_bytes, model_flops
 from bench.sweep import counts
 from bench.points import Point, model_config
 from bench.results import fill_rates, make_row
@@ -66,7 +66,7 @@ def test_model_flops_match_a_flop_counter_on_the_eager_model():
     model = GPT2(cfg).set_kernels("torch")
     # 12 L d^2 + d V: what every nn.Linear (and the tied LM head) holds
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    assert model_matmul_params(cfg) == linear
+    assert cfg.matmul_weights == linear
     B, S = 3, 16
     idx = torch.randint(0, cfg.vocab_size, (B, S))
     counted = _matmul_flops(lambda: model(idx))

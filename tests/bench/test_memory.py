@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 
-from bench import cuda_autocast, memory
+from bench import memory
 from bench.__main__ import main
 from bench.memory_sweep import largest_batch, largest_batches
 from gpt2_kernels import workspace_bytes
@@ -118,11 +118,11 @@ def test_declared_scratch_is_what_the_implementation_holds(i):
 
 
 def test_cuda_autocast_rules():
-    rules = {op.name(): rule for op, rule in cuda_autocast._rule_ops()}
-    for name in cuda_autocast.CUDA_FP32["cast"] + cuda_autocast.CUDA_FP32["out"]:  # each entry names real overloads
+    rules = {op.name(): rule for op, rule in memory._rule_ops()}
+    for name in memory.CUDA_FP32["cast"] + memory.CUDA_FP32["out"]:  # each entry names real overloads
         assert any(n.split("::")[1].split(".")[0] == name for n in rules), name
     x = torch.randn(4, 8).bfloat16()
-    with cuda_autocast.cuda_autocast_rules(), torch.autocast("cpu", dtype=torch.bfloat16):
+    with memory.cuda_autocast_rules(), torch.autocast("cpu", dtype=torch.bfloat16):
         # CUDA's autocast: softmax and pow in fp32 (AMP docs, "ops that can autocast to float32"),
         # a matmul in bf16, an explicit dtype kept, integers untouched.
         assert torch.softmax(x, -1).dtype == torch.pow(x, 3.0).dtype == x.sum().dtype == torch.float32
@@ -213,7 +213,7 @@ def test_largest_batches_of_the_rows_trained_at_1024(monkeypatch):
 
 def test_the_summary_puts_a_gpus_reading_beside_the_count():
     # What --measure-cuda adds (it needs a GPU): the reading and its ratio to the count, per pass.
-    from bench.memory_report import FIELDS, markdown
+    from bench.memory_sweep import FIELDS, markdown
 
     rows = [{**dict.fromkeys(FIELDS), "size": "gpt2", "impl": "eager", "pass": p, "seq_len": 1024, "batch": 8,
              "status": "ok", "peak_mem_bytes": 10e9 * k, "resident_bytes": 1e9, "measured_bytes": 10.5e9 * k}

@@ -108,13 +108,13 @@ def test_a_run_whose_every_point_errors_is_a_failure_not_complete(tmp_path, caps
     """`--only hf` where Hugging Face's model fails at every point: the run says so and exits 1."""
     import torch
 
-    import bench.hf
+    import bench.model
     from bench.__main__ import main
 
     def broken(point, impl, ctx):
         raise RuntimeError(f"{impl} cannot run here")
 
-    monkeypatch.setattr(bench.hf, "run", broken)
+    monkeypatch.setattr(bench.model, "hf_run", broken)
     threads = torch.get_num_threads()
     try:
         rc = main(["--smoke", "--only", "hf", "--out", str(tmp_path)])
